@@ -1,0 +1,50 @@
+# Two set-up commands on a fresh machine: `make demo` and `make test`.
+# Each target creates .venv and installs what it needs when missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP_RUN   := $(VENV)/.stamp-runtime
+STAMP_DEV   := $(VENV)/.stamp-dev
+STAMP_TRAIN := $(VENV)/.stamp-train
+
+.PHONY: demo test train evaluate bench lint score-example clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -q -e .
+	touch $@
+
+$(STAMP_DEV): pyproject.toml $(STAMP_RUN)
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+# torch==2.13.0 is the CPU build on local disk; any other spec downloads CUDA.
+$(STAMP_TRAIN): pyproject.toml $(STAMP_RUN)
+	$(PIP) install -q -e '.[train]'
+	touch $@
+
+demo: $(STAMP_RUN)
+	$(VENV)/bin/stream-detector demo
+
+test: $(STAMP_DEV) $(STAMP_TRAIN)
+	$(PY) -m pytest -q
+
+train: $(STAMP_TRAIN)
+	$(VENV)/bin/detector-train all
+
+evaluate: $(STAMP_TRAIN)
+	$(VENV)/bin/detector-train evaluate
+
+bench: $(STAMP_RUN)
+	$(PY) bench/throughput.py
+	$(PY) bench/score_cli.py
+
+lint: $(STAMP_DEV)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,86 @@
+"""One typed settings object, read from environment variables.
+
+Every field maps to ``DETECTOR_<FIELD>`` (upper case), except the two connection URLs,
+which use the names the ecosystem already knows: ``KAFKA_BOOTSTRAP_SERVERS`` and
+``REDIS_URL``. Empty connection URLs mean "start the embedded broker / redis-server".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
+
+_ENV_OVERRIDES = {
+    "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "redis_url": "REDIS_URL",
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = ""
+    redis_url: str = ""
+    events_topic: str = "engagement-events"
+    flags_topic: str = "engagement-flags"
+    dlq_topic: str = "engagement-events-dlq"
+    consumer_group: str = "stream-detector"
+    topic_partitions: int = 4
+    model_path: str = str(DEFAULT_MODEL_PATH)
+    # Hot path
+    consume_max_records: int = 5000
+    consume_timeout_ms: int = 200
+    max_event_bytes: int = 4096
+    max_count_per_event: int = 10_000_000
+    max_future_seconds: int = 3600
+    allowed_lateness_seconds: int = 3600
+    # Windows
+    window_hours: int = 168
+    idle_ttl_seconds: int = 8 * 24 * 3600
+    key_prefix: str = "sd"
+    # Scoring
+    score_interval_seconds: float = 1.0
+    score_batch_size: int = 1024
+    spike_minute_count: int = 500
+    # Web
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            name = _ENV_OVERRIDES.get(f.name, f"DETECTOR_{f.name.upper()}")
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _convert(name, raw, f.type)
+        values.update(overrides)
+        return cls(**values)
+
+    @staticmethod
+    def env_names() -> dict[str, str]:
+        """Field name -> environment variable, for docs and the CLI."""
+        return {
+            f.name: _ENV_OVERRIDES.get(f.name, f"DETECTOR_{f.name.upper()}") for f in fields(Settings)
+        }
+
+
+def _convert(name: str, raw: str, type_name: object) -> object:
+    kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind}") from None
+    return raw

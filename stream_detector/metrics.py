@@ -1,0 +1,143 @@
+"""Prometheus metrics of the worker: every counter an SRE or ML engineer asks about.
+
+Names follow Prometheus conventions (``_total`` counters, ``_seconds`` base units) and are a
+public contract: the Grafana dashboard and alert rules in ``monitoring/`` query them, and a
+test checks that every query finds data on a live worker. Each worker process owns one
+``Metrics`` object on its own registry, so tests can run several workers in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+class Metrics:
+    """All worker metrics on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events_consumed = Counter(
+            "detector_events_consumed_total",
+            "Valid engagement events consumed, by metric (an event with several metrics counts once per metric)",
+            ["metric"],
+            registry=r,
+        )
+        self.events_invalid = Counter(
+            "detector_events_invalid_total",
+            "Events sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.events_late = Counter(
+            "detector_events_late_total",
+            "Events older than the watermark minus the allowed lateness (also in invalid, reason=late)",
+            registry=r,
+        )
+        self.events_replayed = Counter(
+            "detector_events_replayed_total",
+            "Events skipped because their offset was already applied to the window (at-least-once replay)",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "detector_consumer_lag_messages",
+            "End offset minus position, per assigned partition",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.watermark = Gauge(
+            "detector_event_time_watermark_seconds",
+            "Event-time watermark (max event time seen minus allowed lateness), Unix seconds",
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "detector_end_to_end_latency_seconds",
+            "Arrival of the newest event of a scored video to its flag being published",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_latency = Histogram(
+            "detector_inference_latency_seconds",
+            "Wall time of one batched scoring call (features, ONNX, patterns)",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.inference_batch_size = Histogram(
+            "detector_inference_batch_size",
+            "Videos per scoring batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.consume_batch_size = Histogram(
+            "detector_consume_batch_size",
+            "Events per consumed batch",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.videos_scored = Counter(
+            "detector_videos_scored_total",
+            "Video windows scored, by path (cadence or immediate spike path)",
+            ["path"],
+            registry=r,
+        )
+        self.flags = Counter(
+            "detector_flags_total",
+            "Flags published (new or updated), by severity",
+            ["severity"],
+            registry=r,
+        )
+        self.flag_patterns = Counter(
+            "detector_flag_patterns_total",
+            "Patterns named in published flags",
+            ["pattern"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "detector_redis_errors_total",
+            "Redis calls that failed, by operation",
+            ["operation"],
+            registry=r,
+        )
+        self.redis_latency = Histogram(
+            "detector_redis_latency_seconds",
+            "Redis call latency, by operation",
+            ["operation"],
+            buckets=REDIS_BUCKETS,
+            registry=r,
+        )
+        self.active_videos = Gauge(
+            "detector_active_videos",
+            "Videos with a window updated within the idle TTL (tracked by this worker)",
+            registry=r,
+        )
+        self.model_info = Info(
+            "detector_model",
+            "The serving model: name, version, sha256, threshold",
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "detector_model_reloads_total",
+            "Model load attempts, by result (loaded, refused)",
+            ["result"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "detector_ready",
+            "1 when broker, Redis and model are ready",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
