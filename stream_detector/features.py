@@ -1,0 +1,145 @@
+"""Window -> model input. Shared, unchanged, by training and serving.
+
+Every channel is relative to the video's *own* history (its median level, its own daily
+rhythm), never to absolute UTC clock hours: an audience in another time zone or a tiny
+video must look normal to the model, so nothing here encodes "3 AM UTC is suspicious".
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+FEATURE_VERSION = 1
+
+CHANNELS: tuple[str, ...] = (
+    "rel_log_views",  # log1p(count) minus the video's median log1p(count), per metric
+    "rel_log_likes",
+    "rel_log_comments",
+    "rel_log_shares",
+    "log_like_rate",  # log((likes+1)/(views+1)) per hour
+    "log_comment_rate",
+    "log_share_rate",
+    "audience_scale",  # log1p(mean hourly views), broadcast over the window
+    "diurnal_excess",  # activity minus the video's usual level at this hour of day
+    "diurnal_quietness",  # how far below its daily peak the video usually is at this hour
+    "log_age",  # log1p(hours since publication or first activity)
+    "observed",  # 1 from publication / first activity on
+)
+N_CHANNELS = len(CHANNELS)
+
+
+def observed_mask(counts: np.ndarray, start_hours: np.ndarray, published_hours: np.ndarray) -> np.ndarray:
+    """(N, W) mask of hours the video existed: from publication (if known) or first activity."""
+    n, _, w = counts.shape
+    active = counts.sum(axis=1) > 0
+    first_active = np.where(active.any(axis=1), active.argmax(axis=1), w)
+    pub = np.asarray(published_hours, dtype=np.int64)
+    known = pub >= 0
+    pub_idx = np.where(known, pub - np.asarray(start_hours, dtype=np.int64), first_active)
+    first = np.clip(np.minimum(pub_idx, first_active), 0, w)
+    return (np.arange(w)[None, :] >= first[:, None]).astype(np.float32)
+
+
+def _masked_median(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Median over the last axis counting only mask>0 entries (0 where nothing is observed)."""
+    filled = np.where(mask > 0, x, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(filled, axis=-1)
+    return np.nan_to_num(med, nan=0.0)
+
+
+def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N, 24) the video's usual detrended activity by UTC hour of day, robust to bursts.
+
+    Detrended by a centred 24 h rolling mean so post-publication decay does not masquerade as
+    a daily rhythm; each hour of day is estimated from its *neighbouring* hours (±2, excluding
+    itself) so a burst repeated at the same hour every night cannot hide inside the profile.
+    """
+    n, w = log_total.shape
+    pad = np.pad(log_total, ((0, 0), (12, 11)), mode="edge")
+    trend = sliding_window_view(pad, 24, axis=1).mean(axis=-1)
+    resid = np.where(mask > 0, log_total - trend, np.nan)
+    hod = (np.asarray(start_hours)[:, None] + np.arange(w)[None, :]) % 24
+    by_hod = np.full((n, 24), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for h in range(24):
+            sel = hod == h
+            vals = np.where(sel, resid, np.nan)
+            by_hod[:, h] = np.nanmedian(vals, axis=1)
+        by_hod = np.nan_to_num(by_hod, nan=0.0)
+        neighbours = np.stack([np.roll(by_hod, s, axis=1) for s in (-2, -1, 1, 2)], axis=0)
+        return neighbours.mean(axis=0)
+
+
+def build_features(
+    counts: np.ndarray,
+    start_hours: np.ndarray,
+    published_hours: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw hourly counts (N, 4, W) -> (features (N, C, W) float32, observed mask (N, W)).
+
+    ``published_hours`` uses -1 for unknown. Unnormalised: apply :func:`normalize` with the
+    statistics stored in the model artifact.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    n, m, w = counts.shape
+    start_hours = np.asarray(start_hours, dtype=np.int64)
+    mask = observed_mask(counts, start_hours, published_hours)
+    logc = np.log1p(counts)
+    level = _masked_median(logc, mask[:, None, :])
+    rel = (logc - level[:, :, None]) * mask[:, None, :]
+
+    views = counts[:, 0]
+    rates = np.log((counts[:, 1:] + 1.0) / (views[:, None, :] + 1.0)) * mask[:, None, :]
+
+    obs_hours = np.maximum(mask.sum(axis=1), 1.0)
+    scale = np.log1p((views * mask).sum(axis=1) / obs_hours)
+
+    log_total = np.log1p(counts.sum(axis=1))
+    profile = daily_profile(log_total, start_hours, mask)
+    hod = (start_hours[:, None] + np.arange(w)[None, :]) % 24
+    usual = np.take_along_axis(profile, hod, axis=1)
+    pad = np.pad(log_total, ((0, 0), (12, 11)), mode="edge")
+    trend = sliding_window_view(pad, 24, axis=1).mean(axis=-1)
+    excess = (log_total - trend - usual) * mask
+    quiet = (usual - profile.max(axis=1, keepdims=True)) * mask
+
+    first = np.argmax(mask > 0, axis=1)
+    age = np.clip(np.arange(w)[None, :] - first[:, None], 0, None)
+    pub = np.asarray(published_hours, dtype=np.int64)
+    before = np.where(pub >= 0, np.clip(start_hours - pub, 0, None), 0)
+    log_age = np.log1p(age + before[:, None]) * mask
+
+    x = np.empty((n, N_CHANNELS, w), dtype=np.float32)
+    x[:, 0:4] = rel
+    x[:, 4:7] = rates
+    x[:, 7] = scale[:, None] * mask
+    x[:, 8] = excess
+    x[:, 9] = quiet
+    x[:, 10] = log_age
+    x[:, 11] = mask
+    return x, mask
+
+
+def fit_normalization(x: np.ndarray, mask: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel mean/std over observed hours of the *training* split only."""
+    weights = mask[:, None, :]
+    total = max(float(weights.sum()), 1.0)
+    mean = (x * weights).sum(axis=(0, 2)) / total
+    var = (((x - mean[None, :, None]) ** 2) * weights).sum(axis=(0, 2)) / total
+    std = np.sqrt(np.maximum(var, 1e-6))
+    mean[-1], std[-1] = 0.0, 1.0  # keep the mask channel a mask
+    return {"channels": list(CHANNELS), "mean": mean.tolist(), "std": std.tolist()}
+
+
+def normalize(x: np.ndarray, mask: np.ndarray, stats: dict) -> np.ndarray:
+    if list(stats["channels"]) != list(CHANNELS):
+        raise ValueError("normalisation statistics were computed for other feature channels")
+    mean = np.asarray(stats["mean"], dtype=np.float32)[None, :, None]
+    std = np.asarray(stats["std"], dtype=np.float32)[None, :, None]
+    return (((x - mean) / std) * mask[:, None, :]).astype(np.float32)

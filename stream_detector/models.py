@@ -1,0 +1,163 @@
+"""The model artifact: one ONNX file that carries everything a worker needs to score.
+
+Loading validates the artifact against the contract (DESIGN.md "Model artifact") so a
+malformed model is refused with a reason before it can serve; onnxruntime only, no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from stream_detector.features import CHANNELS, FEATURE_VERSION
+from stream_detector.patterns import PATTERNS
+
+REQUIRED_METADATA: tuple[str, ...] = (
+    "name",
+    "version",
+    "architecture",
+    "window_hours",
+    "channels",
+    "normalization",
+    "threshold",
+    "combiner",
+    "training_data_fingerprint",
+    "metrics",
+    "feature_version",
+)
+INPUT_NAME = "features"
+OUTPUT_NAME = "hour_score"
+
+
+class ModelError(ValueError):
+    """The artifact cannot serve; the message says why."""
+
+
+@dataclass
+class Combiner:
+    """Per-hour logistic combination of the model's hour score and the pattern evidence,
+    fitted on the validation split: p(hour is fake) = sigmoid(bias + a*model + sum w_p*e_p)."""
+
+    bias: float
+    model_weight: float
+    pattern_weights: list[float]
+    hour_threshold: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Combiner:
+        weights = [float(w) for w in d["pattern_weights"]]
+        if len(weights) != len(PATTERNS):
+            raise ModelError(f"combiner has {len(weights)} pattern weights, expected {len(PATTERNS)}")
+        return cls(float(d["bias"]), float(d["model_weight"]), weights, float(d["hour_threshold"]))
+
+    def to_dict(self) -> dict:
+        return {
+            "bias": self.bias,
+            "model_weight": self.model_weight,
+            "pattern_weights": self.pattern_weights,
+            "patterns": list(PATTERNS),
+            "hour_threshold": self.hour_threshold,
+        }
+
+    def hour_probability(self, model_score: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+        """model_score (N, W), evidence (N, 5, W) -> (N, W) in [0, 1]."""
+        z = self.bias + self.model_weight * model_score
+        z = z + np.einsum("p,npw->nw", np.asarray(self.pattern_weights), evidence)
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+@dataclass
+class ModelArtifact:
+    path: str
+    sha256: str
+    name: str
+    version: str
+    architecture: str
+    window_hours: int
+    threshold: float
+    normalization: dict
+    combiner: Combiner
+    metadata: dict[str, str] = field(repr=False)
+    session: ort.InferenceSession = field(repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelArtifact:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {path}: {exc.strerror}") from None
+        return cls.from_bytes(data, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: str = "<bytes>") -> ModelArtifact:
+        sha = hashlib.sha256(data).hexdigest()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises several private exception types
+            raise ModelError(f"not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        missing = [k for k in REQUIRED_METADATA if k not in meta]
+        if missing:
+            raise ModelError(f"model metadata is missing contract field(s): {', '.join(missing)}")
+        try:
+            channels = json.loads(meta["channels"])
+            normalization = json.loads(meta["normalization"])
+            combiner = Combiner.from_dict(json.loads(meta["combiner"]))
+            window = int(meta["window_hours"])
+            threshold = float(meta["threshold"])
+            feature_version = int(meta["feature_version"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"model metadata is malformed: {exc}") from None
+        if feature_version != FEATURE_VERSION or list(channels) != list(CHANNELS):
+            raise ModelError(
+                f"model was trained on feature version {feature_version} with channels {channels}; "
+                f"this worker computes version {FEATURE_VERSION} with {list(CHANNELS)}"
+            )
+        if not 0.0 < threshold < 1.0:
+            raise ModelError(f"threshold {threshold} is not in (0, 1)")
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+            raise ModelError(f"model must have one input named {INPUT_NAME!r}")
+        if not outputs or outputs[0].name != OUTPUT_NAME:
+            raise ModelError(f"model must have an output named {OUTPUT_NAME!r}")
+        shape = inputs[0].shape
+        if len(shape) != 3 or shape[1] != len(CHANNELS) or shape[2] not in (window, None) and not isinstance(shape[2], str):
+            raise ModelError(f"model input shape {shape} does not match [batch, {len(CHANNELS)}, {window}]")
+        return cls(
+            path=path,
+            sha256=sha,
+            name=meta["name"],
+            version=meta["version"],
+            architecture=meta["architecture"],
+            window_hours=window,
+            threshold=threshold,
+            normalization=normalization,
+            combiner=combiner,
+            metadata=meta,
+            session=session,
+        )
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Normalised features (N, C, W) -> hour scores (N, W)."""
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float64)
+
+    def info(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "architecture": self.architecture,
+            "threshold": f"{self.threshold:.4f}",
+            "window_hours": str(self.window_hours),
+        }

@@ -1,0 +1,268 @@
+"""simulate -> train -> calibrate -> evaluate -> export, deterministic on CPU.
+
+Weeks 0-2 train, week 3 validates (combiner, thresholds, early stopping), week 4 is the
+held-out test week (later in time, its own seed). Time-series cross-validation uses
+expanding windows over the same weeks.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stream_detector.features import CHANNELS, FEATURE_VERSION, fit_normalization, normalize
+from stream_detector.models import Combiner
+from stream_detector.patterns import PATTERNS, detect
+from training import calibrate
+from training.baselines import IsolationForestBaseline, RollingZScore
+from training.dataset import WEEK_HOURS, Split, fingerprint, make_split, simulate_week
+from training.evaluate import (
+    Evaluation,
+    breakdown_tables,
+    evaluate,
+    markdown_table,
+    plot_examples,
+    plot_histogram,
+    plot_roc,
+)
+from training.models import build_model, is_supervised
+from training.models.fit import fit, predict
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 7
+    videos_per_week: int = 1500
+    weeks: int = 5
+    arch: str = "tcn"
+    compare: tuple[str, ...] = ("tcn", "autoencoder", "lstm")
+    epochs: int = 20
+    cv_folds: int = 3
+    cv_epochs: int = 8
+    threads: int = 2
+    output: str = "models/default.onnx"
+    report_dir: str = "reports"
+    version: str = "1.0.0"
+    name: str = "fake-engagement-tcn"
+
+
+@dataclass
+class Calibrated:
+    name: str
+    combiner: Combiner
+    threshold: float
+    val_hour_p: np.ndarray = field(repr=False)
+    test_hour_p: np.ndarray = field(repr=False)
+
+
+def _log(msg: str) -> None:
+    print(f"[train] {time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+
+def calibrate_scores(name: str, val: Split, test: Split, val_model: np.ndarray, test_model: np.ndarray,
+                     val_ev: np.ndarray, test_ev: np.ndarray) -> Calibrated:
+    """Fit the combiner on validation hours, choose both thresholds on validation."""
+    combiner = calibrate.fit_combiner(val_model, val_ev, val.hour_labels, val.mask)
+    val_p = combiner.hour_probability(val_model, val_ev) * val.mask
+    threshold = calibrate.choose_threshold(val_p.max(axis=1), val.labels)
+    flagged = val_p.max(axis=1) >= threshold
+    combiner.hour_threshold = calibrate.choose_hour_threshold(val_p, flagged, threshold, val.data.hour_fake)
+    test_p = combiner.hour_probability(test_model, test_ev) * test.mask
+    return Calibrated(name, combiner, threshold, val_p, test_p)
+
+
+def train_model(arch: str, train: Split, val: Split, stats: dict, epochs: int, seed: int):
+    torch.manual_seed(seed)
+    model = build_model(arch, len(CHANNELS))
+    xt = normalize(train.x, train.mask, stats)
+    xv = normalize(val.x, val.mask, stats)
+    if is_supervised(arch):
+        fit(model, xt, train.hour_labels, train.mask, arch=arch, epochs=epochs, seed=seed,
+            X_val=xv, Y_val=val.hour_labels, M_val=val.mask, log=_log)
+    else:
+        organic = train.labels == 0
+        v_org = val.labels == 0
+        fit(model, xt[organic], train.hour_labels[organic], train.mask[organic], arch=arch, epochs=epochs,
+            seed=seed, X_val=xv[v_org], Y_val=val.hour_labels[v_org], M_val=val.mask[v_org], log=_log)
+    return model
+
+
+def merge_splits(name: str, splits: list[Split]) -> Split:
+    """Concatenate weeks into one split (features are per video, so this is exact)."""
+    data = splits[0].data
+    if len(splits) > 1:
+        data = _concat_data([s.data for s in splits])
+    return Split(name, data, np.concatenate([s.x for s in splits]), np.concatenate([s.mask for s in splits]))
+
+
+def _concat_data(parts):
+    """Concatenate SimulatedDatasets of equal length T (start hours differ: kept per video)."""
+    first = parts[0]
+    out = first.subset(np.arange(len(first)))
+    for f in ("counts", "hour_fake", "hour_patterns", "hour_metrics", "label", "published_hour"):
+        setattr(out, f, np.concatenate([getattr(p, f) for p in parts]))
+    for f in ("video_ids", "pattern", "organic_kind", "category", "timezone_offsets"):
+        setattr(out, f, [v for p in parts for v in getattr(p, f)])
+    out.start_hours = np.concatenate([np.full(len(p), p.start_hour) for p in parts])
+    return out
+
+
+def run(cfg: TrainConfig) -> dict:
+    t0 = time.time()
+    torch.set_num_threads(cfg.threads)
+    _log(f"simulating {cfg.weeks} weeks x {cfg.videos_per_week} videos (seed {cfg.seed})")
+    weeks = [simulate_week(cfg.seed, k, cfg.videos_per_week) for k in range(cfg.weeks)]
+    splits = [make_split(f"week{k}", d) for k, d in enumerate(weeks)]
+    train = merge_splits("train", splits[:3])
+    val, test = splits[3], splits[4]
+    stats = fit_normalization(train.x, train.mask)
+    data_fp = fingerprint(weeks[:3])
+    _log(f"train {len(train.data)} / val {len(val.data)} / test {len(test.data)} videos; fingerprint {data_fp[:12]}")
+
+    val_ev = detect(val.data.counts, val.starts, val.mask).evidence
+    test_ev = detect(test.data.counts, test.starts, test.mask).evidence
+    zeros_v, zeros_t = np.zeros_like(val.mask), np.zeros_like(test.mask)
+
+    results: list[Calibrated] = []
+    models = {}
+    for arch in cfg.compare:
+        _log(f"training {arch}")
+        model = train_model(arch, train, val, stats, cfg.epochs, cfg.seed)
+        models[arch] = model
+        vm = predict(model, normalize(val.x, val.mask, stats))
+        tm = predict(model, normalize(test.x, test.mask, stats))
+        results.append(calibrate_scores(f"{arch}+patterns", val, test, vm, tm, val_ev, test_ev))
+        results.append(calibrate_scores(f"{arch} only", val, test, vm, tm, np.zeros_like(val_ev), np.zeros_like(test_ev)))
+    results.append(calibrate_scores("patterns only", val, test, zeros_v, zeros_t, val_ev, test_ev))
+    for base in (RollingZScore(), IsolationForestBaseline(seed=cfg.seed)):
+        base.fit(train)
+        results.append(calibrate_scores(f"baseline: {base.name}", val, test, base.hour_scores(val),
+                                        base.hour_scores(test), np.zeros_like(val_ev), np.zeros_like(test_ev)))
+
+    evals = [evaluate(r.name, r.test_hour_p, test.data, r.threshold, r.combiner.hour_threshold) for r in results]
+    primary = next(r for r in results if r.name == f"{cfg.arch}+patterns")
+    primary_eval = next(e for e in evals if e.name == primary.name)
+
+    cv = cross_validate(cfg, splits) if cfg.cv_folds else []
+
+    metrics_meta = {k: round(v, 4) for k, v in primary_eval.metrics.items() if isinstance(v, float)}
+    metadata = {
+        "name": cfg.name,
+        "version": cfg.version,
+        "architecture": cfg.arch,
+        "window_hours": WEEK_HOURS,
+        "channels": list(CHANNELS),
+        "feature_version": FEATURE_VERSION,
+        "normalization": stats,
+        "threshold": primary.threshold,
+        "combiner": primary.combiner.to_dict(),
+        "training_data_fingerprint": data_fp,
+        "metrics": metrics_meta,
+        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "training_config": asdict(cfg),
+        "canary": {"min_auc": round(max(0.85, metrics_meta["auc"] - 0.05), 3)},
+    }
+    from training.export import export_onnx
+
+    Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
+    sha = export_onnx(models[cfg.arch], cfg.output, in_channels=len(CHANNELS), window=WEEK_HOURS,
+                      metadata=metadata)
+    _log(f"exported {cfg.output} sha256 {sha[:16]}")
+    report = write_report(cfg, evals, primary, primary_eval, test, cv, data_fp, sha, time.time() - t0)
+    _log(f"done in {time.time() - t0:.0f}s; report {report}")
+    return {"sha256": sha, "metrics": metrics_meta, "report": report, "cv": cv}
+
+
+def cross_validate(cfg: TrainConfig, splits: list[Split]) -> list[dict]:
+    """Expanding-window folds: train weeks [0, k), validate week k, test week k+1."""
+    out = []
+    n = len(splits)
+    first = max(1, n - 1 - cfg.cv_folds)
+    for k in range(first, n - 1):
+        train = merge_splits("cv-train", splits[:k])
+        val, test = splits[k], splits[k + 1]
+        stats = fit_normalization(train.x, train.mask)
+        model = train_model(cfg.arch, train, val, stats, cfg.cv_epochs, cfg.seed + k)
+        vm = predict(model, normalize(val.x, val.mask, stats))
+        tm = predict(model, normalize(test.x, test.mask, stats))
+        ve = detect(val.data.counts, val.starts, val.mask).evidence
+        te = detect(test.data.counts, test.starts, test.mask).evidence
+        cal = calibrate_scores("cv", val, test, vm, tm, ve, te)
+        ev = evaluate(f"fold{k}", cal.test_hour_p, test.data, cal.threshold, cal.combiner.hour_threshold)
+        _log(f"cv fold train weeks 0-{k - 1} -> test week {k + 1}: auc {ev.metrics['auc']:.3f} f1 {ev.metrics['f1']:.3f}")
+        out.append({"fold": k, "train_weeks": k, "test_week": k + 1, **{m: ev.metrics[m] for m in ("auc", "precision", "recall", "f1", "fpr")}})
+    return out
+
+
+def write_report(cfg, evals: list[Evaluation], primary: Calibrated, primary_eval: Evaluation, test: Split,
+                 cv: list[dict], data_fp: str, sha: str, seconds: float) -> str:
+    out = Path(cfg.report_dir) / cfg.arch
+    out.mkdir(parents=True, exist_ok=True)
+    plot_roc([e for e in evals if "only" not in e.name or e.name == "patterns only"], str(out / "roc.png"))
+    plot_histogram(primary_eval, str(out / "score_histogram.png"))
+    plot_examples(test.data, primary.test_hour_p, primary.threshold, primary.combiner.hour_threshold,
+                  str(out / "examples.png"))
+    cv_lines = ""
+    if cv:
+        cv_lines = "| fold | train weeks | test week | AUC | precision | recall | F1 | FPR |\n|---|---|---|---|---|---|---|---|\n"
+        for f in cv:
+            cv_lines += f"| {f['fold']} | 0-{f['train_weeks'] - 1} | {f['test_week']} | {f['auc']:.3f} | {f['precision']:.3f} | {f['recall']:.3f} | {f['f1']:.3f} | {f['fpr']:.3f} |\n"
+        for m in ("auc", "precision", "recall", "f1", "fpr"):
+            vals = np.array([f[m] for f in cv])
+            cv_lines += f"\n- {m}: {vals.mean():.3f} ± {vals.std():.3f}"
+    m = primary_eval.metrics
+    text = f"""# Evaluation report: {cfg.name} {cfg.version} ({cfg.arch})
+
+Held-out test week (simulated, its own seed, later in time than all training weeks):
+{len(test.data)} videos, {int(test.labels.sum())} with fake engagement. Thresholds calibrated
+on the validation week (F1-optimal under a validation FPR budget of {calibrate.FPR_BUDGET}).
+Reproduce: `make train` (= `detector-train all --seed {cfg.seed}`), {seconds:.0f} s on this machine.
+
+## Ours vs baselines (test week)
+
+{markdown_table(evals)}
+
+"X+patterns" is the product: model hour score and the five interpretable pattern detectors
+combined by a logistic combiner fitted on validation hours. "X only" drops the detectors;
+"patterns only" drops the model. Baselines: a robust rolling z-score (no training) and
+scikit-learn's IsolationForest on the same per-hour features.
+
+Shipped ({primary.name}): threshold {primary.threshold:.3f}, hour threshold
+{primary.combiner.hour_threshold:.3f}; score organic p95 {m['score_organic_p95']:.3f}, fake median
+{m['score_fake_median']:.3f}; fake hours localised within ±1 h over all fake videos
+{m['hours_localised_all']:.3f}.
+
+{breakdown_tables(evals)}
+
+## Time-series cross-validation ({cfg.arch}+patterns, expanding windows, {cfg.cv_epochs} epochs)
+
+{cv_lines or 'not run'}
+
+## Plots
+
+- ROC: ![roc](roc.png)
+- Score separation: ![hist](score_histogram.png)
+- Examples (red: true fake hours; black bar: flagged hours): ![examples](examples.png)
+
+## Artifact
+
+- file: `{cfg.output}`, sha256 `{sha}`
+- training data fingerprint: `{data_fp}`
+- combiner weights (model, {', '.join(PATTERNS)}): {primary.combiner.model_weight:.3f}, {', '.join(f'{w:.3f}' for w in primary.combiner.pattern_weights)}; bias {primary.combiner.bias:.3f}
+
+## Caveats
+
+All numbers are on simulated data from our own simulator. Real organic curves and fraud from
+an independent generator will differ; expect lower numbers there, especially for subtle
+decay violations and ratio anomalies that overlap organic variation.
+"""
+    path = out / "report.md"
+    path.write_text(text)
+    (out / "metrics.json").write_text(json.dumps({e.name: e.metrics | {"threshold": e.threshold} for e in evals}, indent=2, default=float))
+    return str(path)
