@@ -83,7 +83,8 @@ def train_model(arch: str, train: Split, val: Split, stats: dict, epochs: int, s
     xt = normalize(train.x, train.mask, stats)
     xv = normalize(val.x, val.mask, stats)
     if is_supervised(arch):
-        fit(model, xt, train.hour_labels, train.mask, arch=arch, epochs=epochs, seed=seed,
+        lr = 5e-3 if arch == "lstm" else 2e-3  # the LSTM learns slower at the TCN's rate
+        fit(model, xt, train.hour_labels, train.mask, arch=arch, epochs=epochs, seed=seed, lr=lr,
             X_val=xv, Y_val=val.hour_labels, M_val=val.mask, log=_log)
     else:
         organic = train.labels == 0
@@ -151,7 +152,9 @@ def run(cfg: TrainConfig) -> dict:
 
     cv = cross_validate(cfg, splits) if cfg.cv_folds else []
 
-    metrics_meta = {k: round(v, 4) for k, v in primary_eval.metrics.items() if isinstance(v, float)}
+    metrics_meta = {
+        k: round(float(v), 4) for k, v in primary_eval.metrics.items() if np.isfinite(float(v))
+    }
     metadata = {
         "name": cfg.name,
         "version": cfg.version,
