@@ -65,21 +65,18 @@ def _window_sums(x: np.ndarray, size: int) -> np.ndarray:
 
 
 def spike(counts: np.ndarray, baseline: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A jump no organic audience makes: far above the video's usual level, isolated in time
-    (organic news and viral surges ramp and decay over hours), or confined to some metrics."""
-    excess = counts - baseline
-    jump = np.log1p(counts) - np.log1p(baseline)
-    z = excess / np.sqrt(baseline + 1.0)
-    neighbour = np.maximum(np.roll(jump, 1, axis=-1), np.roll(jump, -1, axis=-1))
-    isolated = _sigmoid(6.0 * (0.5 * jump - neighbour))
-    per_metric = _sigmoid(3.0 * (jump - np.log(4.0))) * _sigmoid(z - 8.0) * (excess >= 25)
-    top = per_metric.max(axis=1)
-    # all metrics jumping together at a plausible mix looks like a real surge
-    jumped = jump >= 0.5 * jump.max(axis=1, keepdims=True)
-    live = baseline >= 1.0
-    uneven = 1.0 - ((jumped | ~live).all(axis=1)).astype(float)
-    evidence = top * (0.35 + 0.65 * np.maximum(isolated.max(axis=1), uneven)) * mask
-    return evidence, per_metric >= 0.5
+    """A jump no organic audience makes: far above both the video's usual level and its
+    neighbouring hours (organic news and viral surges ramp and decay over hours), beyond
+    over-dispersed counting noise."""
+    near = np.median(
+        np.stack([np.roll(counts, s, axis=-1) for s in (-3, -2, -1, 1, 2, 3)], axis=0), axis=0
+    )
+    base = np.maximum(baseline, near)
+    excess = counts - base
+    jump = np.log1p(counts) - np.log1p(base)
+    z = excess / np.sqrt(base + 0.25 * base**2 + 1.0)  # negative-binomial noise, dispersion 0.25
+    per_metric = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0)) * (excess >= 30)
+    return per_metric.max(axis=1) * mask, per_metric >= 0.5
 
 
 def offpeak_burst(
@@ -112,20 +109,26 @@ def offpeak_burst(
     return evidence, (jump >= np.log(2.0)) & strong[:, None, :]
 
 
-def decay_violation(counts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Days after publication engagement should keep decaying; a plateau or revival carried
-    by some metrics but not the others (a real revival lifts them all) does not."""
-    level = np.log1p(_rolling(counts, 12, "mean", centred=True))
-    before = np.roll(level, 24, axis=-1)
-    rise = level - before  # vs the same stretch a day earlier
-    others = np.stack(
-        [np.median(np.delete(rise, m, axis=1), axis=1) for m in range(len(METRICS))], axis=1
-    )
-    lift = rise - np.maximum(others, 0.0)
-    age = np.cumsum(mask, axis=1)
+def decay_violation(counts: np.ndarray, mask: np.ndarray, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Days after publication engagement keeps decaying; a plateau or revival carried by
+    some metrics while the others, which the video's own mix says should follow, do not."""
+    k = 12
+    now = _rolling(counts, k, "sum", centred=True)
+    before = np.roll(now, 24, axis=-1)
+    rise = np.log1p(now) - np.log1p(before)  # vs the same stretch a day earlier
     old = (age >= 48)[:, None, :]
-    size = _rolling(counts, 12, "mean") >= 5.0
-    per_metric = _sigmoid(4.0 * (rise - 0.9)) * _sigmoid(4.0 * (lift - 0.7)) * old * size
+    per_metric = np.zeros(counts.shape)
+    for m in range(len(METRICS)):
+        factor = np.exp(np.clip(rise[:, m], 0.0, 8.0))
+        lagging = np.zeros(rise[:, m].shape)
+        for o in range(len(METRICS)):
+            if o == m:
+                continue
+            expected = before[:, o] * factor  # if o followed m's rise
+            z = (expected - now[:, o]) / np.sqrt(expected + 1.0)
+            lagging = np.maximum(lagging, _sigmoid(z - 5.0) * (expected >= 20))
+        per_metric[:, m] = _sigmoid(4.0 * (rise[:, m] - 0.9)) * lagging * (now[:, m] >= 60)
+    per_metric *= old
     return per_metric.max(axis=1) * mask, per_metric >= 0.5
 
 
@@ -138,7 +141,8 @@ def lockstep(counts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     s2 = _window_sums(counts**2, k)
     mean = s1 / k
     var = np.maximum(s2 / k - mean**2, 0.0)
-    steady = _sigmoid(40.0 * (0.1 - var / np.maximum(mean, 1e-9))) * (mean >= 10)
+    busy = _window_sums((counts >= 3).astype(float), k) >= k  # every hour of the window has counts
+    steady = _sigmoid(40.0 * (0.1 - var / np.maximum(mean, 1e-9))) * (mean >= 10) * busy
     steady[..., w - k + 1 :] = 0.0
     per_metric = _spread(steady, k)
     # one metric an exact fraction of another (views -> others, likes -> shares)
@@ -151,7 +155,8 @@ def lockstep(counts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
         cross = r * _window_sums(counts[:, a] * counts[:, b], k)
         resid = np.maximum(_window_sums(counts[:, b] ** 2, k) - 2 * cross + pred_sq, 0.0)
         expected = r * (1 - r) * sa
-        tight = _sigmoid(40.0 * (0.1 - resid / np.maximum(expected, 1e-9))) * (expected >= 8)
+        full = _window_sums((counts[:, a] >= 3).astype(float), k) >= k
+        tight = _sigmoid(40.0 * (0.1 - resid / np.maximum(expected, 1e-9))) * (expected >= 8) * full
         tight[..., w - k + 1 :] = 0.0
         both = _spread(tight, k)
         per_metric[:, a] = np.maximum(per_metric[:, a], both)
@@ -184,14 +189,29 @@ def ratio_anomaly(counts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
     return per_metric.max(axis=1) * mask, per_metric >= 0.5
 
 
-def detect(counts: np.ndarray, start_hours: np.ndarray, mask: np.ndarray) -> PatternEvidence:
+def hours_since_publication(mask: np.ndarray, start_hours: np.ndarray, published_hours: np.ndarray | None) -> np.ndarray:
+    """(N, W) age in hours: from publication when known, else from first activity."""
+    n, w = mask.shape
+    first = np.argmax(mask > 0, axis=1)
+    age = np.clip(np.arange(w)[None, :] - first[:, None], 0, None).astype(float)
+    if published_hours is not None:
+        pub = np.asarray(published_hours, dtype=np.int64)
+        before = np.where(pub >= 0, np.clip(np.asarray(start_hours) - pub, 0, None), 0)
+        age = age + before[:, None]
+    return age * mask
+
+
+def detect(
+    counts: np.ndarray, start_hours: np.ndarray, mask: np.ndarray, published_hours: np.ndarray | None = None
+) -> PatternEvidence:
     """Run every detector on a batch of windows (N, 4, W)."""
     counts = np.asarray(counts, dtype=np.float64)
+    age = hours_since_publication(mask, start_hours, published_hours)
     baseline = _rolling(counts, BASELINE_HOURS, "median")
     results = [
         spike(counts, baseline, mask),
         offpeak_burst(counts, baseline, start_hours, mask),
-        decay_violation(counts, mask),
+        decay_violation(counts, mask, age),
         lockstep(counts, mask),
         ratio_anomaly(counts, mask),
     ]

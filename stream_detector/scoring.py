@@ -88,7 +88,7 @@ class Scorer:
         """(N, 4, W) counts -> per-hour fake probability (N, W), pattern evidence, mask."""
         x, mask = build_features(counts, starts, pubs)
         model_score = self.model.run(normalize(x, mask, self.model.normalization))
-        evidence = detect(counts, starts, mask)
+        evidence = detect(counts, starts, mask, pubs)
         p = self.model.combiner.hour_probability(model_score, evidence.evidence) * mask
         return p, evidence, mask
 

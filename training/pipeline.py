@@ -126,8 +126,8 @@ def run(cfg: TrainConfig) -> dict:
     data_fp = fingerprint(weeks[:3])
     _log(f"train {len(train.data)} / val {len(val.data)} / test {len(test.data)} videos; fingerprint {data_fp[:12]}")
 
-    val_ev = detect(val.data.counts, val.starts, val.mask).evidence
-    test_ev = detect(test.data.counts, test.starts, test.mask).evidence
+    val_ev = detect(val.data.counts, val.starts, val.mask, val.published).evidence
+    test_ev = detect(test.data.counts, test.starts, test.mask, test.published).evidence
     zeros_v, zeros_t = np.zeros_like(val.mask), np.zeros_like(test.mask)
 
     results: list[Calibrated] = []
@@ -194,8 +194,8 @@ def cross_validate(cfg: TrainConfig, splits: list[Split]) -> list[dict]:
         model = train_model(cfg.arch, train, val, stats, cfg.cv_epochs, cfg.seed + k)
         vm = predict(model, normalize(val.x, val.mask, stats))
         tm = predict(model, normalize(test.x, test.mask, stats))
-        ve = detect(val.data.counts, val.starts, val.mask).evidence
-        te = detect(test.data.counts, test.starts, test.mask).evidence
+        ve = detect(val.data.counts, val.starts, val.mask, val.published).evidence
+        te = detect(test.data.counts, test.starts, test.mask, test.published).evidence
         cal = calibrate_scores("cv", val, test, vm, tm, ve, te)
         ev = evaluate(f"fold{k}", cal.test_hour_p, test.data, cal.threshold, cal.combiner.hour_threshold)
         _log(f"cv fold train weeks 0-{k - 1} -> test week {k + 1}: auc {ev.metrics['auc']:.3f} f1 {ev.metrics['f1']:.3f}")
