@@ -14,7 +14,6 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from stream_detector.features import daily_profile
-from stream_detector.series import METRICS
 
 PATTERNS: tuple[str, ...] = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")
 BASELINE_HOURS = 49  # centred history used as "the video's usual level"
@@ -76,7 +75,26 @@ def spike(counts: np.ndarray, baseline: np.ndarray, mask: np.ndarray) -> tuple[n
     jump = np.log1p(counts) - np.log1p(base)
     z = excess / np.sqrt(base + 0.25 * base**2 + 1.0)  # negative-binomial noise, dispersion 0.25
     per_metric = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0)) * (excess >= 30)
+    per_metric *= 0.6 + 0.4 * _lagging(counts, base, jump)
     return per_metric.max(axis=1) * mask, per_metric >= 0.5
+
+
+def _lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray) -> np.ndarray:
+    """(N, 4, W) in [0, 1]: for each metric's rise, how clearly another metric that the
+    video's own mix says should have followed (expected >= 20) stayed behind by >= 3x.
+    A real audience moves all metrics together; bought engagement moves the ones paid for."""
+    out = np.zeros(now.shape)
+    for m in range(now.shape[1]):
+        factor = np.exp(np.clip(rise[:, m], 0.0, 8.0))
+        for o in range(now.shape[1]):
+            if o == m:
+                continue
+            expected = before[:, o] * factor
+            z = (expected - now[:, o]) / np.sqrt(expected + 0.1 * expected**2 + 1.0)
+            gap = np.log1p(expected) - np.log1p(now[:, o])
+            lag = _sigmoid(2.0 * (z - 3.0)) * _sigmoid(4.0 * (gap - np.log(3.0))) * (expected >= 20)
+            out[:, m] = np.maximum(out[:, m], lag)
+    return out
 
 
 def offpeak_burst(
@@ -117,17 +135,7 @@ def decay_violation(counts: np.ndarray, mask: np.ndarray, age: np.ndarray) -> tu
     before = np.roll(now, 24, axis=-1)
     rise = np.log1p(now) - np.log1p(before)  # vs the same stretch a day earlier
     old = (age >= 48)[:, None, :]
-    per_metric = np.zeros(counts.shape)
-    for m in range(len(METRICS)):
-        factor = np.exp(np.clip(rise[:, m], 0.0, 8.0))
-        lagging = np.zeros(rise[:, m].shape)
-        for o in range(len(METRICS)):
-            if o == m:
-                continue
-            expected = before[:, o] * factor  # if o followed m's rise
-            z = (expected - now[:, o]) / np.sqrt(expected + 1.0)
-            lagging = np.maximum(lagging, _sigmoid(z - 5.0) * (expected >= 20))
-        per_metric[:, m] = _sigmoid(4.0 * (rise[:, m] - 0.9)) * lagging * (now[:, m] >= 60)
+    per_metric = _sigmoid(4.0 * (rise - 0.5)) * _lagging(now, before, rise) * (now >= 60)
     per_metric *= old
     return per_metric.max(axis=1) * mask, per_metric >= 0.5
 

@@ -1,0 +1,203 @@
+"""Parse and validate one engagement event (one Kafka record value) on the hot path.
+
+Contract (DESIGN.md): a JSON object
+``{"video_id": str, "ts": ISO-8601 or epoch seconds,
+"views"|"likes"|"comments"|"shares": int >= 0, "published_at"?: time,
+"category"?: str, "region"?: str}``. Absent metrics are 0.
+
+:func:`parse_event` never raises on bad input: it returns an :class:`Event` or a
+:class:`Rejection` whose ``reason`` is one of the stable strings in :data:`REASONS`. The
+worker sends rejected records to the dead-letter topic with their original bytes as the
+value and :func:`dead_letter_headers` as headers, and counts them by reason.
+
+Leniencies (documented, deliberate): a metric that is ``null`` counts as absent (0); a
+float count with no fractional part (``3.0``) is accepted as 3; ``category`` / ``region``
+that are not strings are dropped (set to ``None``) rather than rejecting the engagement;
+ISO timestamps without a zone are UTC. Unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from .series import METRICS
+
+REASONS: dict[str, str] = {
+    "oversized": "record value larger than max_event_bytes",
+    "not_json": "value is not valid JSON (including bad UTF-8 or excessive nesting)",
+    "not_object": "JSON value is not an object",
+    "missing_video_id": "no video_id field (or null)",
+    "bad_video_id": "video_id is not a non-empty string of at most 256 characters",
+    "bad_count": "a metric is not an int >= 0 (string, bool, float with a fraction, negative)",
+    "absurd_count": "a metric is larger than max_count_per_event",
+    "bad_timestamp": "ts missing, unparsable, not finite, or before 2000-01-01",
+    "future_timestamp": "ts later than now + max_future_seconds",
+    "bad_published_at": "published_at unparsable, before 2000-01-01 or in the future",
+    "late": "event older than the watermark minus the allowed lateness, or older than the "
+    "window (assigned by the worker, never by parse_event)",
+}
+"""Every rejection reason (stable label values of ``detector_events_invalid_total``)."""
+
+MIN_TS = 946_684_800.0  # 2000-01-01T00:00:00Z
+MAX_VIDEO_ID_CHARS = 256
+_DETAIL_MAX = 200
+_EPOCH = datetime(1970, 1, 1)  # naive, for zone-less ISO strings (taken as UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    video_id: str
+    ts: float  # epoch seconds (UTC)
+    counts: tuple[int, int, int, int]  # METRICS order: views, likes, comments, shares
+    published_at: float | None = None
+    category: str | None = None
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    detail: str
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_time(value: object) -> float | None:
+    """Epoch seconds from a JSON number or an ISO-8601 string; None if unusable."""
+    t = type(value)
+    try:
+        if t is int or t is float:
+            f = float(value)  # type: ignore[arg-type]
+            return f if math.isfinite(f) else None
+        if t is str:
+            dt = datetime.fromisoformat(value)  # type: ignore[arg-type]
+            if dt.tzinfo is None:
+                return (dt - _EPOCH).total_seconds()
+            return dt.timestamp()
+    except (ValueError, OverflowError):
+        return None
+    return None  # bool, null, list, object
+
+
+def _check_counts(obj: dict, max_count: int) -> tuple[int, int, int, int] | Rejection:
+    """Slow path: find which metric is wrong (or normalise nulls / integral floats)."""
+    out = []
+    for name in METRICS:
+        v = obj.get(name)
+        if v is None:
+            out.append(0)
+            continue
+        t = type(v)
+        if t is float and v.is_integer():
+            v = int(v)
+        elif t is not int:
+            return Rejection("bad_count", f"{name}={_short(v)}")
+        if v < 0:
+            return Rejection("bad_count", f"{name}={v} is negative")
+        if v > max_count:
+            return Rejection("absurd_count", f"{name}={v} > {max_count}")
+        out.append(v)
+    return (out[0], out[1], out[2], out[3])
+
+
+def parse_event(
+    raw: bytes, *, now: float, max_bytes: int, max_count: int, max_future_s: float
+) -> Event | Rejection:
+    """Decode and validate one record value. Never raises on bad input."""
+    if raw is None:
+        return Rejection("not_json", "record has no value (tombstone)")
+    if len(raw) > max_bytes:
+        return Rejection("oversized", f"{len(raw)} bytes > {max_bytes}")
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        return Rejection("not_json", str(exc)[:_DETAIL_MAX])
+    except TypeError as exc:  # not bytes/str at all
+        return Rejection("not_json", str(exc)[:_DETAIL_MAX])
+    if type(obj) is not dict:
+        return Rejection("not_object", f"JSON {type(obj).__name__}")
+    get = obj.get
+
+    vid = get("video_id")
+    if type(vid) is not str or not vid or len(vid) > MAX_VIDEO_ID_CHARS:
+        if vid is None:
+            return Rejection("missing_video_id", "no video_id")
+        return Rejection("bad_video_id", f"video_id={_short(vid)}")
+
+    # Fast path: all four metrics are plain ints (or absent) within range.
+    c = (get("views", 0), get("likes", 0), get("comments", 0), get("shares", 0))
+    if (
+        type(c[0]) is int
+        and type(c[1]) is int
+        and type(c[2]) is int
+        and type(c[3]) is int
+        and min(c) >= 0
+        and max(c) <= max_count
+    ):
+        counts = c
+    else:
+        checked = _check_counts(obj, max_count)
+        if type(checked) is Rejection:
+            return checked
+        counts = checked
+
+    ts_raw = get("ts")
+    if type(ts_raw) is float or type(ts_raw) is int:
+        try:
+            ts = float(ts_raw)
+        except OverflowError:  # an int beyond float range
+            ts = None
+    else:
+        ts = _parse_time(ts_raw)
+    if ts is None or not ts >= MIN_TS:  # `not >=` also catches NaN
+        return Rejection("bad_timestamp", f"ts={_short(ts_raw)}")
+    limit = now + max_future_s
+    if ts > limit:
+        hint = " (milliseconds?)" if ts > 1e11 else ""
+        if ts == math.inf:
+            return Rejection("bad_timestamp", f"ts={_short(ts_raw)}")
+        return Rejection("future_timestamp", f"ts={_short(ts_raw)} > now+{max_future_s:g}s{hint}")
+
+    pub_raw = get("published_at")
+    pub = None
+    if pub_raw is not None:
+        pub = _parse_time(pub_raw)
+        if pub is None or not MIN_TS <= pub <= limit:
+            return Rejection("bad_published_at", f"published_at={_short(pub_raw)}")
+
+    cat = get("category")
+    reg = get("region")
+    return Event(
+        vid,
+        ts,
+        counts,
+        pub,
+        cat if type(cat) is str else None,
+        reg if type(reg) is str else None,
+    )
+
+
+def dead_letter_headers(
+    rejection: Rejection, topic: str, partition: int, offset: int, *, now: float | None = None
+) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead-letter record (its value is the ORIGINAL record bytes).
+
+    ``dlq.ts`` is the dead-lettering time, ISO-8601 UTC with milliseconds.
+    """
+    t = time.time() if now is None else now
+    ts = datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return [
+        ("dlq.reason", rejection.reason.encode()),
+        ("dlq.detail", rejection.detail[: _DETAIL_MAX * 2].encode("utf-8", "replace")),
+        ("dlq.topic", topic.encode()),
+        ("dlq.partition", str(int(partition)).encode()),
+        ("dlq.offset", str(int(offset)).encode()),
+        ("dlq.ts", ts.encode()),
+    ]

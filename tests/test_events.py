@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from stream_detector.events import (
+    REASONS,
+    Event,
+    Rejection,
+    dead_letter_headers,
+    parse_event,
+)
+
+NOW = 1_764_039_845.0  # 2025-11-25T03:04:05Z
+LIMITS = {"now": NOW, "max_bytes": 4096, "max_count": 10_000_000, "max_future_s": 3600}
+
+
+def parse(value: object) -> Event | Rejection:
+    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
+    return parse_event(raw, **LIMITS)
+
+
+def ok(**fields: object) -> dict:
+    return {"video_id": "v1", "ts": NOW - 10, **fields}
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{" + b" " * 5000 + b"}", "oversized"),
+        (b"not json", "not_json"),
+        (b'{"video_id": "v\xff\xfe", "ts": 1}', "not_json"),  # bad UTF-8
+        (b"[" * 2000 + b"]" * 2000, "not_json"),  # nesting too deep
+        (b'["v1", 1]', "not_object"),
+        (b"42", "not_object"),
+        (ok(video_id=None), "missing_video_id"),
+        ({"ts": NOW, "likes": 1}, "missing_video_id"),
+        (ok(video_id=""), "bad_video_id"),
+        (ok(video_id=123), "bad_video_id"),
+        (ok(video_id="x" * 257), "bad_video_id"),
+        (ok(likes=-1), "bad_count"),
+        (ok(likes="5"), "bad_count"),
+        (ok(likes=True), "bad_count"),
+        (ok(likes=1.5), "bad_count"),
+        (ok(views=[1]), "bad_count"),
+        (ok(shares=10_000_001), "absurd_count"),
+        (ok(views=1e300), "absurd_count"),
+        ({"video_id": "v1", "likes": 1}, "bad_timestamp"),
+        (ok(ts="yesterday"), "bad_timestamp"),
+        (ok(ts="1999-12-31T23:59:59Z"), "bad_timestamp"),
+        (ok(ts=True), "bad_timestamp"),
+        (ok(ts=None), "bad_timestamp"),
+        (ok(ts=10**400), "bad_timestamp"),
+        (b'{"video_id": "v1", "ts": NaN}', "bad_timestamp"),
+        (b'{"video_id": "v1", "ts": Infinity}', "bad_timestamp"),
+        (ok(ts=NOW + 3601), "future_timestamp"),
+        (ok(ts=NOW * 1000), "future_timestamp"),  # epoch milliseconds
+        (ok(published_at="soon"), "bad_published_at"),
+        (ok(published_at=123), "bad_published_at"),
+        (ok(published_at=NOW + 7200), "bad_published_at"),
+        (ok(published_at=False), "bad_published_at"),
+    ],
+)
+def test_rejections(raw: object, reason: str) -> None:
+    result = parse(raw)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason, result
+    assert result.reason in REASONS
+    assert result.detail
+
+
+def test_every_reason_is_documented_and_late_is_not_assigned_here() -> None:
+    assert set(REASONS) == {
+        "oversized",
+        "not_json",
+        "not_object",
+        "missing_video_id",
+        "bad_video_id",
+        "bad_count",
+        "absurd_count",
+        "bad_timestamp",
+        "future_timestamp",
+        "bad_published_at",
+        "late",
+    }
+    old = parse(ok(ts="2001-01-01T00:00:00Z", likes=1))
+    assert isinstance(old, Event)  # lateness is the worker's watermark decision
+
+
+def test_tombstone_and_non_bytes_never_raise() -> None:
+    assert parse_event(None, **LIMITS).reason == "not_json"  # type: ignore[arg-type]
+    assert parse_event(memoryview(b"{}"), **LIMITS).reason == "not_json"  # type: ignore[arg-type]
+
+
+def test_valid_epoch_and_iso_timestamps() -> None:
+    e = parse(ok(ts=1_764_039_000, likes=3))
+    assert isinstance(e, Event) and e.ts == 1_764_039_000.0
+
+    iso = datetime.fromtimestamp(NOW - 60, UTC).isoformat().replace("+00:00", "Z")
+    e = parse(ok(ts=iso, views=2))
+    assert isinstance(e, Event) and e.ts == pytest.approx(NOW - 60)
+
+    e = parse(ok(ts="2025-11-25T04:04:05+01:00"))
+    assert isinstance(e, Event) and e.ts == pytest.approx(NOW)
+
+    e = parse(ok(ts="2025-11-25T03:04:05"))  # no zone: UTC
+    assert isinstance(e, Event) and e.ts == pytest.approx(NOW)
+
+    e = parse(ok(ts=NOW + 3599.5))  # within max_future_s
+    assert isinstance(e, Event)
+
+
+def test_metrics_absent_are_zero_and_order_is_fixed() -> None:
+    e = parse({"video_id": "v1", "ts": NOW, "likes": 1})
+    assert isinstance(e, Event)
+    assert e.counts == (0, 1, 0, 0)
+    assert e.published_at is None and e.category is None and e.region is None
+
+    e = parse(ok(views=4, likes=3, comments=2, shares=1, category="music", region="DE"))
+    assert isinstance(e, Event)
+    assert e.counts == (4, 3, 2, 1)
+    assert (e.category, e.region) == ("music", "DE")
+
+
+def test_leniencies() -> None:
+    e = parse(ok(views=3.0, likes=None, category=7, region=["x"], extra="ignored"))
+    assert isinstance(e, Event)
+    assert e.counts == (3, 0, 0, 0)
+    assert type(e.counts[0]) is int
+    assert e.category is None and e.region is None
+
+    e = parse(ok(published_at="2025-11-20T00:00:00Z", likes=1))
+    assert isinstance(e, Event)
+    assert e.published_at == datetime(2025, 11, 20, tzinfo=UTC).timestamp()
+
+
+def test_event_is_frozen() -> None:
+    e = parse(ok(likes=1))
+    assert isinstance(e, Event)
+    with pytest.raises(AttributeError):
+        e.video_id = "other"  # type: ignore[misc]
+
+
+def test_dead_letter_headers_carry_reason_and_origin() -> None:
+    raw = b'{"video_id": "v1", "likes": -5, "ts": 1}'
+    rej = parse_event(raw, **LIMITS)
+    assert isinstance(rej, Rejection) and rej.reason == "bad_count"
+    headers = dead_letter_headers(rej, "engagement-events", 3, 12345, now=NOW)
+    h = dict(headers)
+    assert [k for k, _ in headers] == [
+        "dlq.reason",
+        "dlq.detail",
+        "dlq.topic",
+        "dlq.partition",
+        "dlq.offset",
+        "dlq.ts",
+    ]
+    assert all(isinstance(v, bytes) for v in h.values())
+    assert h["dlq.reason"] == b"bad_count"
+    assert b"likes" in h["dlq.detail"]
+    assert h["dlq.topic"] == b"engagement-events"
+    assert h["dlq.partition"] == b"3"
+    assert h["dlq.offset"] == b"12345"
+    assert h["dlq.ts"] == b"2025-11-25T03:04:05.000Z"
+    # the dead-letter value is the original record: parsing never altered the input bytes
+    assert raw == b'{"video_id": "v1", "likes": -5, "ts": 1}'
+
+
+def test_dead_letter_detail_is_bounded_and_utf8() -> None:
+    rej = Rejection("not_json", "é" * 10_000)
+    h = dict(dead_letter_headers(rej, "t", 0, 0))
+    assert len(h["dlq.detail"]) <= 800
+    h["dlq.detail"].decode("utf-8")
