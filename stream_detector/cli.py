@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score an engagement CSV offline (same core as the stream)")
     s.add_argument("--input", required=True, help="CSV: video_id,ts,views,likes,comments,shares[,published_at]")
     s.add_argument("--output", required=True, help="JSONL, one line per input video")
-    s.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="ONNX model artifact")
+    s.add_argument("--model", default=os.environ.get("DETECTOR_MODEL_PATH") or str(DEFAULT_MODEL_PATH),
+                   help="ONNX model artifact (default: $DETECTOR_MODEL_PATH or the shipped model)")
     s.add_argument("--batch-size", type=int, default=1024)
     s.add_argument("--explain", action="store_true", help="add the explanation and threshold to each line")
 

@@ -13,9 +13,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from stream_detector.models import ModelArtifact
-from stream_detector.scoring import VideoScore
+from stream_detector.scoring import FlaggedWindow, VideoScore
+from stream_detector.series import hour_of
 
 SCHEMA_VERSION = "1.0"
+METRIC_ORDER = ("views", "likes", "comments", "shares")
+PATTERN_ORDER = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")
 SCHEMA_PATH = Path(__file__).resolve().parent / "flag.schema.json"
 
 
@@ -25,6 +28,46 @@ def flag_id(video_id: str, windows) -> str:
     for w in sorted(windows, key=lambda w_: w_.start_hour):
         h.update(f"|{w.start_hour}-{w.end_hour}".encode())
     return h.hexdigest()[:32]
+
+
+def merge_windows(published: list[dict], current: list[FlaggedWindow]) -> list[FlaggedWindow]:
+    """Union of the hours already published for a video and the hours flagged now.
+
+    Flags are cumulative: once an hour has been published as anomalous it stays in the
+    video's flag (moderation acted on it), so a flag's hour set only grows, every new flag
+    supersedes the previous one, and a flag id can never come back.
+    """
+    hours: dict[int, tuple[float, set[str], set[str]]] = {}
+
+    def add(start: int, end: int, score: float, metrics, patterns) -> None:
+        for h in range(start, end):
+            s0, m0, p0 = hours.get(h, (0.0, set(), set()))
+            hours[h] = (max(s0, score), m0 | set(metrics), p0 | set(patterns))
+
+    for w in published:
+        add(hour_of(_epoch(w["start"])), hour_of(_epoch(w["end"])), w["score"], w["metrics"], w["patterns"])
+    for w in current:
+        add(w.start_hour, w.end_hour, w.score, w.metrics, w.patterns)
+    out: list[FlaggedWindow] = []
+    for h in sorted(hours):
+        score, metrics, patterns = hours[h]
+        last = out[-1] if out else None
+        if last is not None and last.end_hour == h:
+            out[-1] = FlaggedWindow(
+                last.start_hour, h + 1, max(last.score, score),
+                _ordered(set(last.metrics) | metrics, METRIC_ORDER), _ordered(set(last.patterns) | patterns, PATTERN_ORDER),
+            )
+        else:
+            out.append(FlaggedWindow(h, h + 1, score, _ordered(metrics, METRIC_ORDER), _ordered(patterns, PATTERN_ORDER)))
+    return out
+
+
+def _ordered(items: set[str], order: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(x for x in order if x in items)
+
+
+def _epoch(iso_text: str) -> float:
+    return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()
 
 
 def severity(score: float, threshold: float) -> str:
@@ -44,16 +87,26 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def build_flag(vs: VideoScore, model: ModelArtifact, *, watermark: float, detected_at: float, status: str = "new") -> dict:
+def build_flag(
+    vs: VideoScore,
+    model: ModelArtifact,
+    *,
+    watermark: float,
+    detected_at: float,
+    status: str = "new",
+    windows: list[FlaggedWindow] | None = None,
+) -> dict:
+    """The flag for a scored video; ``windows`` (default: the current ones) are its hours."""
+    windows = vs.windows if windows is None else windows
     return {
         "schema_version": SCHEMA_VERSION,
-        "flag_id": flag_id(vs.video_id, vs.windows),
+        "flag_id": flag_id(vs.video_id, windows),
         "video_id": vs.video_id,
         "score": round(float(vs.score), 4),
         "threshold": round(float(vs.threshold), 4),
         "severity": severity(vs.score, vs.threshold),
         "status": status,
-        "windows": [w.to_dict() for w in vs.windows],
+        "windows": [w.to_dict() for w in windows],
         "explanation": vs.explanation[:500],
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
         "watermark": iso(watermark),

@@ -139,5 +139,30 @@ class Metrics:
             registry=r,
         )
 
+        self._zero_known_series()
+
+    def _zero_known_series(self) -> None:
+        """Create every known label combination at 0, so dashboards and alerts see a series
+        (and rate() works) before the first occurrence."""
+        from stream_detector.events import REASONS
+        from stream_detector.patterns import PATTERNS
+        from stream_detector.series import METRICS
+
+        for m in METRICS:
+            self.events_consumed.labels(metric=m)
+        for reason in REASONS:
+            self.events_invalid.labels(reason=reason)
+        for path in ("cadence", "immediate"):
+            self.videos_scored.labels(path=path)
+        for sev in ("low", "medium", "high", "critical"):
+            self.flags.labels(severity=sev)
+        for p in PATTERNS:
+            self.flag_patterns.labels(pattern=p)
+        for op in ("apply", "read", "store_scores", "flag_state", "watermark"):
+            self.redis_errors.labels(operation=op)
+            self.redis_latency.labels(operation=op)
+        for result in ("loaded", "refused"):
+            self.model_reloads.labels(result=result)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -82,3 +82,28 @@ def fingerprint(weeks: list[SimulatedDataset]) -> str:
 
 def pattern_counts(data: SimulatedDataset) -> dict[str, int]:
     return {p: int(sum(1 for q in data.pattern if q == p)) for p in PATTERNS}
+
+
+def partial_history(split: Split, seed: int, share: float = 0.5) -> Split:
+    """Copies of a share of the videos whose first k hours are unseen (k ~ U[1, W-24]).
+
+    The stream sees exactly this when a worker starts on an empty Redis or a video's older
+    hours have expired: a window that begins mid-life. Training on it keeps those windows
+    from looking like a sudden start of engagement.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(split.data)
+    idx = np.sort(rng.choice(n, int(n * share), replace=False))
+    data = split.data.subset(idx)
+    w = data.counts.shape[-1]
+    cut = rng.integers(1, w - 24, size=len(idx))
+    cols = np.arange(w)[None, :] < cut[:, None]
+    data.counts = np.where(cols[:, None, :], 0.0, data.counts)
+    data.hour_fake = np.where(cols, False, data.hour_fake)
+    data.hour_patterns = np.where(cols[:, None, :], False, data.hour_patterns)
+    data.label = data.hour_fake.any(axis=1).astype(data.label.dtype)
+    starts = split.starts[idx]
+    data.start_hours = starts
+    pubs = np.asarray(data.published_hour, dtype=np.int64)
+    x, mask = build_features(data.counts, starts, pubs)
+    return Split(split.name + "+partial", data, x, mask)

@@ -21,7 +21,14 @@ from stream_detector.models import Combiner
 from stream_detector.patterns import PATTERNS, detect
 from training import calibrate
 from training.baselines import IsolationForestBaseline, RollingZScore
-from training.dataset import WEEK_HOURS, Split, fingerprint, make_split, simulate_week
+from training.dataset import (
+    WEEK_HOURS,
+    Split,
+    fingerprint,
+    make_split,
+    partial_history,
+    simulate_week,
+)
 from training.evaluate import (
     Evaluation,
     breakdown_tables,
@@ -120,7 +127,7 @@ def run(cfg: TrainConfig) -> dict:
     _log(f"simulating {cfg.weeks} weeks x {cfg.videos_per_week} videos (seed {cfg.seed})")
     weeks = [simulate_week(cfg.seed, k, cfg.videos_per_week) for k in range(cfg.weeks)]
     splits = [make_split(f"week{k}", d) for k, d in enumerate(weeks)]
-    train = merge_splits("train", splits[:3])
+    train = merge_splits("train", [*splits[:3], *(partial_history(sp, cfg.seed + k) for k, sp in enumerate(splits[:3]))])
     val, test = splits[3], splits[4]
     stats = fit_normalization(train.x, train.mask)
     data_fp = fingerprint(weeks[:3])
@@ -188,7 +195,7 @@ def cross_validate(cfg: TrainConfig, splits: list[Split]) -> list[dict]:
     n = len(splits)
     first = max(1, n - 1 - cfg.cv_folds)
     for k in range(first, n - 1):
-        train = merge_splits("cv-train", splits[:k])
+        train = merge_splits("cv-train", [*splits[:k], *(partial_history(sp, cfg.seed + j) for j, sp in enumerate(splits[:k]))])
         val, test = splits[k], splits[k + 1]
         stats = fit_normalization(train.x, train.mask)
         model = train_model(cfg.arch, train, val, stats, cfg.cv_epochs, cfg.seed + k)

@@ -1,0 +1,183 @@
+"""The worker process: a faust App hosting the batch detector, plus its web views.
+
+Faust gives the worker its lifecycle (signals, ordered start/stop of services), its web
+server and views. Its own per-message consumer is switched off: measured here it caps a
+worker near 3,000 events/s (``bench/faust/FINDINGS.md``), so the hot path is the
+``Detector`` batch loop over aiokafka ``getmany`` running as a faust service in the
+same consumer group semantics (key = video_id, no repartitioning).
+
+Views: ``/metrics`` (Prometheus), ``/healthz`` (liveness), ``/readyz`` (broker, Redis,
+model), ``/score/{video_id}`` (latest score, windows, explanation), ``/model``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import faust
+from faust.app.base import BootStrategy
+from mode import Service
+
+from stream_detector.config import Settings, SettingsError
+from stream_detector.detector import Detector
+from stream_detector.embedded import ensure_topics, resolve_endpoints
+from stream_detector.metrics import Metrics
+from stream_detector.models import ModelArtifact, ModelError
+
+log = logging.getLogger("stream_detector.app")
+
+
+class _BatchBoot(BootStrategy):
+    """Faust runs web and services only; the Detector owns its Kafka clients."""
+
+    enable_kafka = False
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+
+
+class DetectorApp(faust.App):
+    BootStrategy = _BatchBoot
+
+
+class DetectorService(Service):
+    """Starts the detector after the app, stops it (gracefully) before the web server."""
+
+    def __init__(self, detector: Detector, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.detector = detector
+        self.failed: str | None = None
+
+    async def on_start(self) -> None:
+        await self.detector.start()
+        self.add_future(self._watch())
+
+    async def _watch(self) -> None:
+        try:
+            await self.detector.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the loop logged it; stop the worker so it restarts
+            self.failed = repr(exc)
+            log.error("detector failed: %r; stopping the worker", exc)
+            os.kill(os.getpid(), 15)
+
+    async def on_stop(self) -> None:
+        await self.detector.stop()
+
+
+def create_app(settings: Settings, model: ModelArtifact, metrics: Metrics | None = None) -> tuple[faust.App, Detector]:
+    metrics = metrics or Metrics()
+    detector = Detector(settings, model, metrics)
+    app = DetectorApp(
+        "stream-detector",
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        web_enabled=True,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        datadir=os.path.join(tempfile.gettempdir(), f"stream-detector-{os.getpid()}"),
+        topic_disable_leader=True,
+    )
+    service = DetectorService(detector)
+    app.service(service)
+    started = time.time()
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        alive = service.failed is None
+        return web.json(
+            {"status": "ok" if alive else "failed", "uptime_s": round(time.time() - started, 1), "error": service.failed},
+            status=200 if alive else 503,
+        )
+
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        checks = {"broker": detector.ready, "model": detector.scorer is not None, "redis": False}
+        if detector.redis is not None:
+            try:
+                checks["redis"] = bool(await asyncio.wait_for(detector.redis.ping(), 1.0))
+            except (TimeoutError, OSError, Exception):  # noqa: BLE001 - any failure means not ready
+                checks["redis"] = False
+        ok = all(checks.values())
+        return web.json({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+    @app.page("/model")
+    async def model_view(web: Any, request: Any) -> Any:
+        return web.json(detector.model_status())
+
+    @app.page("/score/{video_id}")
+    async def score_view(web: Any, request: Any, video_id: str) -> Any:
+        doc = await detector.current_score(video_id)
+        if doc is None:
+            return web.json({"video_id": video_id, "error": "no window for this video"}, status=404)
+        return web.json(doc)
+
+    return app, detector
+
+
+class _KeyValueFormatter(logging.Formatter):
+    """Structured single-line logs: ts=... level=... logger=... msg=..."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        msg = record.getMessage().replace("\n", " | ")
+        line = f"ts={ts}Z level={record.levelname} logger={record.name} msg={msg!r}"
+        if record.exc_info:
+            line += " exc=" + repr(self.formatException(record.exc_info).splitlines()[-1])
+        return line
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def run_worker() -> int:
+    """`stream-detector worker`: embedded stack when nothing is configured, then serve until SIGTERM."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        sys.stderr.write(f"stream-detector: error: {exc}\n")
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        model = ModelArtifact.load(settings.model_path)
+    except ModelError as exc:
+        sys.stderr.write(f"stream-detector: error: model {settings.model_path}: {exc}\n")
+        return 2
+    stack, settings = resolve_endpoints(settings)
+    try:
+        asyncio.run(
+            ensure_topics(
+                settings.kafka_bootstrap_servers,
+                {settings.events_topic: settings.topic_partitions, settings.flags_topic: settings.topic_partitions,
+                 settings.dlq_topic: settings.topic_partitions},
+            )
+        )
+        app, _ = create_app(settings, model)
+        log.info("worker starting web=%s:%d broker=%s redis=%s", settings.web_host, settings.web_port,
+                 settings.kafka_bootstrap_servers, settings.redis_url)
+        worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+    finally:
+        if stack is not None:
+            stack.stop()

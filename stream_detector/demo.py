@@ -1,0 +1,263 @@
+"""`stream-detector demo`: the whole product on one machine, in under a minute.
+
+Starts the embedded broker and redis-server, a real worker process (`stream-detector
+worker`), replays a simulated week of engagement (known fakes and tricky organic videos)
+compressed into ``duration`` seconds, prints flags as they arrive, and ends with a summary
+against the truth. Exit code 0 when the pipeline ran; the summary says how well it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+
+from stream_detector.config import Settings
+from stream_detector.embedded import EmbeddedStack, ensure_topics
+from stream_detector.replay import produce
+
+TRUTH_MARK = {True: "ok", False: "FALSE"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """Sum of each metric family on the worker's /metrics (labels summed)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        try:
+            out[name] = out.get(name, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
+                if resp.status == 200:
+                    return time.monotonic() - t0
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"worker not ready after {timeout:.0f}s")
+
+
+def run_demo(videos: int = 120, duration: float = 40.0, seed: int = 2026) -> int:
+    if videos < 10:
+        sys.stderr.write("stream-detector: error: --videos must be >= 10\n")
+        return 2
+    if duration <= 0:
+        sys.stderr.write("stream-detector: error: --duration must be > 0\n")
+        return 2
+    from training.simulate import simulate
+
+    print(f"simulating {videos} videos over one week (seed {seed}) ...", flush=True)
+    data = simulate(videos, seed=seed)
+    settings = Settings.from_env()
+    stack = None
+    if not settings.kafka_bootstrap_servers or not settings.redis_url:
+        stack = EmbeddedStack(kafka=not settings.kafka_bootstrap_servers, redis=not settings.redis_url).start()
+        print(f"embedded stack: broker {stack.bootstrap_servers}  redis {stack.redis_url}", flush=True)
+    try:
+        bootstrap = settings.kafka_bootstrap_servers or stack.bootstrap_servers
+        redis_url = settings.redis_url or stack.redis_url
+        return asyncio.run(_demo(data, duration, bootstrap, redis_url, settings))
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings: Settings) -> int:
+    run_id = f"demo-{int(time.time())}"
+    topics = {
+        "events": f"{run_id}-events",
+        "flags": f"{run_id}-flags",
+        "dlq": f"{run_id}-dlq",
+    }
+    await ensure_topics(bootstrap, {t: settings.topic_partitions for t in topics.values()})
+    port = _free_port()
+    env = dict(os.environ)
+    env.update(
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        REDIS_URL=redis_url,
+        DETECTOR_EVENTS_TOPIC=topics["events"],
+        DETECTOR_FLAGS_TOPIC=topics["flags"],
+        DETECTOR_DLQ_TOPIC=topics["dlq"],
+        DETECTOR_CONSUMER_GROUP=f"{run_id}-group",
+        DETECTOR_KEY_PREFIX=run_id,
+        DETECTOR_WEB_PORT=str(port),
+        DETECTOR_SCORE_INTERVAL_SECONDS="0.5",
+    )
+    log_path = Path(tempfile.gettempdir()) / f"{run_id}-worker.log"
+    log_file = open(log_path, "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream_detector.cli", "worker"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+    try:
+        ready_s = _wait_ready(port, proc)
+        print(f"worker ready in {ready_s:.1f}s (pid {proc.pid}, http://127.0.0.1:{port}/metrics, log {log_path})", flush=True)
+        return await _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log_file.close()
+
+
+async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc) -> int:
+    truth = {vid: i for i, vid in enumerate(data.video_ids)}
+    events = list(data.iter_events())
+    n_events = len(events)
+    rate = n_events / duration
+    print(
+        f"replaying {n_events:,} events of {len(data)} videos ({int(np.sum(data.label))} with fake engagement) "
+        f"in ~{duration:.0f}s ({rate:,.0f} events/s; one simulated week = {duration:.0f}s)\n",
+        flush=True,
+    )
+    print(f"{'time':>6}  {'video':<14} {'severity':<8} {'score':>5}  {'hours (UTC)':<24} {'patterns':<28} truth")
+    flags_consumer = AIOKafkaConsumer(topics["flags"], bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    await flags_consumer.start()
+    t0 = time.monotonic()
+    last_flag: dict[str, dict] = {}
+
+    async def show_flags() -> None:
+        while True:
+            batch = await flags_consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                for rec in records:
+                    flag = json.loads(rec.value)
+                    last_flag[flag["video_id"]] = flag
+                    i = truth.get(flag["video_id"])
+                    fake = bool(data.label[i]) if i is not None else False
+                    label = data.pattern[i] if fake else f"organic/{data.organic_kind[i]}"
+                    w = max(flag["windows"], key=lambda x: x["score"])
+                    span = f"{w['start'][5:16]}+{len(flag['windows'])}w"
+                    pats = ",".join(sorted({p for x in flag["windows"] for p in x["patterns"]}))
+                    print(
+                        f"{time.monotonic() - t0:6.1f}  {flag['video_id']:<14} {flag['severity']:<8} {flag['score']:5.2f}  "
+                        f"{span:<24} {pats:<28} {label} [{TRUTH_MARK[fake]}]",
+                        flush=True,
+                    )
+
+    async def progress(sent_ref: list[int]) -> None:
+        while True:
+            await asyncio.sleep(5)
+            m = _metrics(port)
+            print(
+                f"  .. {time.monotonic() - t0:5.1f}s sent {sent_ref[0]:,}/{n_events:,}  consumed {m.get('detector_events_consumed_total', 0):,.0f} "
+                f"metric-events  flags {m.get('detector_flags_total', 0):.0f}",
+                flush=True,
+            )
+
+    sent = [0]
+
+    def counted():
+        for e in events:
+            sent[0] += 1
+            yield e["video_id"], json.dumps(e, separators=(",", ":")).encode()
+
+    shower = asyncio.create_task(show_flags())
+    prog = asyncio.create_task(progress(sent))
+    try:
+        await produce(bootstrap, topics["events"], counted(), rate=rate)
+        # drain: wait until the worker has consumed and scored everything
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                print(f"worker exited with code {proc.returncode}", file=sys.stderr)
+                return 1
+            m = _metrics(port)
+            if m.get("detector_consumer_lag_messages", 1) == 0 and m.get("detector_videos_scored_total", 0) > 0:
+                await asyncio.sleep(1.5)
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        prog.cancel()
+        await asyncio.sleep(1.0)
+        shower.cancel()
+        await flags_consumer.stop()
+    return await _summary(data, redis_url, run_id, last_flag, time.monotonic() - t0, port)
+
+
+async def _summary(data, redis_url: str, run_id: str, last_flag: dict, elapsed: float, port: int) -> int:
+    r = aioredis.from_url(redis_url)
+    keys = [f"{run_id}:s:{{{vid}}}" for vid in data.video_ids]
+    docs = await r.mget(keys)
+    await r.aclose()
+    scored = sum(d is not None for d in docs)
+    labels = np.asarray(data.label, dtype=bool)
+    flagged = np.array([vid in last_flag for vid in data.video_ids])
+    caught = flagged & labels
+    false_flags = flagged & ~labels
+    missed = labels & ~flagged
+    near, total = 0, 0
+    for i in np.flatnonzero(caught):
+        fake_hours = data.start_hour + np.flatnonzero(data.hour_fake[i])
+        hot: set[int] = set()
+        for w in last_flag[data.video_ids[i]]["windows"]:
+            s = _hour(w["start"])
+            e = _hour(w["end"])
+            hot.update(range(s - 1, e + 1))
+        total += len(fake_hours)
+        near += sum(int(h) in hot for h in fake_hours)
+    m = _metrics(port)
+    print("\n=== summary ===")
+    print(f"videos {len(data)}  scored {scored}  fake {labels.sum()}  organic {(~labels).sum()}  time {elapsed:.0f}s")
+    print(f"caught {caught.sum()}/{labels.sum()} fake videos (recall {caught.sum() / max(labels.sum(), 1):.2f})")
+    print(f"false flags {false_flags.sum()}/{(~labels).sum()} organic videos (FPR {false_flags.sum() / max((~labels).sum(), 1):.3f})")
+    print(f"precision {caught.sum() / max(flagged.sum(), 1):.2f}")
+    print(f"fake hours within ±1 h of a flagged window (caught videos): {near}/{total} ({near / max(total, 1):.2f})")
+    for p in sorted(set(data.pattern) - {""}):
+        sel = np.asarray(data.pattern) == p
+        print(f"  {p:<16} caught {int((flagged & sel).sum())}/{int(sel.sum())}")
+    if missed.any():
+        print("missed: " + ", ".join(f"{data.video_ids[i]}({data.pattern[i]})" for i in np.flatnonzero(missed)[:10]))
+    if false_flags.any():
+        print("false flags: " + ", ".join(f"{data.video_ids[i]}(organic/{data.organic_kind[i]})" for i in np.flatnonzero(false_flags)[:10]))
+    print(
+        f"worker: {m.get('detector_events_consumed_total', 0):,.0f} metric-events consumed, "
+        f"{m.get('detector_events_invalid_total', 0):.0f} invalid, {m.get('detector_flags_total', 0):.0f} flags published"
+    )
+    return 0
+
+
+def _hour(iso: str) -> int:
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() // 3600)
+

@@ -1,0 +1,433 @@
+"""The detection loop: consume a batch, update windows, score what changed, flag, commit.
+
+One ``Detector`` per worker process. Each loop iteration is one Kafka fetch
+(``getmany``, thousands of records): events are parsed, invalid ones go to the dead-letter
+topic, valid ones update the Redis windows in one atomic Lua call, and the videos whose
+windows changed are re-scored in batches at a bounded cadence (or at once when a minute
+count looks like a spike). Offsets are committed only after the windows are written *and*
+the videos they touched have been scored and their flags acknowledged by the broker, so a
+crash replays work instead of losing it; window updates skip already-applied offsets and
+flag ids are deterministic, so a replay changes no count and repeats no flag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from stream_detector.config import Settings
+from stream_detector.events import Event, Rejection, dead_letter_headers, parse_event
+from stream_detector.flags import build_flag, merge_windows
+from stream_detector.metrics import Metrics
+from stream_detector.models import ModelArtifact
+from stream_detector.scoring import Scorer, VideoScore
+from stream_detector.series import METRICS
+from stream_detector.windows import WindowStore
+
+log = logging.getLogger("stream_detector.detector")
+
+FLAG_STATE_TTL_S = 30 * 24 * 3600
+
+
+@dataclass
+class _Pending:
+    """Videos to re-score, with the newest Kafka timestamp (ms) that touched each."""
+
+    videos: dict[str, float] = field(default_factory=dict)
+    urgent: set[str] = field(default_factory=set)
+
+    def add(self, video_ids: Iterable[str], arrival_ms: dict[str, float]) -> None:
+        for v in video_ids:
+            t = arrival_ms.get(v, 0.0)
+            if t > self.videos.get(v, 0.0):
+                self.videos[v] = t
+            else:
+                self.videos.setdefault(v, t)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            await self.detector.flush("rebalance")
+        for tp in revoked:
+            self.detector.forget_partition(tp)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.detector.load_watermarks(assigned)
+        log.info("assigned partitions=%s", sorted(tp.partition for tp in assigned))
+
+
+class Detector:
+    """Consumer loop + scoring + flag publication with an explicit start/stop lifecycle."""
+
+    def __init__(self, settings: Settings, model: ModelArtifact, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.scorer = Scorer(model)
+        self._next_scorer: Scorer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.redis: aioredis.Redis | None = None
+        self.windows: WindowStore | None = None
+        self._pending = _Pending()
+        self._last_score = 0.0
+        self._watermark: dict[int, float] = {}
+        self._positions: dict[TopicPartition, int] = {}
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._assigned = False
+        self.started_at = time.time()
+        self.consumed = 0
+        self.flags_published = 0
+        self._set_model_info(model)
+
+    # lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        s = self.settings
+        self.redis = aioredis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=10)
+        await self.redis.ping()
+        self.windows = WindowStore(
+            self.redis,
+            window_hours=s.window_hours,
+            ttl_seconds=s.idle_ttl_seconds,
+            prefix=s.key_prefix,
+            spike_minute_count=s.spike_minute_count,
+            metrics=self.metrics,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            linger_ms=5,
+            acks="all",
+            request_timeout_ms=30000,
+        )
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+            session_timeout_ms=6000,  # Tansu answers the first JoinGroup after ~session/2
+            heartbeat_interval_ms=1000,
+            rebalance_timeout_ms=30000,
+            max_poll_interval_ms=300000,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
+        self._task = asyncio.create_task(self._run(), name="detector-loop")
+        log.info("detector started group=%s topic=%s model=%s", s.consumer_group, s.events_topic, self.scorer.model.version)
+
+    async def stop(self) -> None:
+        """Finish the in-flight batch, score and flag what it touched, commit, close."""
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=30)
+            except TimeoutError:
+                log.error("detector loop did not finish within 30s; cancelling")
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        self.metrics.ready.set(0)
+        log.info("detector stopped consumed=%d flags=%d", self.consumed, self.flags_published)
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await self._task
+
+    @property
+    def ready(self) -> bool:
+        return self._task is not None and not self._task.done() and self._assigned
+
+    # model ---------------------------------------------------------------------
+    def swap_model(self, model: ModelArtifact) -> None:
+        """Takes effect between scoring batches: no batch is scored by two models."""
+        self._next_scorer = Scorer(model)
+
+    def model_status(self) -> dict:
+        model = self.scorer.model
+        return model.info() | {"threshold": model.threshold, "path": model.path}
+
+    def _set_model_info(self, model: ModelArtifact) -> None:
+        self.metrics.model_info.info(model.info())
+
+    # main loop -----------------------------------------------------------------
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        s = self.settings
+        try:
+            while not self._stopping.is_set():
+                batches = await self.consumer.getmany(timeout_ms=s.consume_timeout_ms, max_records=s.consume_max_records)
+                if self.consumer.assignment():
+                    self._assigned = True
+                    self.metrics.ready.set(1)
+                if batches:
+                    await self._process(batches)
+                now = time.monotonic()
+                due = now - self._last_score >= s.score_interval_seconds
+                if self._pending.urgent or (due and self._pending.videos):
+                    await self.flush("cadence" if not self._pending.urgent else "immediate")
+                elif due:
+                    self._last_score = now
+                self._update_lag()
+            await self.flush("shutdown")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("detector loop failed")
+            self.metrics.ready.set(0)
+            raise
+
+    async def _process(self, batches: dict[TopicPartition, list]) -> None:
+        s = self.settings
+        now = time.time()
+        events: list[Event] = []
+        offsets: list[int] = []
+        partitions: list[int] = []
+        arrival: dict[str, float] = {}
+        dead: list = []
+        n = 0
+        for tp, records in batches.items():
+            wm = self._watermark.get(tp.partition, 0.0)
+            high = wm + s.allowed_lateness_seconds
+            for rec in records:
+                n += 1
+                parsed = parse_event(
+                    rec.value or b"",
+                    now=now,
+                    max_bytes=s.max_event_bytes,
+                    max_count=s.max_count_per_event,
+                    max_future_s=s.max_future_seconds,
+                )
+                if isinstance(parsed, Rejection):
+                    dead.append((rec, tp, parsed))
+                    continue
+                if parsed.ts > high:
+                    high = parsed.ts
+                elif parsed.ts < high - s.allowed_lateness_seconds:
+                    dead.append((rec, tp, Rejection("late", f"ts {parsed.ts:.0f} < watermark {high - s.allowed_lateness_seconds:.0f}")))
+                    self.metrics.events_late.inc()
+                    continue
+                events.append(parsed)
+                offsets.append(rec.offset)
+                partitions.append(tp.partition)
+                if rec.timestamp > arrival.get(parsed.video_id, 0.0):
+                    arrival[parsed.video_id] = rec.timestamp
+            self._watermark[tp.partition] = high - s.allowed_lateness_seconds
+            if records:
+                self._positions[tp] = records[-1].offset + 1
+        self.consumed += n
+        self.metrics.consume_batch_size.observe(n)
+        if self._watermark:
+            self.metrics.watermark.set(max(self._watermark.values()))
+        totals = [0, 0, 0, 0]
+        for e in events:
+            c = e.counts
+            totals[0] += c[0] > 0
+            totals[1] += c[1] > 0
+            totals[2] += c[2] > 0
+            totals[3] += c[3] > 0
+        for m, k in zip(METRICS, totals, strict=True):
+            if k:
+                self.metrics.events_consumed.labels(metric=m).inc(k)
+        if events:
+            assert self.windows is not None
+            result = await self.windows.apply(events, offsets, partitions)
+            for idx in result.late:
+                e = events[idx]
+                dead.append((None, None, Rejection("late", f"ts {e.ts:.0f} older than the {s.window_hours} h window"), e))
+            if result.replayed:
+                self.metrics.events_replayed.inc(result.replayed)
+            touched = {e.video_id for e in events}
+            self._pending.add(touched, arrival)
+            self._pending.urgent |= result.spikes
+        if dead:
+            await self._dead_letter(dead)
+
+    async def _dead_letter(self, dead: list) -> None:
+        assert self.producer is not None
+        futures = []
+        for item in dead:
+            rec, tp, rejection = item[0], item[1], item[2]
+            if rec is None:
+                e = item[3]
+                value = json.dumps({"video_id": e.video_id, "ts": e.ts, **dict(zip(METRICS, e.counts, strict=True))}).encode()
+                headers = dead_letter_headers(rejection, self.settings.events_topic, -1, -1)
+                key = e.video_id.encode()
+            else:
+                value = rec.value or b""
+                headers = dead_letter_headers(rejection, tp.topic, tp.partition, rec.offset)
+                key = rec.key
+            self.metrics.events_invalid.labels(reason=rejection.reason).inc()
+            futures.append(await self.producer.send(self.settings.dlq_topic, value=value, key=key, headers=headers))
+        await asyncio.gather(*futures)
+
+    # scoring -------------------------------------------------------------------
+    async def flush(self, path: str) -> None:
+        """Score every pending video, publish flags, then commit what has been consumed."""
+        if self._next_scorer is not None:
+            self.scorer, self._next_scorer = self._next_scorer, None
+            self._set_model_info(self.scorer.model)
+        pending, self._pending = self._pending, _Pending()
+        self._last_score = time.monotonic()
+        ids = list(pending.videos)
+        bs = self.settings.score_batch_size
+        for i in range(0, len(ids), bs):
+            await self._score_batch(ids[i : i + bs], pending, path)
+        if self.consumer is not None and self.consumer.assignment():
+            try:
+                await self.consumer.commit()
+            except Exception as exc:  # CommitFailedError during a rebalance: the events replay
+                log.warning("commit failed (%s); events since the last commit will replay", exc)
+                return
+            # After the commit, never before: a watermark ahead of the committed offsets would
+            # make replayed events look late after a crash. Behind it is only more lenient.
+            await self.save_watermarks()
+
+    async def _score_batch(self, ids: list[str], pending: _Pending, path: str) -> None:
+        assert self.windows is not None and self.redis is not None
+        scorer = self.scorer
+        series = await self.windows.read(ids)
+        present = [series[v] for v in ids if v in series]
+        if not present:
+            return
+        t0 = time.perf_counter()
+        scores = scorer.score(present)
+        self.metrics.inference_latency.observe(time.perf_counter() - t0)
+        self.metrics.inference_batch_size.observe(len(present))
+        label = "immediate" if path == "immediate" else "cadence"
+        self.metrics.videos_scored.labels(path=label).inc(len(present))
+        flagged = [vs for vs in scores if vs.flagged]
+        await self._store_scores(scores)
+        if flagged:
+            await self._publish(flagged, pending, scorer)
+
+    async def _store_scores(self, scores: list[VideoScore]) -> None:
+        """Keep the latest score per video for /score/{video_id} (one pipeline per batch)."""
+        assert self.redis is not None
+        model = self.scorer.model
+        pipe = self.redis.pipeline(transaction=False)
+        for vs in scores:
+            doc = vs.to_dict() | {
+                "threshold": round(vs.threshold, 4),
+                "explanation": vs.explanation,
+                "end_hour": vs.end_hour,
+                "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+                "scored_at": time.time(),
+            }
+            pipe.set(self.score_key(vs.video_id), json.dumps(doc), ex=self.settings.idle_ttl_seconds)
+        await self._timed("store_scores", pipe.execute())
+
+    async def _publish(self, flagged: list[VideoScore], pending: _Pending, scorer: Scorer) -> None:
+        assert self.redis is not None and self.producer is not None
+        model = scorer.model
+        keys = [self.flag_key(vs.video_id) for vs in flagged]
+        previous = await self._timed("flag_state", self.redis.mget(keys))
+        wm = max(self._watermark.values()) if self._watermark else 0.0
+        now = time.time()
+        sends, new_state = [], {}
+        for vs, prev in zip(flagged, previous, strict=True):
+            prev_flag = json.loads(prev) if prev else None
+            windows = merge_windows(prev_flag["windows"] if prev_flag else [], vs.windows)
+            flag = build_flag(vs, model, watermark=wm, detected_at=now, windows=windows,
+                              status="updated" if prev_flag else "new")
+            if prev_flag and flag["flag_id"] == prev_flag["flag_id"]:
+                continue  # no new anomalous hour: never repeat a flag
+            body = json.dumps(flag, separators=(",", ":")).encode()
+            sends.append((vs, flag, await self.producer.send(self.settings.flags_topic, value=body, key=vs.video_id.encode())))
+            new_state[self.flag_key(vs.video_id)] = json.dumps({"flag_id": flag["flag_id"], "windows": flag["windows"]})
+        if not sends:
+            return
+        await asyncio.gather(*(f for _, _, f in sends))
+        done = time.time()
+        for vs, flag, _ in sends:
+            self.metrics.flags.labels(severity=flag["severity"]).inc()
+            for p in {p for w in flag["windows"] for p in w["patterns"]}:
+                self.metrics.flag_patterns.labels(pattern=p).inc()
+            arrival_ms = pending.videos.get(vs.video_id, 0.0)
+            if arrival_ms:
+                self.metrics.end_to_end_latency.observe(max(0.0, done - arrival_ms / 1000.0))
+            log.info("flag video=%s flag_id=%s score=%.3f severity=%s windows=%d", vs.video_id, flag["flag_id"], vs.score, flag["severity"], len(flag["windows"]))
+        self.flags_published += len(sends)
+        pipe = self.redis.pipeline(transaction=False)
+        for k, v in new_state.items():
+            pipe.set(k, v, ex=FLAG_STATE_TTL_S)
+        await self._timed("flag_state", pipe.execute())
+
+    # state helpers ---------------------------------------------------------------
+    def flag_key(self, video_id: str) -> str:
+        return f"{self.settings.key_prefix}:f:{{{video_id}}}"
+
+    def score_key(self, video_id: str) -> str:
+        return f"{self.settings.key_prefix}:s:{{{video_id}}}"
+
+    def watermark_key(self, partition: int) -> str:
+        return f"{self.settings.key_prefix}:wm:{self.settings.events_topic}:{partition}"
+
+    async def load_watermarks(self, assigned) -> None:
+        """Resume event-time watermarks so a restarted worker judges lateness as before."""
+        if self.redis is None or not assigned:
+            return
+        parts = sorted(tp.partition for tp in assigned)
+        values = await self._timed("watermark", self.redis.mget([self.watermark_key(p) for p in parts]))
+        for p, v in zip(parts, values, strict=True):
+            if v is not None:
+                self._watermark[p] = max(self._watermark.get(p, 0.0), float(v))
+
+    async def save_watermarks(self) -> None:
+        if self.redis is None or not self._watermark:
+            return
+        await self._timed("watermark", self.redis.mset({self.watermark_key(p): str(v) for p, v in self._watermark.items()}))
+
+    async def _timed(self, op: str, awaitable):
+        t0 = time.perf_counter()
+        try:
+            return await awaitable
+        except Exception:
+            self.metrics.redis_errors.labels(operation=op).inc()
+            raise
+        finally:
+            self.metrics.redis_latency.labels(operation=op).observe(time.perf_counter() - t0)
+
+    def forget_partition(self, tp: TopicPartition) -> None:
+        """Drop per-partition state of a partition this worker no longer owns."""
+        self._positions.pop(tp, None)
+        self._watermark.pop(tp.partition, None)
+        with contextlib.suppress(KeyError):
+            self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    def _update_lag(self) -> None:
+        c = self.consumer
+        if c is None:
+            return
+        for tp in c.assignment():
+            high = c.highwater(tp)
+            if high is None:
+                continue
+            pos = self._positions.get(tp)
+            if pos is None:
+                continue
+            self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
+
+    async def current_score(self, video_id: str) -> dict | None:
+        assert self.redis is not None
+        raw = await self._timed("score_view", self.redis.get(self.score_key(video_id)))
+        return json.loads(raw) if raw else None
