@@ -154,6 +154,7 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
     await flags_consumer.start()
     t0 = time.monotonic()
     last_flag: dict[str, dict] = {}
+    updates = [0]
 
     async def show_flags() -> None:
         while True:
@@ -162,11 +163,14 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
                 for rec in records:
                     flag = json.loads(rec.value)
                     last_flag[flag["video_id"]] = flag
+                    if flag["status"] != "new":
+                        updates[0] += 1  # the same video gained anomalous hours
+                        continue
                     i = truth.get(flag["video_id"])
                     fake = bool(data.label[i]) if i is not None else False
                     label = data.pattern[i] if fake else f"organic/{data.organic_kind[i]}"
                     w = max(flag["windows"], key=lambda x: x["score"])
-                    span = f"{w['start'][5:16]}+{len(flag['windows'])}w"
+                    span = f"{w['start'][5:16]}Z ({len(flag['windows'])} window{'s' if len(flag['windows']) > 1 else ''})"
                     pats = ",".join(sorted({p for x in flag["windows"] for p in x["patterns"]}))
                     print(
                         f"{time.monotonic() - t0:6.1f}  {flag['video_id']:<14} {flag['severity']:<8} {flag['score']:5.2f}  "
@@ -180,7 +184,7 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
             m = _metrics(port)
             print(
                 f"  .. {time.monotonic() - t0:5.1f}s sent {sent_ref[0]:,}/{n_events:,}  consumed {m.get('detector_events_consumed_total', 0):,.0f} "
-                f"metric-events  flags {m.get('detector_flags_total', 0):.0f}",
+                f"metric-events  flagged videos {len(last_flag)} (+{updates[0]} updates with new hours)",
                 flush=True,
             )
 

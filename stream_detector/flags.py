@@ -38,16 +38,12 @@ def merge_windows(published: list[dict], current: list[FlaggedWindow]) -> list[F
     supersedes the previous one, and a flag id can never come back.
     """
     hours: dict[int, tuple[float, set[str], set[str]]] = {}
-
-    def add(start: int, end: int, score: float, metrics, patterns) -> None:
-        for h in range(start, end):
-            s0, m0, p0 = hours.get(h, (0.0, set(), set()))
-            hours[h] = (max(s0, score), m0 | set(metrics), p0 | set(patterns))
-
     for w in published:
-        add(hour_of(_epoch(w["start"])), hour_of(_epoch(w["end"])), w["score"], w["metrics"], w["patterns"])
-    for w in current:
-        add(w.start_hour, w.end_hour, w.score, w.metrics, w.patterns)
+        for h in range(hour_of(_epoch(w["start"])), hour_of(_epoch(w["end"]))):
+            hours[h] = (w["score"], set(w["metrics"]), set(w["patterns"]))
+    for w in current:  # what is known now about an hour replaces what was known then
+        for h in range(w.start_hour, w.end_hour):
+            hours[h] = (w.score, set(w.metrics), set(w.patterns))
     out: list[FlaggedWindow] = []
     for h in sorted(hours):
         score, metrics, patterns = hours[h]

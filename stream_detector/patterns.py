@@ -79,7 +79,7 @@ def spike(counts: np.ndarray, baseline: np.ndarray, mask: np.ndarray) -> tuple[n
     return per_metric.max(axis=1) * mask, per_metric >= 0.5
 
 
-def _lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray) -> np.ndarray:
+def _lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray, dispersion: float = 0.02) -> np.ndarray:
     """(N, 4, W) in [0, 1]: for each metric's rise, how clearly another metric that the
     video's own mix says should have followed (expected >= 20) stayed behind by >= 3x.
     A real audience moves all metrics together; bought engagement moves the ones paid for."""
@@ -90,7 +90,7 @@ def _lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray) -> np.ndarra
             if o == m:
                 continue
             expected = before[:, o] * factor
-            z = (expected - now[:, o]) / np.sqrt(expected + 0.1 * expected**2 + 1.0)
+            z = (expected - now[:, o]) / np.sqrt(expected + dispersion * expected**2 + 1.0)
             gap = np.log1p(expected) - np.log1p(now[:, o])
             lag = _sigmoid(2.0 * (z - 3.0)) * _sigmoid(4.0 * (gap - np.log(3.0))) * (expected >= 20)
             out[:, m] = np.maximum(out[:, m], lag)
@@ -131,11 +131,11 @@ def decay_violation(counts: np.ndarray, mask: np.ndarray, age: np.ndarray) -> tu
     """Days after publication engagement keeps decaying; a plateau or revival carried by
     some metrics while the others, which the video's own mix says should follow, do not."""
     k = 12
-    now = _rolling(counts, k, "sum", centred=True)
+    now = k * _rolling(counts, k, "median", centred=True)  # robust: one spike is not a plateau
     before = np.roll(now, 24, axis=-1)
     rise = np.log1p(now) - np.log1p(before)  # vs the same stretch a day earlier
     old = (age >= 48)[:, None, :]
-    per_metric = _sigmoid(4.0 * (rise - 0.5)) * _lagging(now, before, rise) * (now >= 60)
+    per_metric = _sigmoid(4.0 * (rise - 0.5)) * _lagging(now, before, rise, dispersion=0.1) * (now >= 60)
     per_metric *= old
     return per_metric.max(axis=1) * mask, per_metric >= 0.5
 

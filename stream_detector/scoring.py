@@ -160,9 +160,10 @@ class Scorer:
     def _window(self, chunk, t, u, hour_p, ev, involved, baseline) -> FlaggedWindow:
         seg = slice(t, u)
         strength = ev[:, seg].max(axis=1)
-        names = [PATTERNS[p] for p in np.flatnonzero(strength >= 0.5)]
-        if not names:
-            names = [PATTERNS[int(strength.argmax())]]
+        top = int(strength.argmax())
+        # the dominant pattern, plus any other that is about as strong (a video can be hit twice)
+        names = [PATTERNS[p] for p in range(len(PATTERNS))
+                 if p == top or (strength[p] >= 0.9 and strength[p] >= 0.95 * strength[top])]
         mets = [METRICS[m] for m in np.flatnonzero(involved[:, seg].any(axis=1))]
         if not mets:
             ratio = (chunk.counts[:, seg].sum(axis=1) + 1) / (baseline[:, seg].sum(axis=1) + 1)

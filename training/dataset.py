@@ -85,25 +85,40 @@ def pattern_counts(data: SimulatedDataset) -> dict[str, int]:
 
 
 def partial_history(split: Split, seed: int, share: float = 0.5) -> Split:
-    """Copies of a share of the videos whose first k hours are unseen (k ~ U[1, W-24]).
+    """Copies of a share of the videos as a stream sees them mid-week.
 
-    The stream sees exactly this when a worker starts on an empty Redis or a video's older
-    hours have expired: a window that begins mid-life. Training on it keeps those windows
-    from looking like a sudden start of engagement.
+    Each copy keeps the hours [s, e] of its week right-aligned in the window (the stream
+    scores the window ending at the video's newest hour), with the newest hour thinned
+    (it is still filling up when it is scored). s > 0 models a worker that started on an
+    empty Redis or a video whose older hours expired; e < W-1 models "now" mid-week.
+    Without these the streamed partial windows are out of distribution and flag organic
+    videos transiently.
     """
     rng = np.random.default_rng(seed)
     n = len(split.data)
     idx = np.sort(rng.choice(n, int(n * share), replace=False))
     data = split.data.subset(idx)
     w = data.counts.shape[-1]
-    cut = rng.integers(1, w - 24, size=len(idx))
-    cols = np.arange(w)[None, :] < cut[:, None]
-    data.counts = np.where(cols[:, None, :], 0.0, data.counts)
-    data.hour_fake = np.where(cols, False, data.hour_fake)
-    data.hour_patterns = np.where(cols[:, None, :], False, data.hour_patterns)
-    data.label = data.hour_fake.any(axis=1).astype(data.label.dtype)
-    starts = split.starts[idx]
+    k = len(idx)
+    length = np.maximum(1, np.minimum(w, rng.geometric(1 / 60, size=k)))  # hours of history
+    end = rng.integers(length - 1, w)  # newest hour (inclusive)
+    start = end - length + 1
+    counts = np.zeros_like(data.counts)
+    fake = np.zeros_like(data.hour_fake)
+    pats = np.zeros_like(data.hour_patterns)
+    mets = np.zeros_like(data.hour_metrics)
+    for j in range(k):
+        a, b, L = int(start[j]), int(end[j]) + 1, int(length[j])
+        counts[j, :, w - L :] = data.counts[j, :, a:b]
+        fake[j, w - L :] = data.hour_fake[j, a:b]
+        pats[j, :, w - L :] = data.hour_patterns[j, :, a:b]
+        mets[j, :, w - L :] = data.hour_metrics[j, :, a:b]
+        frac = rng.uniform(0.05, 1.0)
+        counts[j, :, -1] = rng.binomial(counts[j, :, -1].astype(np.int64), frac)
+    data.counts, data.hour_fake, data.hour_patterns, data.hour_metrics = counts, fake, pats, mets
+    data.label = fake.any(axis=1).astype(data.label.dtype)
+    starts = split.starts[idx] + (end - (w - 1))  # window start so that its last hour is `end`
     data.start_hours = starts
     pubs = np.asarray(data.published_hour, dtype=np.int64)
-    x, mask = build_features(data.counts, starts, pubs)
+    x, mask = build_features(counts, starts, pubs)
     return Split(split.name + "+partial", data, x, mask)

@@ -117,7 +117,10 @@ def _concat_data(parts):
         setattr(out, f, np.concatenate([getattr(p, f) for p in parts]))
     for f in ("video_ids", "pattern", "organic_kind", "category", "timezone_offsets"):
         setattr(out, f, [v for p in parts for v in getattr(p, f)])
-    out.start_hours = np.concatenate([np.full(len(p), p.start_hour) for p in parts])
+    out.start_hours = np.concatenate(
+        [np.asarray(getattr(p, "start_hours", None) if getattr(p, "start_hours", None) is not None
+                    else np.full(len(p), p.start_hour)) for p in parts]
+    )
     return out
 
 
@@ -128,7 +131,10 @@ def run(cfg: TrainConfig) -> dict:
     weeks = [simulate_week(cfg.seed, k, cfg.videos_per_week) for k in range(cfg.weeks)]
     splits = [make_split(f"week{k}", d) for k, d in enumerate(weeks)]
     train = merge_splits("train", [*splits[:3], *(partial_history(sp, cfg.seed + k) for k, sp in enumerate(splits[:3]))])
-    val, test = splits[3], splits[4]
+    # calibrate on what the stream scores too: full weeks and partial, mid-week windows
+    val = merge_splits("val", [splits[3], partial_history(splits[3], cfg.seed + 3)])
+    test = splits[4]
+    test_partial = partial_history(test, cfg.seed + 4, share=1.0)
     stats = fit_normalization(train.x, train.mask)
     data_fp = fingerprint(weeks[:3])
     _log(f"train {len(train.data)} / val {len(val.data)} / test {len(test.data)} videos; fingerprint {data_fp[:12]}")
@@ -156,6 +162,12 @@ def run(cfg: TrainConfig) -> dict:
     evals = [evaluate(r.name, r.test_hour_p, test.data, r.threshold, r.combiner.hour_threshold) for r in results]
     primary = next(r for r in results if r.name == f"{cfg.arch}+patterns")
     primary_eval = next(e for e in evals if e.name == primary.name)
+    # the same shipped detector on stream-like partial windows of the test week
+    part_model = predict(models[cfg.arch], normalize(test_partial.x, test_partial.mask, stats))
+    part_ev = detect(test_partial.data.counts, test_partial.starts, test_partial.mask, test_partial.published).evidence
+    part_p = primary.combiner.hour_probability(part_model, part_ev) * test_partial.mask
+    evals.append(evaluate(f"{primary.name} (partial windows)", part_p, test_partial.data, primary.threshold,
+                          primary.combiner.hour_threshold))
 
     cv = cross_validate(cfg, splits) if cfg.cv_folds else []
 
@@ -196,7 +208,8 @@ def cross_validate(cfg: TrainConfig, splits: list[Split]) -> list[dict]:
     first = max(1, n - 1 - cfg.cv_folds)
     for k in range(first, n - 1):
         train = merge_splits("cv-train", [*splits[:k], *(partial_history(sp, cfg.seed + j) for j, sp in enumerate(splits[:k]))])
-        val, test = splits[k], splits[k + 1]
+        val = merge_splits("cv-val", [splits[k], partial_history(splits[k], cfg.seed + k)])
+        test = splits[k + 1]
         stats = fit_normalization(train.x, train.mask)
         model = train_model(cfg.arch, train, val, stats, cfg.cv_epochs, cfg.seed + k)
         vm = predict(model, normalize(val.x, val.mask, stats))

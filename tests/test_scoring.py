@@ -1,0 +1,174 @@
+"""Features, pattern detectors, flags and the scoring core on hand-made curves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_detector.config import DEFAULT_MODEL_PATH
+from stream_detector.features import CHANNELS, build_features, fit_normalization, normalize
+from stream_detector.flags import flag_id, merge_windows, severity
+from stream_detector.models import ModelArtifact
+from stream_detector.patterns import PATTERNS, detect
+from stream_detector.scoring import FlaggedWindow, Scorer
+from stream_detector.series import HourlySeries
+
+W = 168
+START = 1767571200 // 3600  # Monday 2026-01-05 00:00 UTC
+
+
+def organic(rng, level=200.0, tz=0, like_rate=0.08) -> np.ndarray:
+    """A plausible organic week: diurnal rhythm in the audience's zone, noise, correlated metrics."""
+    hours = np.arange(W)
+    local = (hours + tz) % 24
+    rhythm = 0.25 + 0.75 * np.exp(-0.5 * ((local - 20) / 4.0) ** 2) + 0.3 * np.exp(-0.5 * ((local - 12) / 3.0) ** 2)
+    views = rng.poisson(rng.gamma(20, 1 / 20, W) * level * rhythm)
+    likes = rng.binomial(views, like_rate * rng.uniform(0.8, 1.2))
+    comments = rng.binomial(views, 0.01)
+    shares = rng.binomial(views, 0.005)
+    return np.stack([views, likes, comments, shares]).astype(float)
+
+
+def evidence_for(counts: np.ndarray):
+    counts = counts[None]
+    starts = np.array([START])
+    _, mask = build_features(counts, starts, np.array([-1]))
+    return detect(counts, starts, mask, np.array([-1]))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(11)
+
+
+def test_features_shape_mask_and_no_nan(rng):
+    c = organic(rng)
+    c[:, :30] = 0  # published at hour 30
+    x, mask = build_features(c[None], np.array([START]), np.array([START + 30]))
+    assert x.shape == (1, len(CHANNELS), W)
+    assert np.isfinite(x).all()
+    assert mask[0, :30].sum() == 0 and mask[0, 30:].all()
+    assert np.all(x[0, :, :30] == 0), "nothing leaks into hours before publication"
+
+
+def test_normalisation_uses_only_the_statistics_it_is_given(rng):
+    x, mask = build_features(organic(rng)[None], np.array([START]), np.array([-1]))
+    stats = fit_normalization(x, mask)
+    other = fit_normalization(x * 3 + 1, mask)
+    assert not np.allclose(normalize(x, mask, stats), normalize(x, mask, other))
+    with pytest.raises(ValueError):
+        normalize(x, mask, stats | {"channels": ["x"]})
+
+
+def test_features_are_blind_to_the_audience_time_zone(rng):
+    """Same curve shifted by a time zone: the relative channels carry the same information."""
+    base = organic(np.random.default_rng(3), tz=0)
+    shifted = np.roll(base, 9, axis=1)
+    xa, _ = build_features(base[None], np.array([START]), np.array([START - 500]))
+    xb, _ = build_features(shifted[None], np.array([START]), np.array([START - 500]))
+    q = CHANNELS.index("diurnal_quietness")
+    # equal up to the hours np.roll wrapped around the week's edges
+    assert np.allclose(xa[0, q, 24:-24], np.roll(xb[0, q], -9)[24:-24], atol=0.05)
+    assert not np.allclose(xa[0, q, 24:-24], xb[0, q, 24:-24], atol=0.05), "the channel does follow the rhythm"
+
+
+def test_spike_detector_names_an_implausible_like_spike(rng):
+    c = organic(rng)
+    c[1, 100] += 10_000
+    ev = evidence_for(c)
+    assert ev.evidence[0, PATTERNS.index("spike"), 100] >= 0.5
+    assert ev.metrics[0, PATTERNS.index("spike"), 1, 100], "likes are the metric involved"
+    assert ev.evidence[0, PATTERNS.index("spike")].argmax() == 100
+
+
+def test_lockstep_detector_sees_noise_free_tracking(rng):
+    c = organic(rng, level=400)
+    c[1, 60:90] = np.round(c[0, 60:90] * 0.1)
+    ev = evidence_for(c)
+    lock = ev.evidence[0, PATTERNS.index("lockstep")]
+    assert lock[62:88].min() >= 0.5
+    assert lock[:50].max() < 0.5 and lock[100:].max() < 0.5
+
+
+def test_ratio_detector_sees_more_likes_than_views(rng):
+    c = organic(rng)
+    c[1, 120:126] = c[0, 120:126] * 3 + 50
+    ev = evidence_for(c)
+    assert ev.evidence[0, PATTERNS.index("ratio_anomaly"), 121:125].min() >= 0.5
+
+
+def test_offpeak_detector_sees_bursts_while_the_audience_sleeps(rng):
+    c = organic(rng, level=300, tz=0)
+    for day in range(2, 7):
+        c[0, day * 24 + 3] += 4000  # 03:00 local, five nights
+        c[1, day * 24 + 3] += 400
+    ev = evidence_for(c)
+    off = ev.evidence[0, PATTERNS.index("offpeak_burst")]
+    assert all(off[day * 24 + 3] >= 0.5 for day in range(2, 7))
+
+
+def test_detectors_stay_quiet_on_organic_curves():
+    for seed in range(8):
+        r = np.random.default_rng(100 + seed)
+        ev = evidence_for(organic(r, level=float(r.choice([5, 50, 500, 5000])), tz=int(r.integers(-8, 9))))
+        assert ev.evidence.max() < 0.5, f"seed {seed}: {ev.evidence.max(axis=2)}"
+
+
+def test_flag_id_depends_only_on_video_and_hours():
+    a = [FlaggedWindow(10, 12, 0.9, ("likes",), ("spike",))]
+    b = [FlaggedWindow(10, 12, 0.7, ("views",), ("lockstep",))]
+    assert flag_id("v", a) == flag_id("v", b)
+    assert flag_id("v", a) != flag_id("w", a)
+    assert flag_id("v", a) != flag_id("v", [FlaggedWindow(10, 13, 0.9, ("likes",), ("spike",))])
+
+
+def test_merged_flag_hours_only_grow_and_latest_knowledge_wins():
+    published = [{"start": "2026-01-05T10:00:00Z", "end": "2026-01-05T12:00:00Z", "score": 0.8,
+                  "metrics": ["likes"], "patterns": ["spike"]}]
+    current = [FlaggedWindow(START + 11, START + 14, 0.95, ("views",), ("lockstep",))]
+    merged = merge_windows(published, current)
+    assert [(w.start_hour - START, w.end_hour - START) for w in merged] == [(10, 14)]
+    assert merged[0].patterns == ("spike", "lockstep") and merged[0].score == 0.95
+    assert merge_windows(published, []) == merge_windows(published, merge_windows(published, []))
+
+
+def test_severity_grows_with_the_score():
+    order = ["low", "medium", "high", "critical"]
+    values = [order.index(severity(s, 0.3)) for s in (0.31, 0.55, 0.75, 0.99)]
+    assert values == sorted(values) and values[0] == 0 and values[-1] == 3
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return Scorer(ModelArtifact.load(DEFAULT_MODEL_PATH))
+
+
+def test_scorer_flags_a_blatant_spike_and_explains_it(scorer):
+    r = np.random.default_rng(5)
+    c = organic(r)
+    c[1, 140] += 10_000
+    vs = scorer.score([HourlySeries("spiky", START, c, START - 300)])[0]
+    assert vs.flagged and vs.score >= scorer.model.threshold
+    assert any(w.start_hour <= START + 140 < w.end_hour for w in vs.windows)
+    hit = next(w for w in vs.windows if w.start_hour <= START + 140 < w.end_hour)
+    assert "likes" in hit.metrics and "spike" in hit.patterns
+    assert "likes" in vs.explanation and "spike" in vs.explanation
+
+
+def test_scorer_leaves_organic_curves_alone(scorer):
+    series = [HourlySeries(f"o{s}", START, organic(np.random.default_rng(200 + s), level=lvl), START - 400)
+              for s, lvl in enumerate([3, 30, 300, 3000, 30000])]
+    scores = scorer.score(series)
+    assert not any(v.flagged for v in scores), [(v.video_id, v.score) for v in scores]
+
+
+def test_long_series_are_scored_in_windows_and_short_ones_padded(scorer):
+    r = np.random.default_rng(9)
+    long_counts = np.concatenate([organic(r), organic(r)], axis=1)
+    long_counts[1, 20] += 20_000  # in the first week only
+    full = scorer.score_full([HourlySeries("long", START, long_counts, START - 10)])[0]
+    last_week_only = scorer.score([HourlySeries("long", START, long_counts, START - 10)])[0]
+    assert full.flagged and any(w.start_hour == START + 20 for w in full.windows)
+    assert not any(w.start_hour == START + 20 for w in last_week_only.windows)
+    short = scorer.score([HourlySeries("short", START, organic(r)[:, :10], START)])[0]
+    assert 0.0 <= short.score <= 1.0
