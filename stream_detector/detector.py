@@ -84,6 +84,7 @@ class Detector:
         self._last_score = 0.0
         self._watermark: dict[int, float] = {}
         self._positions: dict[TopicPartition, int] = {}
+        self._active_refreshed = 0.0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._assigned = False
@@ -258,6 +259,7 @@ class Detector:
                 self.metrics.events_replayed.inc(result.replayed)
             touched = {e.video_id for e in events}
             self._pending.add(touched, arrival)
+            await self._track_active(touched)
             self._pending.urgent |= result.spikes
         if dead:
             await self._dead_letter(dead)
@@ -371,6 +373,22 @@ class Detector:
         for k, v in new_state.items():
             pipe.set(k, v, ex=FLAG_STATE_TTL_S)
         await self._timed("flag_state", pipe.execute())
+
+    async def _track_active(self, video_ids: set[str]) -> None:
+        """Distinct videos updated per hour in a HyperLogLog (one PFADD per batch); the gauge
+        is the union of the last 24 hours, across all workers, refreshed every 10 s."""
+        assert self.redis is not None
+        hour = int(time.time() // 3600)
+        key = f"{{{self.settings.key_prefix}-active}}:{hour}"
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.pfadd(key, *video_ids)
+        pipe.expire(key, 25 * 3600)
+        await self._timed("active", pipe.execute())
+        now = time.monotonic()
+        if now - self._active_refreshed >= 10.0:
+            self._active_refreshed = now
+            keys = [f"{{{self.settings.key_prefix}-active}}:{h}" for h in range(hour - 23, hour + 1)]
+            self.metrics.active_videos.set(await self._timed("active", self.redis.pfcount(*keys)))
 
     # state helpers ---------------------------------------------------------------
     def flag_key(self, video_id: str) -> str:

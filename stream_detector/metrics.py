@@ -119,7 +119,7 @@ class Metrics:
         )
         self.active_videos = Gauge(
             "detector_active_videos",
-            "Videos with a window updated within the idle TTL (tracked by this worker)",
+            "Distinct videos whose window was updated in the last 24 h, all workers (HyperLogLog estimate)",
             registry=r,
         )
         self.model_info = Info(
@@ -158,7 +158,7 @@ class Metrics:
             self.flags.labels(severity=sev)
         for p in PATTERNS:
             self.flag_patterns.labels(pattern=p)
-        for op in ("apply", "read", "store_scores", "flag_state", "watermark"):
+        for op in ("apply", "read", "store_scores", "flag_state", "watermark", "active"):
             self.redis_errors.labels(operation=op)
             self.redis_latency.labels(operation=op)
         for result in ("loaded", "refused"):
