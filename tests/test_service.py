@@ -306,3 +306,36 @@ def test_bad_model_path_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "not a valid ONNX model" in lines[0]
+
+
+# --- replay -------------------------------------------------------------------------------
+
+
+def test_replay_cli_feeds_csv_and_jsonl_into_the_topic(kafka_bootstrap, redis_url, tmp_path):
+    data = simulate(6, seed=77)
+    csv_path, jsonl_path = tmp_path / "week.csv", tmp_path / "events.jsonl"
+    data.write_csv(str(csv_path), granularity="hour")
+    rows = csv_path.read_text().splitlines()[1:]
+    jsonl_path.write_bytes(b'{"video_id": "j1", "ts": 1767600000, "likes": 2}\n{broken\n')
+    dep = Deployment(kafka_bootstrap, redis_url)
+    dep.create_topics()
+    env = dep.env(0)
+    for path in (csv_path, jsonl_path):
+        proc = subprocess.run([sys.executable, "-m", "stream_detector.cli", "replay", str(path)],
+                              env=env, capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    records = dep.read_topic(dep.events, expect=len(rows) + 2, timeout_s=30)
+    assert len(records) == len(rows) + 2
+    broken = [r for r in records if r.value == b"{broken"]
+    assert len(broken) == 1 and broken[0].key is None, "invalid lines are sent verbatim (the worker dead-letters them)"
+    events = [json.loads(r.value) for r in records if r.value != b"{broken"]
+    assert all(r.key.decode() == json.loads(r.value)["video_id"] for r in records if r.value != b"{broken")
+    per_video = Counter()
+    for e in events:
+        per_video[e["video_id"]] += e.get("likes", 0)
+    assert per_video["j1"] == 2
+    for i, vid in enumerate(data.video_ids):
+        assert per_video[vid] == int(data.counts[i, 1].sum()), vid
+    missing = subprocess.run([sys.executable, "-m", "stream_detector.cli", "replay", str(tmp_path / "nope.csv")],
+                             env=env, capture_output=True, text=True, cwd=str(ROOT), timeout=60)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
