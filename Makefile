@@ -33,8 +33,9 @@ demo: $(STAMP_RUN)
 test: $(STAMP_DEV) $(STAMP_TRAIN)
 	$(PY) -m pytest -q
 
+# SOURCE_DATE_EPOCH pins the artifact's created_at so the rebuilt model is byte-identical.
 train: $(STAMP_TRAIN)
-	$(VENV)/bin/detector-train all
+	SOURCE_DATE_EPOCH=1767571200 $(VENV)/bin/detector-train all
 
 evaluate: $(STAMP_TRAIN)
 	$(VENV)/bin/detector-train evaluate

@@ -8,6 +8,7 @@ expanding windows over the same weeks.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -66,6 +67,13 @@ class Calibrated:
     threshold: float
     val_hour_p: np.ndarray = field(repr=False)
     test_hour_p: np.ndarray = field(repr=False)
+
+
+def _created_at() -> str:
+    """SOURCE_DATE_EPOCH (reproducible-builds convention) when set, so a rebuild is byte-identical."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _log(msg: str) -> None:
@@ -186,7 +194,7 @@ def run(cfg: TrainConfig) -> dict:
         "combiner": primary.combiner.to_dict(),
         "training_data_fingerprint": data_fp,
         "metrics": metrics_meta,
-        "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created_at": _created_at(),
         "training_config": asdict(cfg),
         "canary": {"min_auc": round(max(0.85, metrics_meta["auc"] - 0.05), 3)},
     }
