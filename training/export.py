@@ -24,24 +24,13 @@ import onnx
 import torch
 from torch import nn
 
-INPUT_NAME = "features"
-OUTPUT_NAME = "hour_score"
+from stream_detector.models import INPUT_NAME, OUTPUT_NAME
+from stream_detector.models import REQUIRED_METADATA as CONTRACT_METADATA
+
 DEFAULT_OPSET = 17
 
-REQUIRED_METADATA: tuple[str, ...] = (
-    "name",
-    "version",
-    "architecture",
-    "window_hours",
-    "channels",
-    "normalization",
-    "threshold",
-    "combiner",
-    "training_data_fingerprint",
-    "metrics",
-    "created_at",
-    "feature_version",
-)
+# The contract lives with the runtime that enforces it; export adds the creation time.
+REQUIRED_METADATA: tuple[str, ...] = (*CONTRACT_METADATA, "created_at")
 """Keys every artifact must carry (values are filled in by the training pipeline)."""
 
 JSON_METADATA: frozenset[str] = frozenset(
