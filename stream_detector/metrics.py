@@ -20,7 +20,14 @@ from prometheus_client import (
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+REDIS_OPERATIONS = (
+    "apply", "read", "script_load", "memory_usage",  # windows.py
+    "store_scores", "flag_state", "watermark", "active", "score_view",  # detector.py
+)
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+VALIDATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DELTA_BUCKETS = (-0.5, -0.25, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+SHADOW_OUTCOMES = ("both_flagged", "both_clear", "serving_only", "shadow_only")
 
 
 class Metrics:
@@ -133,6 +140,36 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.model_validation = Histogram(
+            "detector_model_validation_seconds",
+            "Time to load and canary-check a pushed model (in a thread, off the scoring path)",
+            buckets=VALIDATION_BUCKETS,
+            registry=r,
+        )
+        self.shadow_model_info = Info(
+            "detector_shadow_model",
+            "The model running in shadow (version none when no shadow runs)",
+            registry=r,
+        )
+        self.shadow_comparisons = Counter(
+            "detector_shadow_comparisons_total",
+            "Videos scored by both the serving and the shadow model, by outcome "
+            "(both_flagged, both_clear, serving_only, shadow_only)",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_flags = Counter(
+            "detector_shadow_flags_total",
+            "Flags the shadow model published to the shadow topic, by severity",
+            ["severity"],
+            registry=r,
+        )
+        self.shadow_score_delta = Histogram(
+            "detector_shadow_score_delta",
+            "Shadow score minus serving score, per video scored by both",
+            buckets=DELTA_BUCKETS,
+            registry=r,
+        )
         self.ready = Gauge(
             "detector_ready",
             "1 when broker, Redis and model are ready",
@@ -158,11 +195,16 @@ class Metrics:
             self.flags.labels(severity=sev)
         for p in PATTERNS:
             self.flag_patterns.labels(pattern=p)
-        for op in ("apply", "read", "store_scores", "flag_state", "watermark", "active"):
+        for op in REDIS_OPERATIONS:
             self.redis_errors.labels(operation=op)
             self.redis_latency.labels(operation=op)
         for result in ("loaded", "refused"):
             self.model_reloads.labels(result=result)
+        for outcome in SHADOW_OUTCOMES:
+            self.shadow_comparisons.labels(outcome=outcome)
+        for sev in ("low", "medium", "high", "critical"):
+            self.shadow_flags.labels(severity=sev)
+        self.shadow_model_info.info({"name": "none", "version": "none", "sha256": "none"})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
