@@ -30,6 +30,9 @@ class Settings:
     events_topic: str = "engagement-events"
     flags_topic: str = "engagement-flags"
     dlq_topic: str = "engagement-events-dlq"
+    # Model registry: compacted control topic (model bytes + changes); shadow flags topic
+    control_topic: str = "engagement-models"
+    shadow_flags_topic: str = "engagement-flags-shadow"
     consumer_group: str = "stream-detector"
     topic_partitions: int = 4
     model_path: str = str(DEFAULT_MODEL_PATH)
@@ -48,6 +51,7 @@ class Settings:
     score_interval_seconds: float = 1.0
     score_batch_size: int = 1024
     spike_minute_count: int = 500
+    inference_threads: int = 2
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 6066

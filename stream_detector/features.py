@@ -63,17 +63,18 @@ def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarr
     pad = np.pad(log_total, ((0, 0), (12, 11)), mode="edge")
     trend = sliding_window_view(pad, 24, axis=1).mean(axis=-1)
     resid = np.where(mask > 0, log_total - trend, np.nan)
-    hod = (np.asarray(start_hours)[:, None] + np.arange(w)[None, :]) % 24
-    by_hod = np.full((n, 24), np.nan)
+    days = -(-w // 24)
+    resid = np.pad(resid, ((0, 0), (0, days * 24 - w)), constant_values=np.nan)
+    # column t of video n is hour of day (start_n + t) % 24: gather (N, 24, days)
+    offset = (-np.asarray(start_hours, dtype=np.int64)) % 24
+    cols = (offset[:, None, None] + np.arange(24)[None, :, None]) % 24 + 24 * np.arange(days)[None, None, :]
+    cols = np.minimum(cols, days * 24 - 1)
+    by_day = np.take_along_axis(resid[:, None, :], cols.reshape(n, 1, -1), axis=2).reshape(n, 24, days)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for h in range(24):
-            sel = hod == h
-            vals = np.where(sel, resid, np.nan)
-            by_hod[:, h] = np.nanmedian(vals, axis=1)
-        by_hod = np.nan_to_num(by_hod, nan=0.0)
-        neighbours = np.stack([np.roll(by_hod, s, axis=1) for s in (-2, -1, 1, 2)], axis=0)
-        return neighbours.mean(axis=0)
+        by_hod = np.nan_to_num(np.nanmedian(by_day, axis=2), nan=0.0)
+    neighbours = np.stack([np.roll(by_hod, s, axis=1) for s in (-2, -1, 1, 2)], axis=0)
+    return neighbours.mean(axis=0)
 
 
 def build_features(
