@@ -18,17 +18,20 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
 from mode import Service
 
+from stream_detector.canary import validate_bytes
 from stream_detector.config import Settings, SettingsError
 from stream_detector.detector import Detector
 from stream_detector.embedded import ensure_topics, resolve_endpoints
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact, ModelError
+from stream_detector.registry import ModelFollower
 
 log = logging.getLogger("stream_detector.app")
 
@@ -46,14 +49,22 @@ class DetectorApp(faust.App):
 
 
 class DetectorService(Service):
-    """Starts the detector after the app, stops it (gracefully) before the web server."""
+    """Starts the detector after the app, stops it (gracefully) before the web server.
 
-    def __init__(self, detector: Detector, **kwargs: Any) -> None:
+    With a model follower, the control topic is read to its end (and the registry's serving
+    and shadow models validated) before the detector consumes its first event, so a worker
+    started after a push never scores with the built-in model.
+    """
+
+    def __init__(self, detector: Detector, follower: ModelFollower | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.detector = detector
+        self.follower = follower
         self.failed: str | None = None
 
     async def on_start(self) -> None:
+        if self.follower is not None:
+            await self.follower.start()
         await self.detector.start()
         self.add_future(self._watch())
 
@@ -68,12 +79,28 @@ class DetectorService(Service):
             os.kill(os.getpid(), 15)
 
     async def on_stop(self) -> None:
+        if self.follower is not None:
+            await self.follower.stop()
         await self.detector.stop()
 
 
-def create_app(settings: Settings, model: ModelArtifact, metrics: Metrics | None = None) -> tuple[faust.App, Detector]:
+def create_app(
+    settings: Settings,
+    model: ModelArtifact,
+    metrics: Metrics | None = None,
+    *,
+    follow_registry: bool = True,
+    canary_report: dict | None = None,
+) -> tuple[faust.App, Detector]:
+    """``model`` is the built-in model (``DETECTOR_MODEL_PATH``); with ``follow_registry`` the
+    worker serves what the control topic says (``stream_detector.registry``)."""
     metrics = metrics or Metrics()
     detector = Detector(settings, model, metrics)
+    follower = ModelFollower(settings, detector, model, metrics) if follow_registry else None
+    if canary_report is not None:  # the built-in model's validation at startup
+        metrics.model_validation.observe(canary_report["seconds"])
+        if follower is not None:
+            follower.reports[model.sha256] = canary_report
     app = DetectorApp(
         "stream-detector",
         broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -84,7 +111,7 @@ def create_app(settings: Settings, model: ModelArtifact, metrics: Metrics | None
         datadir=os.path.join(tempfile.gettempdir(), f"stream-detector-{os.getpid()}"),
         topic_disable_leader=True,
     )
-    service = DetectorService(detector)
+    service = DetectorService(detector, follower)
     app.service(service)
     started = time.time()
 
@@ -113,7 +140,12 @@ def create_app(settings: Settings, model: ModelArtifact, metrics: Metrics | None
 
     @app.page("/model")
     async def model_view(web: Any, request: Any) -> Any:
-        return web.json(detector.model_status())
+        """The serving model (top level), its shadow, and the registry as this worker sees it:
+        desired versions, in_sync, refusals with their reasons, recent changes."""
+        status = detector.model_status()
+        if follower is not None:
+            status["registry"] = follower.status()
+        return web.json(status)
 
     @app.page("/score/{video_id}")
     async def score_view(web: Any, request: Any, video_id: str) -> Any:
@@ -156,7 +188,12 @@ def run_worker() -> int:
         return 2
     configure_logging(settings.log_level)
     try:
-        model = ModelArtifact.load(settings.model_path)
+        try:
+            data = Path(settings.model_path).read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {settings.model_path}: {exc.strerror}") from None
+        # the built-in model passes the same gate as a pushed one (contract + canary)
+        model, report = validate_bytes(data, source=settings.model_path, window_hours=settings.window_hours)
     except ModelError as exc:
         sys.stderr.write(f"stream-detector: error: model {settings.model_path}: {exc}\n")
         return 2
@@ -166,10 +203,10 @@ def run_worker() -> int:
             ensure_topics(
                 settings.kafka_bootstrap_servers,
                 {settings.events_topic: settings.topic_partitions, settings.flags_topic: settings.topic_partitions,
-                 settings.dlq_topic: settings.topic_partitions},
+                 settings.dlq_topic: settings.topic_partitions, settings.shadow_flags_topic: settings.topic_partitions},
             )
         )
-        app, _ = create_app(settings, model)
+        app, _ = create_app(settings, model, canary_report=report.to_dict())
         log.info("worker starting web=%s:%d broker=%s redis=%s", settings.web_host, settings.web_port,
                  settings.kafka_bootstrap_servers, settings.redis_url)
         worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -57,7 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
     mi = msub.add_parser("inspect", help="validate an ONNX artifact and print its metadata")
     mi.add_argument("path")
+    add_registry_commands(msub)
     return p
+
+
+def add_registry_commands(msub) -> None:
+    """`model push | list | current | promote | rollback | unshadow` (`detector-train push` runs the same
+    `registry_command`)."""
+    mp = msub.add_parser("push", help="validate a model and publish it to every worker (control topic)")
+    mp.add_argument("path", help="ONNX model artifact")
+    mp.add_argument("--shadow", action="store_true", help="run it in shadow beside the serving model (flags to the shadow topic)")
+    mp.add_argument("--dry-run", action="store_true", help="validate exactly as a worker would, publish nothing")
+    ml = msub.add_parser("list", help="models in the registry")
+    ml.add_argument("--json", action="store_true")
+    mc = msub.add_parser("current", help="serving and shadow model, rollback target, recent changes (JSON)")
+    mc.add_argument("--history", type=int, default=10, help="changes to show (default 10)")
+    mpr = msub.add_parser("promote", help="make a pushed VERSION serve (e.g. the shadow model)")
+    mpr.add_argument("version")
+    msub.add_parser("rollback", help="serve the version that served before the current one")
+    msub.add_parser("unshadow", help="stop the shadow model")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -110,7 +129,115 @@ def cmd_model(args: argparse.Namespace) -> int:
             return _fail(f"model {args.path}: {exc}")
         print(json.dumps(model.info() | {"metrics": json.loads(model.metadata["metrics"])}, indent=2))
         return 0
-    return _fail(f"unknown model command {args.model_command}")
+    return registry_command(args)
+
+
+def registry_command(args: argparse.Namespace, prog: str = "stream-detector") -> int:
+    """The registry commands; broker from KAFKA_BOOTSTRAP_SERVERS, topic DETECTOR_CONTROL_TOPIC."""
+    import asyncio
+
+    from stream_detector.config import Settings, SettingsError
+    from stream_detector.registry import Registry, RegistryError
+
+    def fail(message: str) -> int:
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        return EXIT_USAGE
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        return fail(str(exc))
+    cmd = args.model_command
+    model = data = report = None
+    if cmd == "push":
+        from stream_detector.canary import validate_bytes
+        from stream_detector.models import ModelError
+
+        try:
+            with open(args.path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            return fail(f"cannot read model file {args.path}: {exc.strerror}")
+        try:
+            model, report = validate_bytes(data, source=args.path, window_hours=settings.window_hours)
+        except ModelError as exc:
+            return fail(f"model {args.path} refused: {exc}")
+        if args.dry_run:
+            print(f"{model.name} {model.version} (sha256 {model.sha256[:12]}) passes: {_canary_line(report.to_dict())}")
+            return 0
+    if not settings.kafka_bootstrap_servers:
+        return fail(f"`model {cmd}` needs the broker: set KAFKA_BOOTSTRAP_SERVERS (e.g. localhost:9092)")
+    reg = Registry(settings.kafka_bootstrap_servers, settings.control_topic)
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the error line below says it once
+
+    async def run():
+        if cmd == "push":
+            return await reg.push(data, model, shadow=args.shadow, canary=report.to_dict())
+        if cmd == "promote":
+            return await reg.promote(args.version)
+        if cmd == "rollback":
+            return await reg.rollback()
+        if cmd == "unshadow":
+            return await reg.unshadow()
+        return await reg.read()
+
+    try:
+        result = asyncio.run(asyncio.wait_for(run(), 90))
+    except RegistryError as exc:
+        return fail(str(exc))
+    except (TimeoutError, OSError, Exception) as exc:  # noqa: BLE001 - broker unreachable etc.: one line
+        name = type(exc).__name__
+        text = str(exc) if name in str(exc) else f"{name}: {exc}".rstrip(": ")
+        return fail(f"control topic {settings.control_topic} on {settings.kafka_bootstrap_servers}: {text}")
+    if cmd in ("list", "current"):
+        state = result.state
+        if cmd == "current":
+            print(json.dumps(state.to_dict(history=args.history), indent=2))
+            return 0
+        if args.json:
+            print(json.dumps([{"sha256": sha} | m for sha, m in state.models.items()], indent=2))
+            return 0
+        _print_models(state)
+        return 0
+    change, state = result["change"], result["state"]
+    if change["result"] != "applied":
+        return fail(f"{cmd} {change['result']}: {change['detail']}")
+    print(f"{cmd}: {change['detail']} [by {change['by']} at {change['at']}]")
+    if cmd == "push":
+        print(f"  {model.name} {model.version} sha256 {model.sha256[:12]} ({len(data) / 1024:.0f} KiB); "
+              f"{_canary_line(report.to_dict())}")
+    print(f"  serving {_ref(state.serving)}; shadow {_ref(state.shadow) if state.shadow else 'none'}; "
+          f"rollback -> {(state.rollback_target() or {}).get('version', 'nothing')}")
+    print("  every worker validates it again and swaps between scoring batches: check /model or the "
+          "dashboard's Model version table")
+    return 0
+
+
+def _ref(ref) -> str:
+    return "built-in (DETECTOR_MODEL_PATH)" if ref is None else f"{ref.version} ({ref.sha256[:12]})"
+
+
+def _canary_line(c: dict) -> str:
+    return (f"canary AUC {c['auc']:.3f} (min {c['min_auc']:.3f}), recall {c['recall']:.2f}, "
+            f"FPR {c['fpr']:.3f} on {c['videos']} videos, checked in {c['seconds']:.2f}s")
+
+
+def _print_models(state) -> None:
+    roles = {}
+    if state.serving:
+        roles[state.serving.sha256] = "serving"
+    if state.shadow:
+        roles[state.shadow.sha256] = "shadow"
+    target = state.rollback[-1] if state.rollback else None
+    if target is not None:
+        roles.setdefault(target.sha256, "rollback target")
+    print(f"{'version':<14} {'role':<16} {'sha256':<12} {'arch':<12} {'canary AUC':>10}  pushed")
+    if state.serving is None:
+        print(f"{'built-in':<14} {'serving':<16} {'-':<12} {'-':<12} {'-':>10}  DETECTOR_MODEL_PATH of each worker")
+    for sha, m in state.models.items():
+        auc = (m.get("canary") or {}).get("auc")
+        print(f"{m['version']:<14} {roles.get(sha, ''):<16} {sha[:12]:<12} {str(m.get('architecture', '')):<12} "
+              f"{'' if auc is None else f'{auc:.3f}':>10}  {m.get('pushed_at')} by {m.get('pushed_by')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

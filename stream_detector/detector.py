@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from stream_detector.config import Settings
 from stream_detector.events import Event, Rejection, dead_letter_headers, parse_event
-from stream_detector.flags import build_flag, merge_windows
+from stream_detector.flags import build_flag, iso, merge_windows
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact
 from stream_detector.scoring import Scorer, VideoScore
@@ -76,6 +76,12 @@ class Detector:
         self.metrics = metrics or Metrics()
         self.scorer = Scorer(model)
         self._next_scorer: Scorer | None = None
+        self.shadow: Scorer | None = None
+        self._next_shadow: tuple[Scorer | None] | None = None
+        self.shadow_stats: dict[str, float] = {}
+        self.model_since = time.time()
+        self.model_swaps = 0
+        self._shadow_error_logged = 0.0
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.redis: aioredis.Redis | None = None
@@ -160,12 +166,72 @@ class Detector:
 
     # model ---------------------------------------------------------------------
     def swap_model(self, model: ModelArtifact) -> None:
-        """Takes effect between scoring batches: no batch is scored by two models."""
+        """Takes effect between scoring batches: no batch is scored by two models.
+
+        ``model`` must be validated already (``ModelFollower`` does it in a thread); the swap
+        itself is a reference assignment at the top of the loop or of ``flush``.
+        """
         self._next_scorer = Scorer(model)
+
+    def set_shadow(self, model: ModelArtifact | None) -> None:
+        """Run ``model`` beside the serving one on the same batches (None: stop), from the
+        next scoring batch on."""
+        self._next_shadow = (Scorer(model) if model is not None else None,)
+
+    @property
+    def serving_sha(self) -> str:
+        """sha256 of the model serving from the next batch on (pending swap included)."""
+        return (self._next_scorer or self.scorer).model.sha256
+
+    @property
+    def shadow_sha(self) -> str | None:
+        shadow = self._next_shadow[0] if self._next_shadow is not None else self.shadow
+        return shadow.model.sha256 if shadow is not None else None
+
+    def _apply_swaps(self) -> None:
+        if self._next_scorer is not None:
+            t0 = time.perf_counter()
+            old = self.scorer.model
+            self.scorer, self._next_scorer = self._next_scorer, None
+            self._set_model_info(self.scorer.model)
+            self.model_since = time.time()
+            self.model_swaps += 1
+            log.info("model swap %s %s -> %s %s in %.0f us (between scoring batches)", old.name, old.version,
+                     self.scorer.model.name, self.scorer.model.version, 1e6 * (time.perf_counter() - t0))
+        if self._next_shadow is not None:
+            (self.shadow,), self._next_shadow = self._next_shadow, None
+            self.shadow_stats = {"since": time.time(), "videos": 0, "agree": 0, "serving_flagged": 0,
+                                 "shadow_flagged": 0, "flags_published": 0, "errors": 0, "abs_delta_sum": 0.0}
+            info = self.shadow.model.info() if self.shadow else {"name": "none", "version": "none", "sha256": "none"}
+            self.metrics.shadow_model_info.info(info)
 
     def model_status(self) -> dict:
         model = self.scorer.model
-        return model.info() | {"threshold": model.threshold, "path": model.path}
+        status = model.info() | {
+            "threshold": model.threshold,
+            "path": model.path,
+            "since": iso(self.model_since),
+            "swaps": self.model_swaps,
+        }
+        if self._next_scorer is not None:
+            status["pending"] = self._next_scorer.model.info()
+        shadow = None
+        if self.shadow is not None:
+            st = self.shadow_stats
+            n = max(st["videos"], 1)
+            shadow = self.shadow.model.info() | {
+                "since": iso(st["since"]),
+                "videos_compared": int(st["videos"]),
+                "agreement": round(st["agree"] / n, 4) if st["videos"] else None,
+                "serving_flag_rate": round(st["serving_flagged"] / n, 4) if st["videos"] else None,
+                "shadow_flag_rate": round(st["shadow_flagged"] / n, 4) if st["videos"] else None,
+                "mean_abs_score_delta": round(st["abs_delta_sum"] / n, 4) if st["videos"] else None,
+                "shadow_flags_published": int(st["flags_published"]),
+                "errors": int(st["errors"]),
+                "topic": self.settings.shadow_flags_topic,
+            }
+        status["shadow"] = shadow
+        return status
 
     def _set_model_info(self, model: ModelArtifact) -> None:
         self.metrics.model_info.info(model.info())
@@ -176,6 +242,7 @@ class Detector:
         s = self.settings
         try:
             while not self._stopping.is_set():
+                self._apply_swaps()  # between scoring batches (flush applies them too)
                 batches = await self.consumer.getmany(timeout_ms=s.consume_timeout_ms, max_records=s.consume_max_records)
                 if self.consumer.assignment():
                     self._assigned = True
@@ -285,9 +352,7 @@ class Detector:
     # scoring -------------------------------------------------------------------
     async def flush(self, path: str) -> None:
         """Score every pending video, publish flags, then commit what has been consumed."""
-        if self._next_scorer is not None:
-            self.scorer, self._next_scorer = self._next_scorer, None
-            self._set_model_info(self.scorer.model)
+        self._apply_swaps()
         pending, self._pending = self._pending, _Pending()
         self._last_score = time.monotonic()
         ids = list(pending.videos)
@@ -306,7 +371,7 @@ class Detector:
 
     async def _score_batch(self, ids: list[str], pending: _Pending, path: str) -> None:
         assert self.windows is not None and self.redis is not None
-        scorer = self.scorer
+        scorer, shadow = self.scorer, self.shadow  # one model (and one shadow) per batch
         series = await self.windows.read(ids)
         present = [series[v] for v in ids if v in series]
         if not present:
@@ -317,17 +382,52 @@ class Detector:
         self.metrics.inference_batch_size.observe(len(present))
         label = "immediate" if path == "immediate" else "cadence"
         self.metrics.videos_scored.labels(path=label).inc(len(present))
+        shadow_scores = self._shadow_score(shadow, present, scores) if shadow is not None else None
         flagged = [vs for vs in scores if vs.flagged]
-        await self._store_scores(scores)
+        await self._store_scores(scores, scorer, shadow, shadow_scores)
         if flagged:
             await self._publish(flagged, pending, scorer)
+        if shadow is not None and shadow_scores:
+            shadow_flagged = [vs for vs in shadow_scores if vs.flagged]
+            if shadow_flagged:
+                await self._publish(shadow_flagged, pending, shadow, shadow=True)
 
-    async def _store_scores(self, scores: list[VideoScore]) -> None:
+    def _shadow_score(self, shadow: Scorer, present: list, scores: list[VideoScore]) -> list[VideoScore] | None:
+        """Score the same batch with the shadow model and compare; never breaks serving."""
+        try:
+            theirs = shadow.score(present)
+        except Exception:  # noqa: BLE001 - a failing shadow must not stop the serving model
+            self.shadow_stats["errors"] = self.shadow_stats.get("errors", 0) + 1
+            if time.monotonic() - self._shadow_error_logged > 60:
+                self._shadow_error_logged = time.monotonic()
+                log.exception("shadow model %s failed on a batch; serving is unaffected", shadow.model.version)
+            return None
+        st = self.shadow_stats
+        m = self.metrics
+        counts = dict.fromkeys(("both_flagged", "both_clear", "serving_only", "shadow_only"), 0)
+        for a, b in zip(scores, theirs, strict=True):
+            outcome = ("both_flagged" if b.flagged else "serving_only") if a.flagged else (
+                "shadow_only" if b.flagged else "both_clear")
+            counts[outcome] += 1
+            delta = b.score - a.score
+            m.shadow_score_delta.observe(delta)
+            st["abs_delta_sum"] += abs(delta)
+        for outcome, k in counts.items():
+            if k:
+                m.shadow_comparisons.labels(outcome=outcome).inc(k)
+        st["videos"] += len(scores)
+        st["agree"] += counts["both_flagged"] + counts["both_clear"]
+        st["serving_flagged"] += counts["both_flagged"] + counts["serving_only"]
+        st["shadow_flagged"] += counts["both_flagged"] + counts["shadow_only"]
+        return theirs
+
+    async def _store_scores(self, scores: list[VideoScore], scorer: Scorer, shadow: Scorer | None = None,
+                            shadow_scores: list[VideoScore] | None = None) -> None:
         """Keep the latest score per video for /score/{video_id} (one pipeline per batch)."""
         assert self.redis is not None
-        model = self.scorer.model
+        model = scorer.model
         pipe = self.redis.pipeline(transaction=False)
-        for vs in scores:
+        for i, vs in enumerate(scores):
             doc = vs.to_dict() | {
                 "threshold": round(vs.threshold, 4),
                 "explanation": vs.explanation,
@@ -335,13 +435,23 @@ class Detector:
                 "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
                 "scored_at": time.time(),
             }
+            if shadow is not None and shadow_scores:
+                other = shadow_scores[i]
+                doc["shadow"] = {"score": round(other.score, 4), "flagged": other.flagged,
+                                 "model": {"name": shadow.model.name, "version": shadow.model.version,
+                                           "sha256": shadow.model.sha256}}
             pipe.set(self.score_key(vs.video_id), json.dumps(doc), ex=self.settings.idle_ttl_seconds)
         await self._timed("store_scores", pipe.execute())
 
-    async def _publish(self, flagged: list[VideoScore], pending: _Pending, scorer: Scorer) -> None:
+    async def _publish(self, flagged: list[VideoScore], pending: _Pending, scorer: Scorer, shadow: bool = False) -> None:
+        """Publish new or grown flags. Shadow flags go to the shadow topic only, with their own
+        de-duplication state per shadow model, and never count as (moderation) flags."""
         assert self.redis is not None and self.producer is not None
         model = scorer.model
-        keys = [self.flag_key(vs.video_id) for vs in flagged]
+        topic = self.settings.shadow_flags_topic if shadow else self.settings.flags_topic
+        state_key = (lambda v: self.shadow_flag_key(v, model.sha256)) if shadow else self.flag_key
+        state_ttl = self.settings.idle_ttl_seconds if shadow else FLAG_STATE_TTL_S
+        keys = [state_key(vs.video_id) for vs in flagged]
         previous = await self._timed("flag_state", self.redis.mget(keys))
         wm = max(self._watermark.values()) if self._watermark else 0.0
         now = time.time()
@@ -354,24 +464,30 @@ class Detector:
             if prev_flag and flag["flag_id"] == prev_flag["flag_id"]:
                 continue  # no new anomalous hour: never repeat a flag
             body = json.dumps(flag, separators=(",", ":")).encode()
-            sends.append((vs, flag, await self.producer.send(self.settings.flags_topic, value=body, key=vs.video_id.encode())))
-            new_state[self.flag_key(vs.video_id)] = json.dumps({"flag_id": flag["flag_id"], "windows": flag["windows"]})
+            sends.append((vs, flag, await self.producer.send(topic, value=body, key=vs.video_id.encode())))
+            new_state[state_key(vs.video_id)] = json.dumps({"flag_id": flag["flag_id"], "windows": flag["windows"]})
         if not sends:
             return
         await asyncio.gather(*(f for _, _, f in sends))
         done = time.time()
-        for vs, flag, _ in sends:
-            self.metrics.flags.labels(severity=flag["severity"]).inc()
-            for p in {p for w in flag["windows"] for p in w["patterns"]}:
-                self.metrics.flag_patterns.labels(pattern=p).inc()
-            arrival_ms = pending.videos.get(vs.video_id, 0.0)
-            if arrival_ms:
-                self.metrics.end_to_end_latency.observe(max(0.0, done - arrival_ms / 1000.0))
-            log.info("flag video=%s flag_id=%s score=%.3f severity=%s windows=%d", vs.video_id, flag["flag_id"], vs.score, flag["severity"], len(flag["windows"]))
-        self.flags_published += len(sends)
+        if shadow:
+            for _, flag, _ in sends:
+                self.metrics.shadow_flags.labels(severity=flag["severity"]).inc()
+            self.shadow_stats["flags_published"] = self.shadow_stats.get("flags_published", 0) + len(sends)
+            log.info("shadow flags model=%s published=%d topic=%s", model.version, len(sends), topic)
+        else:
+            for vs, flag, _ in sends:
+                self.metrics.flags.labels(severity=flag["severity"]).inc()
+                for p in {p for w in flag["windows"] for p in w["patterns"]}:
+                    self.metrics.flag_patterns.labels(pattern=p).inc()
+                arrival_ms = pending.videos.get(vs.video_id, 0.0)
+                if arrival_ms:
+                    self.metrics.end_to_end_latency.observe(max(0.0, done - arrival_ms / 1000.0))
+                log.info("flag video=%s flag_id=%s score=%.3f severity=%s windows=%d", vs.video_id, flag["flag_id"], vs.score, flag["severity"], len(flag["windows"]))
+            self.flags_published += len(sends)
         pipe = self.redis.pipeline(transaction=False)
         for k, v in new_state.items():
-            pipe.set(k, v, ex=FLAG_STATE_TTL_S)
+            pipe.set(k, v, ex=state_ttl)
         await self._timed("flag_state", pipe.execute())
 
     async def _track_active(self, video_ids: set[str]) -> None:
@@ -393,6 +509,9 @@ class Detector:
     # state helpers ---------------------------------------------------------------
     def flag_key(self, video_id: str) -> str:
         return f"{self.settings.key_prefix}:f:{{{video_id}}}"
+
+    def shadow_flag_key(self, video_id: str, sha256: str) -> str:
+        return f"{self.settings.key_prefix}:fs:{sha256[:16]}:{{{video_id}}}"
 
     def score_key(self, video_id: str) -> str:
         return f"{self.settings.key_prefix}:s:{{{video_id}}}"

@@ -56,6 +56,15 @@ class Deployment:
     def dlq(self) -> str:
         return f"{self.run_id}-dlq"
 
+    @property
+    def models(self) -> str:
+        """The model registry's control topic (created by the worker or the CLI)."""
+        return f"{self.run_id}-models"
+
+    @property
+    def shadow_flags(self) -> str:
+        return f"{self.run_id}-flags-shadow"
+
     def env(self, port: int) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -64,6 +73,8 @@ class Deployment:
             DETECTOR_EVENTS_TOPIC=self.events,
             DETECTOR_FLAGS_TOPIC=self.flags,
             DETECTOR_DLQ_TOPIC=self.dlq,
+            DETECTOR_CONTROL_TOPIC=self.models,
+            DETECTOR_SHADOW_FLAGS_TOPIC=self.shadow_flags,
             DETECTOR_CONSUMER_GROUP=f"{self.run_id}-group",
             DETECTOR_KEY_PREFIX=self.run_id,
             DETECTOR_WEB_PORT=str(port),
@@ -74,7 +85,8 @@ class Deployment:
         return env
 
     def create_topics(self) -> None:
-        asyncio.run(ensure_topics(self.bootstrap, {self.events: self.partitions, self.flags: self.partitions, self.dlq: self.partitions}))
+        asyncio.run(ensure_topics(self.bootstrap, {self.events: self.partitions, self.flags: self.partitions,
+                                                   self.dlq: self.partitions, self.shadow_flags: self.partitions}))
 
     def produce(self, items, rate: float = 0.0) -> int:
         return asyncio.run(produce(self.bootstrap, self.events, items, rate=rate))

@@ -1,4 +1,4 @@
-"""`detector-train`: simulate, train, evaluate, export the shipped model.
+"""`detector-train`: simulate, train, evaluate, export the shipped model, push it to workers.
 
 Bad arguments get one line on stderr and exit code 2.
 """
@@ -53,6 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="CSV path")
     s.add_argument("--truth", help="JSONL path for the ground truth")
     s.add_argument("--granularity", choices=("hour", "minute"), default="hour")
+
+    pu = sub.add_parser("push", help="validate a model and publish it to the running workers (control topic)")
+    pu.add_argument("path", help="ONNX model artifact, e.g. models/default.onnx after `make train`")
+    pu.add_argument("--shadow", action="store_true", help="run it in shadow beside the serving model")
+    pu.add_argument("--dry-run", action="store_true", help="validate exactly as a worker would, publish nothing")
+
+    c = sub.add_parser("canary", help="regenerate the canary set the workers check every model against")
+    c.add_argument("--videos", type=_positive, default=200)
+    c.add_argument("--seed", type=int, default=31337)
+    c.add_argument("--output", help="default: stream_detector/canary.json")
     return p
 
 
@@ -98,6 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.truth:
             data.write_truth(args.truth)
         print(f"wrote {len(data)} videos ({int(data.label.sum())} fake) to {args.output}")
+        return 0
+    if args.command == "push":
+        from stream_detector.cli import registry_command
+
+        args.model_command = "push"
+        return registry_command(args, prog="detector-train")
+    if args.command == "canary":
+        from training.canary import DEFAULT_PATH, write_canary
+
+        path = write_canary(args.output or DEFAULT_PATH, videos=args.videos, seed=args.seed)
+        print(f"wrote the canary set ({args.videos} videos, seed {args.seed}) to {path}; models pushed from now on "
+              f"are checked against it")
         return 0
     return 2
 
