@@ -48,7 +48,7 @@ class Settings:
     idle_ttl_seconds: int = 8 * 24 * 3600
     key_prefix: str = "sd"
     # Scoring
-    score_interval_seconds: float = 1.0
+    score_interval_seconds: float = 5.0
     score_batch_size: int = 1024
     spike_minute_count: int = 500
     inference_threads: int = 2

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer
 from stream_detector.config import Settings
 from stream_detector.embedded import EmbeddedStack, ensure_topics
 from stream_detector.replay import produce
+from stream_detector.schedule import RescoreSchedule
 
 TRUTH_MARK = {True: "ok", False: "FALSE"}
 
@@ -195,6 +196,9 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
             sent[0] += 1
             yield e["video_id"], json.dumps(e, separators=(",", ":")).encode()
 
+    r = aioredis.from_url(redis_url)
+    schedule = RescoreSchedule(r, prefix=run_id, topic=topics["events"])
+    partitions = Settings.from_env().topic_partitions
     shower = asyncio.create_task(show_flags())
     prog = asyncio.create_task(progress(sent))
     try:
@@ -206,11 +210,12 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
                 print(f"worker exited with code {proc.returncode}", file=sys.stderr)
                 return 1
             m = _metrics(port)
-            if m.get("detector_consumer_lag_messages", 1) == 0 and m.get("detector_videos_scored_total", 0) > 0:
-                await asyncio.sleep(1.5)
+            if m.get("detector_consumer_lag_messages", 1) == 0 and await schedule.size(list(range(partitions))) == 0:
+                await asyncio.sleep(1.0)
                 break
             await asyncio.sleep(0.5)
     finally:
+        await r.aclose()
         prog.cancel()
         await asyncio.sleep(1.0)
         shower.cancel()

@@ -1,13 +1,16 @@
 """The detection loop: consume a batch, update windows, score what changed, flag, commit.
 
-One ``Detector`` per worker process. Each loop iteration is one Kafka fetch
-(``getmany``, thousands of records): events are parsed, invalid ones go to the dead-letter
-topic, valid ones update the Redis windows in one atomic Lua call, and the videos whose
-windows changed are re-scored in batches at a bounded cadence (or at once when a minute
-count looks like a spike). Offsets are committed only after the windows are written *and*
-the videos they touched have been scored and their flags acknowledged by the broker, so a
-crash replays work instead of losing it; window updates skip already-applied offsets and
-flag ids are deterministic, so a replay changes no count and repeats no flag.
+One ``Detector`` per worker process, two tasks:
+
+- the consume loop: one Kafka fetch (``getmany``, thousands of records) per iteration;
+  events are parsed, invalid ones go to the dead-letter topic, valid ones update the Redis
+  windows in one atomic Lua call, and the touched videos are marked due in the durable
+  re-score schedule (``schedule.py``): at the cadence, or at once when a minute count looks
+  like a spike. Offsets are committed once windows and marks are written, never before, so a
+  crash replays work instead of losing it (window updates skip already-applied offsets);
+- the scoring loop: claims due videos in batches, scores them with one model (in a thread,
+  so consumption goes on), publishes flags, then releases them. A crashed scorer's lease
+  expires and the videos are scored again; flag ids are deterministic, so nothing repeats.
 """
 
 from __future__ import annotations
@@ -17,8 +20,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -28,6 +29,7 @@ from stream_detector.events import Event, Rejection, dead_letter_headers, parse_
 from stream_detector.flags import build_flag, iso, merge_windows
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact
+from stream_detector.schedule import RescoreSchedule, now_ms
 from stream_detector.scoring import Scorer, VideoScore
 from stream_detector.series import METRICS
 from stream_detector.windows import WindowStore
@@ -35,22 +37,8 @@ from stream_detector.windows import WindowStore
 log = logging.getLogger("stream_detector.detector")
 
 FLAG_STATE_TTL_S = 30 * 24 * 3600
-
-
-@dataclass
-class _Pending:
-    """Videos to re-score, with the newest Kafka timestamp (ms) that touched each."""
-
-    videos: dict[str, float] = field(default_factory=dict)
-    urgent: set[str] = field(default_factory=set)
-
-    def add(self, video_ids: Iterable[str], arrival_ms: dict[str, float]) -> None:
-        for v in video_ids:
-            t = arrival_ms.get(v, 0.0)
-            if t > self.videos.get(v, 0.0):
-                self.videos[v] = t
-            else:
-                self.videos.setdefault(v, t)
+COMMIT_INTERVAL_S = 0.5
+SCORE_POLL_S = 0.05
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -59,7 +47,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked) -> None:
         if revoked:
-            await self.detector.flush("rebalance")
+            await self.detector.commit("rebalance")  # the new owner takes over the due schedule
         for tp in revoked:
             self.detector.forget_partition(tp)
 
@@ -86,8 +74,12 @@ class Detector:
         self.producer: AIOKafkaProducer | None = None
         self.redis: aioredis.Redis | None = None
         self.windows: WindowStore | None = None
-        self._pending = _Pending()
-        self._last_score = 0.0
+        self.schedule: RescoreSchedule | None = None
+        self._arrival_ms: dict[str, float] = {}  # newest Kafka timestamp per unscored video
+        self._urgent: set[str] = set()  # spike path: scored at once, counted as "immediate"
+        self._last_commit = 0.0
+        self._uncommitted = False
+        self._score_task: asyncio.Task | None = None
         self._watermark: dict[int, float] = {}
         self._positions: dict[TopicPartition, int] = {}
         self._active_refreshed = 0.0
@@ -132,21 +124,28 @@ class Detector:
             max_poll_interval_ms=300000,
         )
         await self.consumer.start()
+        self.schedule = RescoreSchedule(self.redis, prefix=s.key_prefix, topic=s.events_topic, metrics=self.metrics)
         self.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="detector-loop")
+        self._score_task = asyncio.create_task(self._score_loop(), name="detector-scoring")
         log.info("detector started group=%s topic=%s model=%s", s.consumer_group, s.events_topic, self.scorer.model.version)
 
     async def stop(self) -> None:
-        """Finish the in-flight batch, score and flag what it touched, commit, close."""
+        """Finish the in-flight batch and scoring batch, commit, close. What is still due stays
+        in the durable schedule for the next owner of the partitions."""
         self._stopping.set()
-        if self._task is not None:
+        for task, name in ((self._task, "detector loop"), (self._score_task, "scoring loop")):
+            if task is None:
+                continue
             try:
-                await asyncio.wait_for(self._task, timeout=30)
+                await asyncio.wait_for(task, timeout=30)
             except TimeoutError:
-                log.error("detector loop did not finish within 30s; cancelling")
-                self._task.cancel()
+                log.error("%s did not finish within 30s; cancelling", name)
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                    await task
+            except Exception:  # already logged by the loop; keep closing the rest
+                pass
         if self.consumer is not None:
             await self.consumer.stop()
         if self.producer is not None:
@@ -157,8 +156,12 @@ class Detector:
         log.info("detector stopped consumed=%d flags=%d", self.consumed, self.flags_published)
 
     async def wait(self) -> None:
-        if self._task is not None:
-            await self._task
+        """Until a loop ends (which, outside stop(), means it failed)."""
+        tasks = [t for t in (self._task, self._score_task) if t is not None]
+        if tasks:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()
 
     @property
     def ready(self) -> bool:
@@ -169,7 +172,7 @@ class Detector:
         """Takes effect between scoring batches: no batch is scored by two models.
 
         ``model`` must be validated already (``ModelFollower`` does it in a thread); the swap
-        itself is a reference assignment at the top of the loop or of ``flush``.
+        itself is a reference assignment at the top of the next scoring batch.
         """
         self._next_scorer = Scorer(model)
 
@@ -242,21 +245,17 @@ class Detector:
         s = self.settings
         try:
             while not self._stopping.is_set():
-                self._apply_swaps()  # between scoring batches (flush applies them too)
                 batches = await self.consumer.getmany(timeout_ms=s.consume_timeout_ms, max_records=s.consume_max_records)
                 if self.consumer.assignment():
                     self._assigned = True
                     self.metrics.ready.set(1)
                 if batches:
                     await self._process(batches)
-                now = time.monotonic()
-                due = now - self._last_score >= s.score_interval_seconds
-                if self._pending.urgent or (due and self._pending.videos):
-                    await self.flush("cadence" if not self._pending.urgent else "immediate")
-                elif due:
-                    self._last_score = now
+                    self._uncommitted = True
+                if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
+                    await self.commit("interval")
                 self._update_lag()
-            await self.flush("shutdown")
+            await self.commit("shutdown")
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -324,10 +323,8 @@ class Detector:
                 dead.append((None, None, Rejection("late", f"ts {e.ts:.0f} older than the {s.window_hours} h window"), e))
             if result.replayed:
                 self.metrics.events_replayed.inc(result.replayed)
-            touched = {e.video_id for e in events}
-            self._pending.add(touched, arrival)
-            await self._track_active(touched)
-            self._pending.urgent |= result.spikes
+            await self._mark_due(events, partitions, arrival, result.spikes)
+            await self._track_active(set(arrival))
         if dead:
             await self._dead_letter(dead)
 
@@ -349,48 +346,98 @@ class Detector:
             futures.append(await self.producer.send(self.settings.dlq_topic, value=value, key=key, headers=headers))
         await asyncio.gather(*futures)
 
-    # scoring -------------------------------------------------------------------
-    async def flush(self, path: str) -> None:
-        """Score every pending video, publish flags, then commit what has been consumed."""
-        self._apply_swaps()
-        pending, self._pending = self._pending, _Pending()
-        self._last_score = time.monotonic()
-        ids = list(pending.videos)
-        bs = self.settings.score_batch_size
-        for i in range(0, len(ids), bs):
-            await self._score_batch(ids[i : i + bs], pending, path)
-        if self.consumer is not None and self.consumer.assignment():
-            try:
-                await self.consumer.commit()
-            except Exception as exc:  # CommitFailedError during a rebalance: the events replay
-                log.warning("commit failed (%s); events since the last commit will replay", exc)
-                return
-            # After the commit, never before: a watermark ahead of the committed offsets would
-            # make replayed events look late after a crash. Behind it is only more lenient.
-            await self.save_watermarks()
+    async def _mark_due(self, events: list[Event], partitions: list[int], arrival: dict[str, float],
+                        spikes: set[str]) -> None:
+        """Schedule every touched video (replayed ones too: their scoring may not have happened)."""
+        assert self.schedule is not None
+        due_at = now_ms() + int(self.settings.score_interval_seconds * 1000)
+        now = now_ms()
+        due: dict[int, dict[str, int]] = {}
+        for e, p in zip(events, partitions, strict=True):
+            due.setdefault(p, {})[e.video_id] = now if e.video_id in spikes else due_at
+        await self.schedule.mark(due)
+        for vid, t in arrival.items():
+            if t > self._arrival_ms.get(vid, 0.0):
+                self._arrival_ms[vid] = t
+        self._urgent |= spikes
 
-    async def _score_batch(self, ids: list[str], pending: _Pending, path: str) -> None:
+    async def commit(self, reason: str) -> None:
+        """Commit consumed offsets: their windows and schedule marks are durable already."""
+        self._last_commit = time.monotonic()
+        if self.consumer is None or not self.consumer.assignment() or not self._uncommitted:
+            return
+        try:
+            await self.consumer.commit()
+        except Exception as exc:  # CommitFailedError during a rebalance: the events replay
+            log.warning("commit (%s) failed (%s); events since the last commit will replay", reason, exc)
+            return
+        self._uncommitted = False
+        # After the commit, never before: a watermark ahead of the committed offsets would
+        # make replayed events look late after a crash. Behind it is only more lenient.
+        await self.save_watermarks()
+
+    # scoring -------------------------------------------------------------------
+    async def _score_loop(self) -> None:
+        """Claim due videos of the owned partitions, score, flag, release; until stopped."""
+        try:
+            while not self._stopping.is_set():
+                worked = await self.score_due()
+                if not worked:
+                    await asyncio.sleep(SCORE_POLL_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scoring loop failed")
+            self.metrics.ready.set(0)
+            raise
+
+    async def score_due(self) -> int:
+        """One pass over the owned partitions; returns the number of videos scored."""
+        self._apply_swaps()  # also when idle, so /model and new batches show a pushed model at once
+        if self.consumer is None or self.schedule is None:
+            return 0
+        scored = 0
+        for tp in sorted(self.consumer.assignment(), key=lambda t: t.partition):
+            ids, lease = await self.schedule.claim(tp.partition, self.settings.score_batch_size)
+            if not ids:
+                continue
+            urgent = [v for v in ids if v in self._urgent]
+            self._urgent.difference_update(ids)
+            arrival = {v: self._arrival_ms.pop(v, 0.0) for v in ids}
+            await self._score_batch(ids, arrival, "immediate" if urgent else "cadence")
+            await self.schedule.release(tp.partition, ids, lease)
+            scored += len(ids)
+        return scored
+
+    async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str) -> None:
         assert self.windows is not None and self.redis is not None
+        self._apply_swaps()  # a pushed model takes over here, between two scoring batches
         scorer, shadow = self.scorer, self.shadow  # one model (and one shadow) per batch
         series = await self.windows.read(ids)
         present = [series[v] for v in ids if v in series]
         if not present:
             return
-        t0 = time.perf_counter()
-        scores = scorer.score(present)
-        self.metrics.inference_latency.observe(time.perf_counter() - t0)
+
+        def run() -> tuple[list[VideoScore], float, list[VideoScore] | None]:
+            t0 = time.perf_counter()
+            ours = scorer.score(present)
+            spent = time.perf_counter() - t0
+            theirs = self._shadow_score(shadow, present, ours) if shadow is not None else None
+            return ours, spent, theirs
+
+        # numpy and onnxruntime release the GIL: consumption goes on while a batch is scored
+        scores, spent, shadow_scores = await asyncio.to_thread(run)
+        self.metrics.inference_latency.observe(spent)
         self.metrics.inference_batch_size.observe(len(present))
-        label = "immediate" if path == "immediate" else "cadence"
-        self.metrics.videos_scored.labels(path=label).inc(len(present))
-        shadow_scores = self._shadow_score(shadow, present, scores) if shadow is not None else None
+        self.metrics.videos_scored.labels(path=path).inc(len(present))
         flagged = [vs for vs in scores if vs.flagged]
         await self._store_scores(scores, scorer, shadow, shadow_scores)
         if flagged:
-            await self._publish(flagged, pending, scorer)
+            await self._publish(flagged, arrival, scorer)
         if shadow is not None and shadow_scores:
             shadow_flagged = [vs for vs in shadow_scores if vs.flagged]
             if shadow_flagged:
-                await self._publish(shadow_flagged, pending, shadow, shadow=True)
+                await self._publish(shadow_flagged, arrival, shadow, shadow=True)
 
     def _shadow_score(self, shadow: Scorer, present: list, scores: list[VideoScore]) -> list[VideoScore] | None:
         """Score the same batch with the shadow model and compare; never breaks serving."""
@@ -443,7 +490,7 @@ class Detector:
             pipe.set(self.score_key(vs.video_id), json.dumps(doc), ex=self.settings.idle_ttl_seconds)
         await self._timed("store_scores", pipe.execute())
 
-    async def _publish(self, flagged: list[VideoScore], pending: _Pending, scorer: Scorer, shadow: bool = False) -> None:
+    async def _publish(self, flagged: list[VideoScore], arrival: dict[str, float], scorer: Scorer, shadow: bool = False) -> None:
         """Publish new or grown flags. Shadow flags go to the shadow topic only, with their own
         de-duplication state per shadow model, and never count as (moderation) flags."""
         assert self.redis is not None and self.producer is not None
@@ -480,7 +527,7 @@ class Detector:
                 self.metrics.flags.labels(severity=flag["severity"]).inc()
                 for p in {p for w in flag["windows"] for p in w["patterns"]}:
                     self.metrics.flag_patterns.labels(pattern=p).inc()
-                arrival_ms = pending.videos.get(vs.video_id, 0.0)
+                arrival_ms = arrival.get(vs.video_id, 0.0)
                 if arrival_ms:
                     self.metrics.end_to_end_latency.observe(max(0.0, done - arrival_ms / 1000.0))
                 log.info("flag video=%s flag_id=%s score=%.3f severity=%s windows=%d", vs.video_id, flag["flag_id"], vs.score, flag["severity"], len(flag["windows"]))

@@ -23,6 +23,7 @@ REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
 REDIS_OPERATIONS = (
     "apply", "read", "script_load", "memory_usage",  # windows.py
     "store_scores", "flag_state", "watermark", "active", "score_view",  # detector.py
+    "schedule",  # schedule.py
 )
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 VALIDATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

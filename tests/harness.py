@@ -153,16 +153,13 @@ class WorkerProcess:
         return out
 
     def wait_drained(self, timeout_s: float = 120.0) -> None:
-        """Until the group committed every record of the events topic.
-
-        The worker commits only after the windows are written and the touched videos are
-        scored and flagged, so a fully committed topic means all of it is reflected.
-        """
+        """Until the group committed every record of the events topic and no video is still
+        due for scoring (the durable re-score schedule is empty): all of it is reflected."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
-            if asyncio.run(committed_all(self.deployment)):
+            if asyncio.run(committed_all(self.deployment)) and asyncio.run(nothing_due(self.deployment)):
                 return
             time.sleep(0.3)
         raise AssertionError(f"worker did not drain in {timeout_s}s: {self.metrics()}\n{self.log_tail()}")
@@ -198,6 +195,19 @@ async def committed_all(dep: Deployment) -> bool:
         return True
     finally:
         await consumer.stop()
+
+
+async def nothing_due(dep: Deployment) -> bool:
+    import redis.asyncio as aioredis
+
+    from stream_detector.schedule import RescoreSchedule
+
+    r = aioredis.from_url(dep.redis_url)
+    try:
+        schedule = RescoreSchedule(r, prefix=dep.run_id, topic=dep.events)
+        return await schedule.size(list(range(dep.partitions))) == 0
+    finally:
+        await r.aclose()
 
 
 async def read_topic(bootstrap: str, topic: str, *, expect: int | None, idle_s: float, timeout_s: float):

@@ -1,0 +1,108 @@
+"""Durable schedule of videos to re-score: one Redis sorted set per Kafka partition.
+
+Why durable: offsets are committed as soon as windows are written, so "this video changed
+and still needs scoring" must survive a crash too. Why per-video due times: re-scoring every
+changed video on every tick does not scale (a hot video changes many times a second); each
+video is re-scored at most once per cadence after its first unscored change, and a spike makes
+it due at once (the immediate path).
+
+Members are video ids, scores are due times in epoch milliseconds. ``mark`` uses ``ZADD LT``
+(keep the earliest due time); ``claim`` leases due videos (moves their score to a lease
+deadline, so a crashed scorer's work becomes due again); ``release`` removes a video only if
+its score is still that lease, so a change that arrived while it was being scored keeps it
+scheduled. Keys are hash-tagged per partition, so Redis Cluster works.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+
+from stream_detector.metrics import Metrics
+
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
+end
+return due
+"""
+
+_RELEASE = """
+local n = 0
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RescoreSchedule:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        prefix: str,
+        topic: str,
+        lease_s: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.topic = topic
+        self.lease_ms = int(lease_s * 1000)
+        self.metrics = metrics
+        self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
+
+    def key(self, partition: int) -> str:
+        return f"{{{self.prefix}:due:{self.topic}:{partition}}}"
+
+    async def mark(self, due: dict[int, dict[str, int]]) -> None:
+        """{partition: {video_id: due_ms}}; an earlier due time wins over a later one."""
+        if not due:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for partition, videos in due.items():
+            if videos:
+                pipe.zadd(self.key(partition), videos, lt=True)
+        await self._timed("schedule", pipe.execute())
+
+    async def claim(self, partition: int, limit: int, at_ms: int | None = None) -> tuple[list[str], int]:
+        """Lease up to ``limit`` due videos of a partition; returns (video_ids, lease_ms)."""
+        at = now_ms() if at_ms is None else at_ms
+        lease = at + self.lease_ms
+        got = await self._timed("schedule", self._claim(keys=[self.key(partition)], args=[at, lease, limit]))
+        return [v.decode() if isinstance(v, bytes) else v for v in got], lease
+
+    async def release(self, partition: int, video_ids: list[str], lease: int) -> int:
+        if not video_ids:
+            return 0
+        return int(await self._timed("schedule", self._release(keys=[self.key(partition)], args=[lease, *video_ids])))
+
+    async def size(self, partitions: list[int]) -> int:
+        pipe = self.redis.pipeline(transaction=False)
+        for p in partitions:
+            pipe.zcard(self.key(p))
+        return int(sum(await self._timed("schedule", pipe.execute())))
+
+    async def _timed(self, op: str, awaitable):
+        t0 = time.perf_counter()
+        try:
+            return await awaitable
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.redis_errors.labels(operation=op).inc()
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.redis_latency.labels(operation=op).observe(time.perf_counter() - t0)
