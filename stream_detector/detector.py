@@ -430,12 +430,13 @@ class Detector:
         self.metrics.inference_latency.observe(spent)
         self.metrics.inference_batch_size.observe(len(present))
         self.metrics.videos_scored.labels(path=path).inc(len(present))
-        flagged = [vs for vs in scores if vs.flagged]
+        # publish above the stream threshold: calibrated for many decisions per video (models.py)
+        flagged = [vs for vs in scores if vs.flagged and vs.score >= scorer.model.stream_threshold]
         await self._store_scores(scores, scorer, shadow, shadow_scores)
         if flagged:
             await self._publish(flagged, arrival, scorer)
         if shadow is not None and shadow_scores:
-            shadow_flagged = [vs for vs in shadow_scores if vs.flagged]
+            shadow_flagged = [vs for vs in shadow_scores if vs.flagged and vs.score >= shadow.model.stream_threshold]
             if shadow_flagged:
                 await self._publish(shadow_flagged, arrival, shadow, shadow=True)
 

@@ -88,6 +88,7 @@ class ModelArtifact:
     architecture: str
     window_hours: int
     threshold: float
+    stream_threshold: float  # publish threshold in the stream (>= threshold; see training/calibrate.py)
     normalization: dict
     combiner: Combiner
     metadata: dict[str, str] = field(repr=False)
@@ -152,6 +153,7 @@ class ModelArtifact:
             architecture=meta["architecture"],
             window_hours=window,
             threshold=threshold,
+            stream_threshold=max(threshold, float(meta.get("stream_threshold", threshold))),
             normalization=normalization,
             combiner=combiner,
             metadata=meta,
@@ -170,5 +172,6 @@ class ModelArtifact:
             "sha256": self.sha256,
             "architecture": self.architecture,
             "threshold": f"{self.threshold:.4f}",
+            "stream_threshold": f"{self.stream_threshold:.4f}",
             "window_hours": str(self.window_hours),
         }

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from stream_detector.config import DEFAULT_MODEL_PATH
 from stream_detector.flags import load_schema
+from stream_detector.models import ModelArtifact
 from stream_detector.series import hour_of
 from stream_detector.windows import WindowStore
 from tests.harness import ROOT, Deployment, WorkerProcess
@@ -134,10 +136,13 @@ def test_flags_are_cumulative_and_cover_the_current_state(streamed, simulated, r
         else:
             assert f["status"] == "new"
         last[f["video_id"]] = f
+    publish_at = ModelArtifact.load(DEFAULT_MODEL_PATH).stream_threshold
     for vid, doc in final.items():
-        if doc["flagged"]:
-            assert vid in last, f"{vid} is flagged but no flag was published"
+        if doc["flagged"] and doc["score"] >= publish_at:
+            assert vid in last, f"{vid} is flagged above the publish threshold but no flag was published"
             assert _hours(doc["windows"]) <= _hours(last[vid]["windows"])
+    for f in last.values():
+        assert f["score"] >= publish_at, "a flag was published below the stream (publish) threshold"
 
 
 def test_web_views_answer_with_documented_shapes(streamed, simulated):
