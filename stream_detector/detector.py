@@ -38,6 +38,8 @@ log = logging.getLogger("stream_detector.detector")
 
 FLAG_STATE_TTL_S = 30 * 24 * 3600
 COMMIT_INTERVAL_S = 0.5
+URGENT_DUE_MS = 0  # the spike path: due before any cadence mark
+CADENCE_BATCH = 256  # videos per cadence scoring call: bounds how long a spike can wait
 SCORE_POLL_S = 0.05
 
 
@@ -80,6 +82,7 @@ class Detector:
         self._last_commit = 0.0
         self._uncommitted = False
         self._score_task: asyncio.Task | None = None
+        self._next_partition = 0
         self._watermark: dict[int, float] = {}
         self._positions: dict[TopicPartition, int] = {}
         self._active_refreshed = 0.0
@@ -351,10 +354,9 @@ class Detector:
         """Schedule every touched video (replayed ones too: their scoring may not have happened)."""
         assert self.schedule is not None
         due_at = now_ms() + int(self.settings.score_interval_seconds * 1000)
-        now = now_ms()
         due: dict[int, dict[str, int]] = {}
         for e, p in zip(events, partitions, strict=True):
-            due.setdefault(p, {})[e.video_id] = now if e.video_id in spikes else due_at
+            due.setdefault(p, {})[e.video_id] = URGENT_DUE_MS if e.video_id in spikes else due_at
         await self.schedule.mark(due)
         for vid, t in arrival.items():
             if t > self._arrival_ms.get(vid, 0.0):
@@ -392,22 +394,38 @@ class Detector:
             raise
 
     async def score_due(self) -> int:
-        """One pass over the owned partitions; returns the number of videos scored."""
+        """One scoring pass: every spiked video first (the immediate path), then one bounded
+        batch of videos due at the cadence, taking the owned partitions in turn, so a spike
+        never waits behind more than one batch. Returns the number of videos scored."""
         self._apply_swaps()  # also when idle, so /model and new batches show a pushed model at once
         if self.consumer is None or self.schedule is None:
             return 0
+        owned = sorted(tp.partition for tp in self.consumer.assignment())
+        if not owned:
+            return 0
         scored = 0
-        for tp in sorted(self.consumer.assignment(), key=lambda t: t.partition):
-            ids, lease = await self.schedule.claim(tp.partition, self.settings.score_batch_size)
-            if not ids:
-                continue
-            urgent = [v for v in ids if v in self._urgent]
-            self._urgent.difference_update(ids)
-            arrival = {v: self._arrival_ms.pop(v, 0.0) for v in ids}
-            await self._score_batch(ids, arrival, "immediate" if urgent else "cadence")
-            await self.schedule.release(tp.partition, ids, lease)
-            scored += len(ids)
+        for p in owned:  # immediate path: due time URGENT_DUE_MS sorts ahead of everything
+            scored += await self._score_claimed(p, self.settings.score_batch_size, URGENT_DUE_MS, "immediate")
+        self._next_partition = (self._next_partition + 1) % len(owned)
+        for k in range(len(owned)):
+            p = owned[(self._next_partition + k) % len(owned)]
+            n = await self._score_claimed(p, min(CADENCE_BATCH, self.settings.score_batch_size), None, "cadence")
+            if n:
+                return scored + n
         return scored
+
+    async def _score_claimed(self, partition: int, limit: int, at_ms: int | None, path: str) -> int:
+        assert self.schedule is not None
+        ids, lease = await self.schedule.claim(partition, limit, at_ms=at_ms)
+        if not ids:
+            return 0
+        if any(v in self._urgent for v in ids):
+            path = "immediate"
+        self._urgent.difference_update(ids)
+        arrival = {v: self._arrival_ms.pop(v, 0.0) for v in ids}
+        await self._score_batch(ids, arrival, path)
+        await self.schedule.release(partition, ids, lease)
+        return len(ids)
 
     async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str) -> None:
         assert self.windows is not None and self.redis is not None

@@ -78,9 +78,11 @@ class RescoreSchedule:
         await self._timed("schedule", pipe.execute())
 
     async def claim(self, partition: int, limit: int, at_ms: int | None = None) -> tuple[list[str], int]:
-        """Lease up to ``limit`` due videos of a partition; returns (video_ids, lease_ms)."""
-        at = now_ms() if at_ms is None else at_ms
-        lease = at + self.lease_ms
+        """Lease up to ``limit`` videos due at or before ``at_ms`` (default now), earliest first;
+        returns (video_ids, lease deadline in epoch ms)."""
+        now = now_ms()
+        at = now if at_ms is None else at_ms
+        lease = now + self.lease_ms
         got = await self._timed("schedule", self._claim(keys=[self.key(partition)], args=[at, lease, limit]))
         return [v.decode() if isinstance(v, bytes) else v for v in got], lease
 
