@@ -39,7 +39,7 @@ log = logging.getLogger("stream_detector.detector")
 FLAG_STATE_TTL_S = 30 * 24 * 3600
 COMMIT_INTERVAL_S = 0.5
 URGENT_DUE_MS = 0  # the spike path: due before any cadence mark
-CADENCE_BATCH = 256  # videos per cadence scoring call: bounds how long a spike can wait
+CADENCE_BATCH = 128  # videos per cadence scoring call: bounds how long a spike can wait
 SCORE_POLL_S = 0.05
 
 
