@@ -507,7 +507,7 @@ class Detector:
                                  "model": {"name": shadow.model.name, "version": shadow.model.version,
                                            "sha256": shadow.model.sha256}}
             pipe.set(self.score_key(vs.video_id), json.dumps(doc), ex=self.settings.idle_ttl_seconds)
-        await self._timed("store_scores", pipe.execute())
+        await self.metrics.timed_redis("store_scores", pipe.execute())
 
     async def _publish(self, flagged: list[VideoScore], arrival: dict[str, float], scorer: Scorer, shadow: bool = False) -> None:
         """Publish new or grown flags. Shadow flags go to the shadow topic only, with their own
@@ -518,7 +518,7 @@ class Detector:
         state_key = (lambda v: self.shadow_flag_key(v, model.sha256)) if shadow else self.flag_key
         state_ttl = self.settings.idle_ttl_seconds if shadow else FLAG_STATE_TTL_S
         keys = [state_key(vs.video_id) for vs in flagged]
-        previous = await self._timed("flag_state", self.redis.mget(keys))
+        previous = await self.metrics.timed_redis("flag_state", self.redis.mget(keys))
         wm = max(self._watermark.values()) if self._watermark else 0.0
         now = time.time()
         sends, new_state = [], {}
@@ -554,7 +554,7 @@ class Detector:
         pipe = self.redis.pipeline(transaction=False)
         for k, v in new_state.items():
             pipe.set(k, v, ex=state_ttl)
-        await self._timed("flag_state", pipe.execute())
+        await self.metrics.timed_redis("flag_state", pipe.execute())
 
     async def _track_active(self, video_ids: set[str]) -> None:
         """Distinct videos updated per hour in a HyperLogLog (one PFADD per batch); the gauge
@@ -565,12 +565,12 @@ class Detector:
         pipe = self.redis.pipeline(transaction=False)
         pipe.pfadd(key, *video_ids)
         pipe.expire(key, 25 * 3600)
-        await self._timed("active", pipe.execute())
+        await self.metrics.timed_redis("active", pipe.execute())
         now = time.monotonic()
         if now - self._active_refreshed >= 10.0:
             self._active_refreshed = now
             keys = [f"{{{self.settings.key_prefix}-active}}:{h}" for h in range(hour - 23, hour + 1)]
-            self.metrics.active_videos.set(await self._timed("active", self.redis.pfcount(*keys)))
+            self.metrics.active_videos.set(await self.metrics.timed_redis("active", self.redis.pfcount(*keys)))
 
     # state helpers ---------------------------------------------------------------
     def flag_key(self, video_id: str) -> str:
@@ -590,7 +590,7 @@ class Detector:
         if self.redis is None or not assigned:
             return
         parts = sorted(tp.partition for tp in assigned)
-        values = await self._timed("watermark", self.redis.mget([self.watermark_key(p) for p in parts]))
+        values = await self.metrics.timed_redis("watermark", self.redis.mget([self.watermark_key(p) for p in parts]))
         for p, v in zip(parts, values, strict=True):
             if v is not None:
                 self._watermark[p] = max(self._watermark.get(p, 0.0), float(v))
@@ -598,17 +598,7 @@ class Detector:
     async def save_watermarks(self) -> None:
         if self.redis is None or not self._watermark:
             return
-        await self._timed("watermark", self.redis.mset({self.watermark_key(p): str(v) for p, v in self._watermark.items()}))
-
-    async def _timed(self, op: str, awaitable):
-        t0 = time.perf_counter()
-        try:
-            return await awaitable
-        except Exception:
-            self.metrics.redis_errors.labels(operation=op).inc()
-            raise
-        finally:
-            self.metrics.redis_latency.labels(operation=op).observe(time.perf_counter() - t0)
+        await self.metrics.timed_redis("watermark", self.redis.mset({self.watermark_key(p): str(v) for p, v in self._watermark.items()}))
 
     def forget_partition(self, tp: TopicPartition) -> None:
         """Drop per-partition state of a partition this worker no longer owns."""
@@ -632,5 +622,5 @@ class Detector:
 
     async def current_score(self, video_id: str) -> dict | None:
         assert self.redis is not None
-        raw = await self._timed("score_view", self.redis.get(self.score_key(video_id)))
+        raw = await self.metrics.timed_redis("score_view", self.redis.get(self.score_key(video_id)))
         return json.loads(raw) if raw else None

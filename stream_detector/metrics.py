@@ -8,6 +8,10 @@ test checks that every query finds data on a live worker. Each worker process ow
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -16,6 +20,8 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+
+T = TypeVar("T")
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -206,6 +212,17 @@ class Metrics:
         for sev in ("low", "medium", "high", "critical"):
             self.shadow_flags.labels(severity=sev)
         self.shadow_model_info.info({"name": "none", "version": "none", "sha256": "none"})
+
+    async def timed_redis(self, operation: str, awaitable: Awaitable[T]) -> T:
+        """Await a Redis call, recording its latency, and count it as an error if it raises."""
+        t0 = time.perf_counter()
+        try:
+            return await awaitable
+        except Exception:
+            self.redis_errors.labels(operation=operation).inc()
+            raise
+        finally:
+            self.redis_latency.labels(operation=operation).observe(time.perf_counter() - t0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

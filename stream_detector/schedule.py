@@ -56,6 +56,7 @@ class RescoreSchedule:
         lease_s: float = 30.0,
         metrics: Metrics | None = None,
     ) -> None:
+        metrics = metrics or Metrics()
         self.redis = redis
         self.prefix = prefix
         self.topic = topic
@@ -75,7 +76,7 @@ class RescoreSchedule:
         for partition, videos in due.items():
             if videos:
                 pipe.zadd(self.key(partition), videos, lt=True)
-        await self._timed("schedule", pipe.execute())
+        await self.metrics.timed_redis("schedule", pipe.execute())
 
     async def claim(self, partition: int, limit: int, at_ms: int | None = None) -> tuple[list[str], int]:
         """Lease up to ``limit`` videos due at or before ``at_ms`` (default now), earliest first;
@@ -83,28 +84,16 @@ class RescoreSchedule:
         now = now_ms()
         at = now if at_ms is None else at_ms
         lease = now + self.lease_ms
-        got = await self._timed("schedule", self._claim(keys=[self.key(partition)], args=[at, lease, limit]))
+        got = await self.metrics.timed_redis("schedule", self._claim(keys=[self.key(partition)], args=[at, lease, limit]))
         return [v.decode() if isinstance(v, bytes) else v for v in got], lease
 
     async def release(self, partition: int, video_ids: list[str], lease: int) -> int:
         if not video_ids:
             return 0
-        return int(await self._timed("schedule", self._release(keys=[self.key(partition)], args=[lease, *video_ids])))
+        return int(await self.metrics.timed_redis("schedule", self._release(keys=[self.key(partition)], args=[lease, *video_ids])))
 
     async def size(self, partitions: list[int]) -> int:
         pipe = self.redis.pipeline(transaction=False)
         for p in partitions:
             pipe.zcard(self.key(p))
-        return int(sum(await self._timed("schedule", pipe.execute())))
-
-    async def _timed(self, op: str, awaitable):
-        t0 = time.perf_counter()
-        try:
-            return await awaitable
-        except Exception:
-            if self.metrics is not None:
-                self.metrics.redis_errors.labels(operation=op).inc()
-            raise
-        finally:
-            if self.metrics is not None:
-                self.metrics.redis_latency.labels(operation=op).observe(time.perf_counter() - t0)
+        return int(sum(await self.metrics.timed_redis("schedule", pipe.execute())))
