@@ -54,6 +54,7 @@ APP = "stream-detector"
 WEB_PORT = 6066
 EVENTS_TOPIC = "engagement-events"
 TOPICS = {"engagement-events", "engagement-flags", "engagement-events-dlq"}
+MODEL_TOPICS = {"engagement-flags-shadow", "engagement-models"}  # shadow flags, model registry
 CONSUMER_GROUP = "stream-detector"
 BUILD_ONLY_PACKAGES = {"gcc", "g++", "make", "build-essential", "libc6-dev", "clang", "cmake"}
 
@@ -548,7 +549,10 @@ def test_compose_stack_is_wired():
     # Topics: created by kafka-init; events partitions == the workers' setting.
     script = "\n".join(services["kafka-init"]["command"])
     created = dict(re.findall(r"^\s*create\s+(\S+)\s+(\d+)", script, re.M))
-    assert set(created) == TOPICS
+    assert set(created) == TOPICS | MODEL_TOPICS
+    assert re.search(r"^\s*create\s+engagement-models\s+1\s+cleanup\.policy=compact", script, re.M), (
+        "the model registry must be one compacted partition"
+    )
     assert services["kafka-init"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
     # Two workers in one consumer group, waiting for healthy deps and created topics.
@@ -569,6 +573,7 @@ def test_compose_stack_is_wired():
             env["DETECTOR_FLAGS_TOPIC"],
             env["DETECTOR_DLQ_TOPIC"],
         } == TOPICS
+        assert {env["DETECTOR_SHADOW_FLAGS_TOPIC"], env["DETECTOR_CONTROL_TOPIC"]} == MODEL_TOPICS
         deps = w["depends_on"]
         assert deps["kafka"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"
