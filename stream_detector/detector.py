@@ -41,6 +41,7 @@ COMMIT_INTERVAL_S = 0.5
 URGENT_DUE_MS = 0  # the spike path: due before any cadence mark
 CADENCE_BATCH = 128  # videos per cadence scoring call: bounds how long a spike can wait
 SCORE_POLL_S = 0.05
+MAX_TRACKED_VIDEOS = 1_000_000  # bound of the in-memory arrival-time map (~100 MB)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -89,7 +90,6 @@ class Detector:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._assigned = False
-        self.started_at = time.time()
         self.consumed = 0
         self.flags_published = 0
         self._set_model_info(model)
@@ -358,6 +358,12 @@ class Detector:
         for e, p in zip(events, partitions, strict=True):
             due.setdefault(p, {})[e.video_id] = URGENT_DUE_MS if e.video_id in spikes else due_at
         await self.schedule.mark(due)
+        if len(self._arrival_ms) > MAX_TRACKED_VIDEOS:
+            # entries of videos now scored by another worker (after a rebalance) never pop here;
+            # dropping them only loses latency samples and the "immediate" label, not scoring
+            log.warning("dropping %d tracked arrival times (bound %d)", len(self._arrival_ms), MAX_TRACKED_VIDEOS)
+            self._arrival_ms.clear()
+            self._urgent.clear()
         for vid, t in arrival.items():
             if t > self._arrival_ms.get(vid, 0.0):
                 self._arrival_ms[vid] = t
