@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_detector.features import build_features
-from training.simulate import PATTERNS, SimulatedDataset, simulate
+from training.simulate import SimulatedDataset, simulate
 
 WEEK_HOURS = 168
 # Monday 2026-01-05 00:00 UTC, in epoch hours.
@@ -78,10 +78,6 @@ def fingerprint(weeks: list[SimulatedDataset]) -> str:
         h.update(np.ascontiguousarray(d.hour_fake).tobytes())
         h.update(str(d.seed).encode())
     return h.hexdigest()
-
-
-def pattern_counts(data: SimulatedDataset) -> dict[str, int]:
-    return {p: int(sum(1 for q in data.pattern if q == p)) for p in PATTERNS}
 
 
 def partial_history(split: Split, seed: int, share: float = 0.5) -> Split:
