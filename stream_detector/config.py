@@ -40,6 +40,10 @@ class Settings:
     consume_max_records: int = 5000
     consume_timeout_ms: int = 200
     max_event_bytes: int = 4096
+    # A dead-letter copy longer than this is truncated (headers dlq.truncated, dlq.original_size):
+    # the producer refuses requests over 1 MiB, and a record that cannot be dead-lettered would
+    # stop its partition.
+    dlq_max_value_bytes: int = 512 * 1024
     max_count_per_event: int = 10_000_000
     max_future_seconds: int = 3600
     allowed_lateness_seconds: int = 3600

@@ -23,6 +23,8 @@ import time
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_detector.config import Settings
 from stream_detector.events import Event, Rejection, dead_letter_headers, parse_event
@@ -32,7 +34,7 @@ from stream_detector.models import ModelArtifact
 from stream_detector.schedule import RescoreSchedule, now_ms
 from stream_detector.scoring import Scorer, VideoScore
 from stream_detector.series import METRICS
-from stream_detector.windows import WindowStore
+from stream_detector.windows import ApplyResult, WindowStore
 
 log = logging.getLogger("stream_detector.detector")
 
@@ -41,7 +43,8 @@ COMMIT_INTERVAL_S = 0.5
 URGENT_DUE_MS = 0  # the spike path: due before any cadence mark
 CADENCE_BATCH = 128  # videos per cadence scoring call: bounds how long a spike can wait
 SCORE_POLL_S = 0.05
-MAX_TRACKED_VIDEOS = 1_000_000  # bound of the in-memory arrival-time map (~100 MB)
+MAX_TRACKED_VIDEOS = 1_000_000
+MAX_DLQ_KEY_BYTES = 1024  # a dead-letter copy's key beyond this is cut (its partition does not matter)  # bound of the in-memory arrival-time map (~100 MB)
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -272,21 +275,27 @@ class Detector:
         events: list[Event] = []
         offsets: list[int] = []
         partitions: list[int] = []
+        sources: list[tuple] = []  # (record, tp) of each valid event, for its dead-letter copy
         arrival: dict[str, float] = {}
-        dead: list = []
+        dead: list[tuple] = []  # (record, tp, rejection)
         n = 0
         for tp, records in batches.items():
             wm = self._watermark.get(tp.partition, 0.0)
             high = wm + s.allowed_lateness_seconds
             for rec in records:
                 n += 1
-                parsed = parse_event(
-                    rec.value or b"",
-                    now=now,
-                    max_bytes=s.max_event_bytes,
-                    max_count=s.max_count_per_event,
-                    max_future_s=s.max_future_seconds,
-                )
+                try:
+                    parsed = parse_event(
+                        rec.value,
+                        now=now,
+                        max_bytes=s.max_event_bytes,
+                        max_count=s.max_count_per_event,
+                        max_future_s=s.max_future_seconds,
+                    )
+                except Exception as exc:  # noqa: BLE001 - one record must never stop its partition
+                    log.exception("parse failed on %s[%d]@%d", tp.topic, tp.partition, rec.offset)
+                    parsed = Rejection("internal_error", f"parse: {type(exc).__name__}: {exc}")
+                    self.metrics.internal_errors.labels(stage="parse").inc()
                 if isinstance(parsed, Rejection):
                     dead.append((rec, tp, parsed))
                     continue
@@ -299,6 +308,7 @@ class Detector:
                 events.append(parsed)
                 offsets.append(rec.offset)
                 partitions.append(tp.partition)
+                sources.append((rec, tp))
                 if rec.timestamp > arrival.get(parsed.video_id, 0.0):
                     arrival[parsed.video_id] = rec.timestamp
             self._watermark[tp.partition] = high - s.allowed_lateness_seconds
@@ -308,6 +318,32 @@ class Detector:
         self.metrics.consume_batch_size.observe(n)
         if self._watermark:
             self.metrics.watermark.set(max(self._watermark.values()))
+        if events:
+            assert self.windows is not None
+            result, poisoned = await self._apply_isolating(events, offsets, partitions)
+            if poisoned:
+                bad = set(poisoned)
+                for idx, reason in poisoned.items():
+                    rec, tp = sources[idx]
+                    dead.append((rec, tp, Rejection("internal_error", reason)))
+                keep = [i for i in range(len(events)) if i not in bad]
+                events = [events[i] for i in keep]
+                partitions = [partitions[i] for i in keep]
+                sources = [sources[i] for i in keep]
+                position = {i: k for k, i in enumerate(keep)}
+                late = [position[i] for i in result.late]
+            else:
+                late = result.late
+            for idx in late:
+                rec, tp = sources[idx]
+                dead.append((rec, tp, Rejection("late", f"ts {events[idx].ts:.0f} older than the {s.window_hours} h window")))
+            self._count_consumed(events)  # replayed events are counted by the window store
+            await self._mark_due(events, partitions, arrival, result.spikes)
+            await self._track_active({e.video_id for e in events})
+        if dead:
+            await self._dead_letter(dead)
+
+    def _count_consumed(self, events: list[Event]) -> None:
         totals = [0, 0, 0, 0]
         for e in events:
             c = e.counts
@@ -318,33 +354,61 @@ class Detector:
         for m, k in zip(METRICS, totals, strict=True):
             if k:
                 self.metrics.events_consumed.labels(metric=m).inc(k)
-        if events:
-            assert self.windows is not None
-            result = await self.windows.apply(events, offsets, partitions)
-            for idx in result.late:
-                e = events[idx]
-                dead.append((None, None, Rejection("late", f"ts {e.ts:.0f} older than the {s.window_hours} h window"), e))
-            if result.replayed:
-                self.metrics.events_replayed.inc(result.replayed)
-            await self._mark_due(events, partitions, arrival, result.spikes)
-            await self._track_active(set(arrival))
-        if dead:
-            await self._dead_letter(dead)
 
-    async def _dead_letter(self, dead: list) -> None:
+    async def _apply_isolating(
+        self, events: list[Event], offsets: list[int], partitions: list[int]
+    ) -> tuple[ApplyResult, dict[int, str]]:
+        """Apply a batch to the windows; if it fails for a reason that is not the connection
+        (one record the code cannot handle), bisect down to the failing records so that they
+        alone are dead-lettered and the rest of the partition goes on. Re-applying a half that
+        already landed is safe: the windows skip offsets they hold."""
+        assert self.windows is not None
+        poisoned: dict[int, str] = {}
+        merged = ApplyResult()
+
+        async def run(idx: list[int]) -> None:
+            try:
+                part = await self.windows.apply([events[i] for i in idx], [offsets[i] for i in idx],
+                                                [partitions[i] for i in idx])
+            except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - isolate the record, never crash-loop on it
+                if len(idx) == 1:
+                    log.error("window update failed for one record (dead-lettered as internal_error): %s: %s",
+                              type(exc).__name__, exc)
+                    poisoned[idx[0]] = f"windows: {type(exc).__name__}: {exc}"
+                    return
+                half = len(idx) // 2
+                await run(idx[:half])
+                await run(idx[half:])
+                return
+            merged.late.extend(idx[j] for j in part.late)
+            merged.replayed += part.replayed
+            merged.changed |= part.changed
+            merged.spikes |= part.spikes
+            merged.no_dedup += part.no_dedup
+
+        await run(list(range(len(events))))
+        merged.late.sort()
+        if poisoned:
+            self.metrics.internal_errors.labels(stage="windows").inc(len(poisoned))
+        return merged, poisoned
+
+    async def _dead_letter(self, dead: list[tuple]) -> None:
+        """Send rejected records to the dead-letter topic: their original bytes (truncated, with
+        headers saying so, when the copy would exceed the producer's request limit)."""
         assert self.producer is not None
+        limit = self.settings.dlq_max_value_bytes
         futures = []
-        for item in dead:
-            rec, tp, rejection = item[0], item[1], item[2]
-            if rec is None:
-                e = item[3]
-                value = json.dumps({"video_id": e.video_id, "ts": e.ts, **dict(zip(METRICS, e.counts, strict=True))}).encode()
-                headers = dead_letter_headers(rejection, self.settings.events_topic, -1, -1)
-                key = e.video_id.encode()
-            else:
-                value = rec.value or b""
-                headers = dead_letter_headers(rejection, tp.topic, tp.partition, rec.offset)
-                key = rec.key
+        for rec, tp, rejection in dead:
+            value, key = rec.value, rec.key
+            headers = dead_letter_headers(rejection, tp.topic, tp.partition, rec.offset)
+            if value is not None and len(value) > limit:
+                headers += [("dlq.truncated", b"true"), ("dlq.original_size", str(len(value)).encode())]
+                value = value[:limit]
+            if key is not None and len(key) > MAX_DLQ_KEY_BYTES:
+                headers += [("dlq.key_truncated", b"true"), ("dlq.original_key_size", str(len(key)).encode())]
+                key = key[:MAX_DLQ_KEY_BYTES]
             self.metrics.events_invalid.labels(reason=rejection.reason).inc()
             futures.append(await self.producer.send(self.settings.dlq_topic, value=value, key=key, headers=headers))
         await asyncio.gather(*futures)

@@ -31,7 +31,8 @@ REASONS: dict[str, str] = {
     "not_json": "value is not valid JSON (including bad UTF-8 or excessive nesting)",
     "not_object": "JSON value is not an object",
     "missing_video_id": "no video_id field (or null)",
-    "bad_video_id": "video_id is not a non-empty string of at most 256 characters",
+    "bad_video_id": "video_id is not a non-empty string of at most 256 characters that encodes as "
+    "UTF-8 (a lone surrogate such as \\ud800 is valid JSON but no valid key)",
     "bad_count": "a metric is not an int >= 0 (string, bool, float with a fraction, negative)",
     "absurd_count": "a metric is larger than max_count_per_event",
     "bad_timestamp": "ts missing, unparsable, not finite, or before 2000-01-01",
@@ -39,6 +40,8 @@ REASONS: dict[str, str] = {
     "bad_published_at": "published_at unparsable, before 2000-01-01 or in the future",
     "late": "event older than the watermark minus the allowed lateness, or older than the "
     "window (assigned by the worker, never by parse_event)",
+    "internal_error": "the worker failed on this one record (a bug, not bad input); the record "
+    "is dead-lettered so that it cannot stop its partition (assigned by the worker)",
 }
 """Every rejection reason (stable label values of ``detector_events_invalid_total``)."""
 
@@ -130,6 +133,11 @@ def parse_event(
         if vid is None:
             return Rejection("missing_video_id", "no video_id")
         return Rejection("bad_video_id", f"video_id={_short(vid)}")
+    if not vid.isascii():
+        try:
+            vid.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: valid JSON, no valid Redis key or Kafka header
+            return Rejection("bad_video_id", f"video_id={_short(vid)} is not encodable as UTF-8")
 
     # Fast path: all four metrics are plain ints (or absent) within range.
     c = (get("views", 0), get("likes", 0), get("comments", 0), get("shares", 0))

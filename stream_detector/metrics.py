@@ -34,6 +34,7 @@ REDIS_OPERATIONS = (
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 VALIDATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELTA_BUCKETS = (-0.5, -0.25, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+INTERNAL_ERROR_STAGES = ("parse", "windows")
 SHADOW_OUTCOMES = ("both_flagged", "both_clear", "serving_only", "shadow_only")
 
 
@@ -118,6 +119,13 @@ class Metrics:
             ["pattern"],
             registry=r,
         )
+        self.internal_errors = Counter(
+            "detector_internal_errors_total",
+            "Records the worker failed on (a bug, not bad input), by stage; each one is dead-lettered "
+            "with reason internal_error instead of stopping its partition",
+            ["stage"],
+            registry=r,
+        )
         self.redis_errors = Counter(
             "detector_redis_errors_total",
             "Redis calls that failed, by operation",
@@ -196,6 +204,8 @@ class Metrics:
             self.events_consumed.labels(metric=m)
         for reason in REASONS:
             self.events_invalid.labels(reason=reason)
+        for stage in INTERNAL_ERROR_STAGES:
+            self.internal_errors.labels(stage=stage)
         for path in ("cadence", "immediate"):
             self.videos_scored.labels(path=path)
         for sev in ("low", "medium", "high", "critical"):

@@ -40,6 +40,8 @@ def ok(**fields: object) -> dict:
         (ok(video_id=""), "bad_video_id"),
         (ok(video_id=123), "bad_video_id"),
         (ok(video_id="x" * 257), "bad_video_id"),
+        (b'{"video_id": "\\ud800", "ts": 1764039800}', "bad_video_id"),  # lone surrogate: no valid key
+        (b'{"video_id": "a\\udfffb", "ts": 1764039800}', "bad_video_id"),
         (ok(likes=-1), "bad_count"),
         (ok(likes="5"), "bad_count"),
         (ok(likes=True), "bad_count"),
@@ -71,7 +73,7 @@ def test_rejections(raw: object, reason: str) -> None:
     assert result.detail
 
 
-def test_every_reason_is_documented_and_late_is_not_assigned_here() -> None:
+def test_every_reason_is_documented_and_late_and_internal_error_are_not_assigned_here() -> None:
     assert set(REASONS) == {
         "oversized",
         "not_json",
@@ -84,6 +86,7 @@ def test_every_reason_is_documented_and_late_is_not_assigned_here() -> None:
         "future_timestamp",
         "bad_published_at",
         "late",
+        "internal_error",
     }
     old = parse(ok(ts="2001-01-01T00:00:00Z", likes=1))
     assert isinstance(old, Event)  # lateness is the worker's watermark decision
