@@ -22,15 +22,29 @@ PATTERN_ORDER = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio
 SCHEMA_PATH = Path(__file__).resolve().parent / "flag.schema.json"
 
 
-def flag_id(video_id: str, windows) -> str:
-    """Deterministic id from the video and its anomalous hour intervals (nothing else)."""
+def flag_id(video_id: str, windows, salt: str = "") -> str:
+    """Deterministic id from the video and its anomalous hour intervals; ``salt`` separates a
+    withdrawal and a flag raised again after one from the flags before them."""
     h = hashlib.sha256(video_id.encode())
+    if salt:
+        h.update(f"#{salt}".encode())
     for w in sorted(windows, key=lambda w_: w_.start_hour):
         h.update(f"|{w.start_hour}-{w.end_hour}".encode())
     return h.hexdigest()[:32]
 
 
 def merge_windows(published: list[dict], current: list[FlaggedWindow]) -> list[FlaggedWindow]:
+    """Union of the hours already published for a video (flag JSON windows) and the hours
+    flagged now (see :func:`merge_windows_objects`)."""
+    return merge_windows_objects([window_from_dict(w) for w in published], current)
+
+
+def window_from_dict(w: dict) -> FlaggedWindow:
+    return FlaggedWindow(hour_of(_epoch(w["start"])), hour_of(_epoch(w["end"])), float(w["score"]),
+                         tuple(w["metrics"]), tuple(w["patterns"]))
+
+
+def merge_windows_objects(published: list[FlaggedWindow], current: list[FlaggedWindow]) -> list[FlaggedWindow]:
     """Union of the hours already published for a video and the hours flagged now.
 
     Flags are cumulative: once an hour has been published as anomalous it stays in the
@@ -39,8 +53,8 @@ def merge_windows(published: list[dict], current: list[FlaggedWindow]) -> list[F
     """
     hours: dict[int, tuple[float, set[str], set[str]]] = {}
     for w in published:
-        for h in range(hour_of(_epoch(w["start"])), hour_of(_epoch(w["end"]))):
-            hours[h] = (w["score"], set(w["metrics"]), set(w["patterns"]))
+        for h in range(w.start_hour, w.end_hour):
+            hours[h] = (w.score, set(w.metrics), set(w.patterns))
     for w in current:  # what is known now about an hour replaces what was known then
         for h in range(w.start_hour, w.end_hour):
             hours[h] = (w.score, set(w.metrics), set(w.patterns))

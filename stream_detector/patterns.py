@@ -1,9 +1,18 @@
 """Interpretable per-hour detectors that name the five fake-engagement patterns.
 
-Each detector states a physical or statistical property organic engagement has and bots
-tend to break (counting noise, a daily rhythm, a consistent metric mix), measured against
-the video's own history. They give the combiner robust evidence that does not depend on
-one simulator, and they give moderators a reason in words.
+Each detector states one property organic engagement has and bots break, measured against
+the video's own history and its own noise (``signals.Signals``), and shares one interface
+(as river's detectors share one API): ``name``, ``min_history_hours`` (observed hours before
+an hour that the property needs; the detector is silent before, see *cold start* in the
+README) and ``evidence(signals) -> (evidence (N, W) in [0, 1], metrics (N, 4, W) bool)``.
+
+What no organic audience produces, and so can be judged from the first hours on: one
+metric moving alone (``spike`` with a lagging metric), a metric mix that cannot be
+(``ratio_anomaly``'s impossible mix), counts with far less variance than counting noise
+(``lockstep``). What needs the video's own past: its usual level (``spike``), its daily
+rhythm (``offpeak_burst``), its decay (``decay_violation``) and its own metric mix
+(``ratio_anomaly`` against its own rate). None fires on an all-metric surge with organic
+noise: a real audience moves every metric together.
 """
 
 from __future__ import annotations
@@ -11,12 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from stream_detector.features import daily_profile
+from stream_detector import signals as sig
+from stream_detector.signals import Signals
 
 PATTERNS: tuple[str, ...] = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")
-BASELINE_HOURS = 49  # centred history used as "the video's usual level"
 LOCKSTEP_HOURS = 12
 RATIO_HOURS = 3
 
@@ -28,6 +36,7 @@ class PatternEvidence:
     evidence: np.ndarray  # (N, 5, W)
     metrics: np.ndarray  # (N, 5, 4, W) bool
     baseline: np.ndarray  # (N, 4, W) the video's usual hourly count around each hour
+    signals: Signals | None = None
 
     def hour_metrics(self, threshold: float = 0.5) -> np.ndarray:
         """(N, 4, W) metrics implicated by any pattern whose evidence passes ``threshold``."""
@@ -41,6 +50,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 def _rolling(x: np.ndarray, size: int, fn: str, centred: bool = True) -> np.ndarray:
     """Rolling statistic over the last axis, edge-padded so the shape is preserved."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
     left = size // 2 if centred else size - 1
     right = size - 1 - left
     pad = [(0, 0)] * (x.ndim - 1) + [(left, right)]
@@ -48,21 +59,26 @@ def _rolling(x: np.ndarray, size: int, fn: str, centred: bool = True) -> np.ndar
     return getattr(np, fn)(view, axis=-1)
 
 
-def _median3(x: np.ndarray, shifts: tuple[int, int, int]) -> np.ndarray:
-    a, b, c = (np.roll(x, s, axis=-1) for s in shifts)
-    return a + b + c - np.maximum(np.maximum(a, b), c) - np.minimum(np.minimum(a, b), c)
-
-
-def _rolling_median(x: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
-    """Centred rolling median (odd ``size``) over the last axis, computed at every ``stride``-th
-    hour and held in between: the baselines it feeds are smooth, and it is the hot spot."""
-    half = size // 2
-    pad = [(0, 0)] * (x.ndim - 1) + [(half, half)]
-    view = sliding_window_view(np.pad(x, pad, mode="edge").astype(np.float32), size, axis=-1)
+def _neighbour_level(x: np.ndarray, side: int) -> np.ndarray:
+    """Median of the 3 hours before (side=-1) or after (side=+1) each hour, within the window:
+    at the window's edge only the hours that exist count (none: the hour itself, so an
+    unknown future never makes an hour look like a jump)."""
     w = x.shape[-1]
-    centres = np.arange(0, w, stride)
-    med = np.partition(view[..., centres, :], half, axis=-1)[..., half]
-    return np.repeat(med, stride, axis=-1)[..., :w].astype(np.float64)
+    cols = []
+    for k in (1, 2, 3):
+        shifted = np.full(x.shape, np.nan)
+        if side < 0:
+            shifted[..., k:] = x[..., : w - k]
+        else:
+            shifted[..., : w - k] = x[..., k:]
+        cols.append(shifted)
+    stack = np.stack(cols, axis=-1)
+    valid = ~np.isnan(stack)
+    k = valid.sum(axis=-1)
+    s = np.sort(np.where(valid, stack, np.inf), axis=-1)
+    lo = np.take_along_axis(s, np.clip((k - 1) // 2, 0, 2)[..., None], axis=-1)[..., 0]
+    hi = np.take_along_axis(s, np.clip(k // 2, 0, 2)[..., None], axis=-1)[..., 0]
+    return np.where(k > 0, 0.5 * (lo + hi), x)
 
 
 def _spread(flags: np.ndarray, size: int) -> np.ndarray:
@@ -80,166 +96,263 @@ def _window_sums(x: np.ndarray, size: int) -> np.ndarray:
     return (c[..., size:] - c[..., :-size])[..., : x.shape[-1]]
 
 
-def spike(counts: np.ndarray, baseline: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A jump no organic audience makes: far above both the video's usual level and its
-    neighbouring hours (organic news and viral surges ramp and decay over hours), beyond
-    over-dispersed counting noise."""
-    # the level just before and just after (median of 3 each): an organic surge is still
-    # there an hour later, a bought spike is not
-    near = np.maximum(_median3(counts, (1, 2, 3)), _median3(counts, (-1, -2, -3)))
-    base = np.maximum(baseline, near)
-    excess = counts - base
-    jump = np.log1p(counts) - np.log1p(base)
-    z = excess / np.sqrt(base + 0.25 * base**2 + 1.0)  # negative-binomial noise, dispersion 0.25
-    per_metric = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0)) * (excess >= 30)
-    per_metric *= 0.6 + 0.4 * _lagging(counts, base, jump)
-    return per_metric.max(axis=1) * mask, per_metric >= 0.5
+def nb_z(observed: np.ndarray, expected: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """How many negative-binomial standard deviations ``observed`` is above ``expected``."""
+    return (observed - expected) / np.sqrt(expected + phi * expected**2 + 1.0)
 
 
-def _lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray, dispersion: float = 0.02) -> np.ndarray:
-    """(N, 4, W) in [0, 1]: for each metric's rise, how clearly another metric that the
-    video's own mix says should have followed (expected >= 20) stayed behind by >= 3x.
-    A real audience moves all metrics together; bought engagement moves the ones paid for."""
+def lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray, phi: np.ndarray,
+            unknown: float = 0.0) -> np.ndarray:
+    """(N, 4, W) in [0, 1]: for each metric's rise, how clearly another metric that the video's
+    own mix says should have followed (expected >= 20) stayed behind by >= 3x, beyond that
+    metric's own noise. A real audience moves all metrics together; bought engagement moves
+    the ones paid for. Where no other metric is big enough to tell (expected < 8 for all),
+    the answer is ``unknown`` rather than "they followed"."""
     out = np.zeros(now.shape)
     for m in range(now.shape[1]):
         factor = np.exp(np.clip(rise[:, m], 0.0, 8.0))
+        testable = np.zeros(now[:, m].shape, dtype=bool)
         for o in range(now.shape[1]):
             if o == m:
                 continue
             expected = before[:, o] * factor
-            z = (expected - now[:, o]) / np.sqrt(expected + dispersion * expected**2 + 1.0)
+            testable |= expected >= 8
+            z = -nb_z(now[:, o], expected, phi[:, o, None])
             gap = np.log1p(expected) - np.log1p(now[:, o])
             lag = _sigmoid(2.0 * (z - 3.0)) * _sigmoid(4.0 * (gap - np.log(3.0))) * (expected >= 20)
             out[:, m] = np.maximum(out[:, m], lag)
+        if unknown:
+            out[:, m] = np.maximum(out[:, m], unknown * ~testable)
     return out
 
 
-def offpeak_burst(
-    counts: np.ndarray, baseline: np.ndarray, start_hours: np.ndarray, mask: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bursts at hours the video's own audience is usually asleep, stronger when they recur
-    at the same hour on several days. The daily rhythm is learned from the video itself, so
-    an audience in another time zone has its own quiet hours."""
-    n, _, w = counts.shape
-    total = counts.sum(axis=1)
-    log_total = np.log1p(total)
-    profile = daily_profile(log_total, start_hours, mask)
-    hod = (np.asarray(start_hours)[:, None] + np.arange(w)[None, :]) % 24
-    usual = np.take_along_axis(profile, hod, axis=1)
-    quiet = profile.max(axis=1, keepdims=True) - usual
-    trend = _rolling(log_total, 24, "mean")
-    excess = log_total - trend - usual
-    expected = np.expm1(np.clip(trend + usual, 0, None))
-    significant = (total - expected) >= 15
-    hit = _sigmoid(3.0 * (excess - 1.2)) * _sigmoid(3.0 * (quiet - 1.0)) * significant
-    # recurrence: other days with a hit at the same hour of day
-    strong = hit >= 0.5
-    repeats = np.zeros_like(hit)
-    for h in range(24):
-        sel = hod == h
-        cnt = (strong & sel).sum(axis=1, keepdims=True)
-        repeats = np.where(sel, cnt, repeats)
-    evidence = hit * np.where(repeats >= 2, 1.0, 0.75) * mask
-    jump = np.log1p(counts) - np.log1p(baseline)
-    return evidence, (jump >= np.log(2.0)) & strong[:, None, :]
+class Spike:
+    """A jump no organic audience makes: far above both the video's usual level and its
+    neighbouring hours (organic surges ramp and decay over hours), beyond the video's own
+    noise, carried by some metrics while the others stay behind."""
+
+    name = "spike"
+    min_history_hours = 3
+
+    def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
+        counts = s.counts
+        near = np.maximum(_neighbour_level(counts, -1), _neighbour_level(counts, +1))
+        base = np.maximum(s.baseline, near)
+        excess = counts - base
+        jump = np.log1p(counts) - np.log1p(base)
+        z = nb_z(counts, base, s.dispersion[:, :, None])
+        size = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0)) * (excess >= 15)
+        per_metric = size * lagging(counts, base, jump, s.dispersion, unknown=0.6)
+        return per_metric.max(axis=1), per_metric >= 0.5
 
 
-def decay_violation(counts: np.ndarray, mask: np.ndarray, age: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Days after publication engagement keeps decaying; a plateau or revival carried by
-    some metrics while the others, which the video's own mix says should follow, do not."""
-    k = 12
-    now = k * _rolling_median(counts, k + 1, stride=2)  # robust: one spike is not a plateau
-    before = np.roll(now, 24, axis=-1)
-    rise = np.log1p(now) - np.log1p(before)  # vs the same stretch a day earlier
-    old = (age >= 48)[:, None, :]
-    per_metric = _sigmoid(4.0 * (rise - 0.5)) * _lagging(now, before, rise, dispersion=0.1) * (now >= 60)
-    per_metric *= old
-    return per_metric.max(axis=1) * mask, per_metric >= 0.5
+class OffpeakBurst:
+    """Bursts at hours the video's own audience is usually asleep, recurring at the same hour
+    on several days. The rhythm is learned from the video itself (an audience in another time
+    zone has its own quiet hours), so it needs two days of history; a single night's burst is
+    weak evidence (organic audiences have those too)."""
+
+    name = "offpeak_burst"
+    min_history_hours = 48
+
+    def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
+        counts = s.counts
+        n, _, w = counts.shape
+        total = counts.sum(axis=1)
+        resid = s.log_total - s.trend - s.usual
+        spread, _ = sig.masked_quantile(np.abs(resid), s.mask > 0, 0.8)
+        noise = np.maximum(1.2, 2.0 * spread / 1.2816)[:, None]  # ~2.5 sd of the video's own swings
+        excess = resid
+        expected = np.expm1(np.clip(s.trend + s.usual, 0, None))
+        significant = (total - expected) >= 15
+        hit = _sigmoid(3.0 * (excess - noise)) * _sigmoid(3.0 * (s.quiet - 1.0)) * significant
+        strong = hit >= 0.5
+        hod = (s.start_hours[:, None] + np.arange(w)[None, :]) % 24
+        repeats = np.zeros_like(hit)
+        for h in range(24):
+            sel = (hod == h) | (hod == (h + 1) % 24) | (hod == (h - 1) % 24)
+            cnt = (strong & sel).sum(axis=1, keepdims=True)
+            repeats = np.where(hod == h, cnt, repeats)
+        evidence = hit * np.where(repeats >= 2, 1.0, 0.35)
+        jump = np.log1p(counts) - np.log1p(s.baseline)
+        return evidence, (jump >= np.log(2.0)) & strong[:, None, :]
 
 
-def lockstep(counts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class DecayViolation:
+    """Days after publication engagement keeps decaying; a plateau or revival carried by some
+    metrics while the others, which the video's own mix says should follow, do not."""
+
+    name = "decay_violation"
+    min_history_hours = 36
+
+    def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
+        k = 12
+        now = k * sig.rolling_median(s.counts, k + 1, stride=2)  # robust: one spike is not a plateau
+        before = np.roll(now, 24, axis=-1)
+        rise = np.log1p(now) - np.log1p(before)  # vs the same stretch a day earlier
+        old = (s.age >= 48)[:, None, :]
+        phi = np.maximum(s.dispersion / 2.0, 0.1)  # texture is correlated over hours: 12-hour sums swing too
+        per_metric = _sigmoid(4.0 * (rise - 0.5)) * lagging(now, before, rise, phi) * (now >= 60) * old
+        return per_metric.max(axis=1), per_metric >= 0.5
+
+
+class Lockstep:
     """Organic counts are noisy (at least Poisson); bots add constant steps or keep one metric
-    an exact fraction of another. Either shows as far *less* variance than counting noise."""
-    k = LOCKSTEP_HOURS
-    n, m, w = counts.shape
-    s1 = _window_sums(counts, k)
-    s2 = _window_sums(counts**2, k)
-    mean = s1 / k
-    var = np.maximum(s2 / k - mean**2, 0.0)
-    busy = _window_sums((counts >= 3).astype(float), k) >= k  # every hour of the window has counts
-    steady = _sigmoid(40.0 * (0.1 - var / np.maximum(mean, 1e-9))) * (mean >= 10) * busy
-    steady[..., w - k + 1 :] = 0.0
-    per_metric = _spread(steady, k)
-    # one metric an exact fraction of another (views -> others, likes -> shares)
-    pairs = [(0, 1), (0, 2), (0, 3), (1, 3)]
-    for a, b in pairs:
-        sa, sb = _window_sums(counts[:, a], k), _window_sums(counts[:, b], k)
-        r = np.clip(sb / np.maximum(sa, 1e-9), 0.0, 1.0)
-        # residual of b around r * a within each window, from window sums
-        pred_sq = r**2 * _window_sums(counts[:, a] ** 2, k)
-        cross = r * _window_sums(counts[:, a] * counts[:, b], k)
-        resid = np.maximum(_window_sums(counts[:, b] ** 2, k) - 2 * cross + pred_sq, 0.0)
-        expected = r * (1 - r) * sa
-        full = _window_sums((counts[:, a] >= 3).astype(float), k) >= k
-        tight = _sigmoid(40.0 * (0.1 - resid / np.maximum(expected, 1e-9))) * (expected >= 8) * full
-        tight[..., w - k + 1 :] = 0.0
-        both = _spread(tight, k)
-        per_metric[:, a] = np.maximum(per_metric[:, a], both)
-        per_metric[:, b] = np.maximum(per_metric[:, b], both)
-    return per_metric.max(axis=1) * mask, per_metric >= 0.5
+    an exact fraction of another. Either shows as far *less* variance than counting noise,
+    which no audience of any size produces: no history needed beyond its own 12 hours."""
+
+    name = "lockstep"
+    min_history_hours = 0
+
+    def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
+        counts = s.counts
+        k = LOCKSTEP_HOURS
+        n, m, w = counts.shape
+        s1 = _window_sums(counts, k)
+        s2 = _window_sums(counts**2, k)
+        mean = s1 / k
+        var = np.maximum(s2 / k - mean**2, 0.0)
+        busy = _window_sums((counts >= 3).astype(float), k) >= k  # every hour of the window has counts
+        steady = _sigmoid(40.0 * (0.1 - var / np.maximum(mean, 1e-9))) * (mean >= 10) * busy
+        steady[..., w - k + 1 :] = 0.0
+        per_metric = _spread(steady, k)
+        pairs = [(0, 1), (0, 2), (0, 3), (1, 3)]
+        for a, b in pairs:
+            sa, sb = _window_sums(counts[:, a], k), _window_sums(counts[:, b], k)
+            r = np.clip(sb / np.maximum(sa, 1e-9), 0.0, 1.0)
+            pred_sq = r**2 * _window_sums(counts[:, a] ** 2, k)
+            cross = r * _window_sums(counts[:, a] * counts[:, b], k)
+            resid = np.maximum(_window_sums(counts[:, b] ** 2, k) - 2 * cross + pred_sq, 0.0)
+            expected = r * (1 - r) * sa
+            full = _window_sums((counts[:, a] >= 3).astype(float), k) >= k
+            tight = _sigmoid(40.0 * (0.1 - resid / np.maximum(expected, 1e-9))) * (expected >= 8) * full
+            tight[..., w - k + 1 :] = 0.0
+            both = _spread(tight, k)
+            per_metric[:, a] = np.maximum(per_metric[:, a], both)
+            per_metric[:, b] = np.maximum(per_metric[:, b], both)
+        return per_metric.max(axis=1), per_metric >= 0.5
 
 
-def ratio_anomaly(counts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A metric mix no audience produces: more likes/comments/shares than views, or heavy views
-    with no reactions at all, or a rate far from the video's own usual rate."""
-    k = RATIO_HOURS
-    sums = _rolling(counts, k, "sum")
-    views = sums[:, 0]
-    per_metric = np.zeros(counts.shape, dtype=float)
-    for m in (1, 2, 3):
-        over = _sigmoid(0.5 * (sums[:, m] - 1.2 * views - 20.0)) * (sums[:, m] >= 30)
-        per_metric[:, m] = np.maximum(per_metric[:, m], over)
-    # the video's own usual rates, from its totals (robust: medians of hourly rates)
-    tot = counts.sum(axis=-1)
-    own_rate = (tot[:, 1:] + 1.0) / (tot[:, :1] + 10.0)
-    for i, m in enumerate((1, 2, 3)):
-        expect = views * own_rate[:, i : i + 1]
-        dev = np.log((sums[:, m] + 1.0) / (expect + 1.0))
-        z = (sums[:, m] - expect) / np.sqrt(3.0 * expect + 4.0)
-        far = _sigmoid(3.0 * (np.abs(dev) - np.log(5.0))) * _sigmoid(np.abs(z) - 6.0)
-        per_metric[:, m] = np.maximum(per_metric[:, m], far)
-        per_metric[:, 0] = np.maximum(per_metric[:, 0], far * (dev < 0))
-    silent = (sums[:, 1] + sums[:, 2] == 0) & (views >= 300)
-    per_metric[:, 0] = np.maximum(per_metric[:, 0], silent.astype(float))
-    return per_metric.max(axis=1) * mask, per_metric >= 0.5
+class RatioAnomaly:
+    """A metric mix no audience produces (more likes/comments/shares than views; heavy views
+    with none of the reactions the video's own rate expects), judged from the first hours; or,
+    with a day of history, a rate far from the video's own usual rate beyond its own
+    hour-to-hour rate swings."""
+
+    name = "ratio_anomaly"
+    min_history_hours = 0  # the own-rate part gates itself on OWN_RATE_HISTORY
+    OWN_RATE_HISTORY = 12
+
+    def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
+        counts = s.counts
+        k = RATIO_HOURS
+        sums = _rolling(counts, k, "sum")
+        views = sums[:, 0]
+        per_metric = np.zeros(counts.shape, dtype=float)
+        for m in (1, 2, 3):
+            over = _sigmoid(0.5 * (sums[:, m] - 1.2 * views - 20.0)) * (sums[:, m] >= 30)
+            per_metric[:, m] = np.maximum(per_metric[:, m], over)
+        # the video's own rates: medians of its 3-hour rates (robust: a long fake is not the norm)
+        tot = (counts * s.mask[:, None, :]).sum(axis=-1)
+        by_total = (tot[:, 1:] + 1.0) / (tot[:, :1] + 10.0)
+        rates = (sums[:, 1:] + 0.5) / (views[:, None, :] + 1.0)
+        usable = ((s.mask > 0) & (views >= 20))[:, None, :] & np.ones_like(rates, dtype=bool)
+        med, k_used = sig.masked_quantile(rates, usable, 0.5)
+        own_rate = np.where(k_used >= 6, med, by_total)
+        enough = s.history >= self.OWN_RATE_HISTORY
+        for i, m in enumerate((1, 2, 3)):
+            expect = views * own_rate[:, i : i + 1]
+            dev = np.log((sums[:, m] + 1.0) / (expect + 1.0))
+            valid = (s.mask > 0) & (expect >= 5)
+            spread, _ = sig.masked_quantile(np.abs(dev), valid, 0.5)  # the median: a long fake is not the norm
+            wide = np.maximum(np.log(4.0), 2.0 * 1.4826 * spread)[:, None]
+            z = (sums[:, m] - expect) / np.sqrt(3.0 * expect + 4.0)
+            far = _sigmoid(3.0 * (np.abs(dev) - wide)) * _sigmoid(np.abs(z) - 6.0) * enough
+            per_metric[:, m] = np.maximum(per_metric[:, m], far)
+            per_metric[:, 0] = np.maximum(per_metric[:, 0], far * (dev < 0))
+        expected_reactions = views * (own_rate[:, 0:1] + own_rate[:, 1:2])
+        silent = (sums[:, 1] + sums[:, 2] == 0) & (views >= 300) & (expected_reactions >= 8) & enough
+        per_metric[:, 0] = np.maximum(per_metric[:, 0], silent.astype(float))
+        return per_metric.max(axis=1), per_metric >= 0.5
 
 
-def hours_since_publication(mask: np.ndarray, start_hours: np.ndarray, published_hours: np.ndarray | None) -> np.ndarray:
-    """(N, W) age in hours: from publication when known, else from first activity."""
-    n, w = mask.shape
-    first = np.argmax(mask > 0, axis=1)
-    age = np.clip(np.arange(w)[None, :] - first[:, None], 0, None).astype(float)
-    if published_hours is not None:
-        pub = np.asarray(published_hours, dtype=np.int64)
-        before = np.where(pub >= 0, np.clip(np.asarray(start_hours) - pub, 0, None), 0)
-        age = age + before[:, None]
-    return age * mask
+DETECTORS = (Spike(), OffpeakBurst(), DecayViolation(), Lockstep(), RatioAnomaly())
+assert tuple(d.name for d in DETECTORS) == PATTERNS
+
+
+def detect_signals(s: Signals) -> PatternEvidence:
+    """Run every detector on shared signals; each is silent where history is too short."""
+    ev, mets = [], []
+    for d in DETECTORS:
+        e, m = d.evidence(s)
+        gate = (s.history >= d.min_history_hours) * s.mask
+        ev.append(e * gate)
+        mets.append(m & (gate > 0)[:, None, :])
+    return PatternEvidence(np.stack(ev, axis=1), np.stack(mets, axis=1), s.baseline, s)
 
 
 def detect(
-    counts: np.ndarray, start_hours: np.ndarray, mask: np.ndarray, published_hours: np.ndarray | None = None
+    counts: np.ndarray, start_hours: np.ndarray, mask: np.ndarray | None = None, published_hours: np.ndarray | None = None
 ) -> PatternEvidence:
-    """Run every detector on a batch of windows (N, 4, W)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    age = hours_since_publication(mask, start_hours, published_hours)
-    baseline = _rolling_median(counts, BASELINE_HOURS, stride=4)
-    results = [
-        spike(counts, baseline, mask),
-        offpeak_burst(counts, baseline, start_hours, mask),
-        decay_violation(counts, mask, age),
-        lockstep(counts, mask),
-        ratio_anomaly(counts, mask),
-    ]
-    evidence = np.stack([r[0] for r in results], axis=1)
-    metrics = np.stack([r[1] for r in results], axis=1)
-    return PatternEvidence(evidence=evidence, metrics=metrics, baseline=baseline)
+    """Run every detector on a batch of windows (N, 4, W). ``mask`` is accepted for the old
+    call shape; observation is derived from the counts (``signals.observed_mask``)."""
+    return detect_signals(sig.compute(counts, start_hours, published_hours))
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Sub-hour concentration in the newest minutes of one video (the immediate path)."""
+
+    evidence: float  # in [0, 1]
+    metrics: tuple[str, ...]
+    minute: int  # minutes since the epoch of the peak (-1: none)
+    peak: int  # events in the peak minute
+    usual_hour: float  # the usual hourly count of the peak metric
+
+
+class BurstDetector:
+    """Bots deliver bought engagement in a few minutes; a real audience, even a news surge,
+    spreads over the hour. Evidence when a single minute of the minute ring holds more events
+    of a metric than the video usually gets in ``hour_share`` hours, far beyond the other
+    minutes of the ring. An all-metric surge can only be told from organic this way."""
+
+    name = "spike"
+    min_history_hours = 3  # closed observed hours before the usual hour means anything
+    hour_share = 2.0  # the peak minute must exceed this many usual hours
+    min_peak = 30
+
+    def evidence(self, minute_counts: np.ndarray, usual_hour: np.ndarray, minute_head: int) -> Burst:
+        """``minute_counts`` (4, M) oldest first ending at ``minute_head``; ``usual_hour`` (4,)
+        the video's usual hourly count per metric (from closed hours)."""
+        ring = np.asarray(minute_counts, dtype=np.float64)
+        if ring.size == 0 or ring.max() < self.min_peak:
+            return Burst(0.0, (), -1, 0, 0.0)
+        peak_at = ring.argmax(axis=1)
+        peak = ring[np.arange(ring.shape[0]), peak_at]
+        if ring.shape[1] > 1:  # the other minutes of the ring: what this audience does right now
+            others = np.where(np.arange(ring.shape[1])[None, :] == peak_at[:, None], np.nan, ring)
+            rest = np.nanmedian(others, axis=1)
+        else:
+            rest = np.zeros(ring.shape[0])
+        usual = np.maximum(np.asarray(usual_hour, dtype=np.float64), 1.0)
+        share = np.log(peak + 1.0) - np.log(self.hour_share * usual + 1.0)
+        vs_rest = np.log(peak + 1.0) - np.log(10.0 * rest + 1.0)
+        per_metric = _sigmoid(4.0 * share) * _sigmoid(4.0 * vs_rest) * (peak >= self.min_peak)
+        m = int(per_metric.argmax())
+        if per_metric[m] < 0.05:
+            return Burst(0.0, (), -1, 0, 0.0)
+        from stream_detector.series import METRICS
+
+        on = tuple(METRICS[k] for k in np.flatnonzero(per_metric >= 0.5)) or (METRICS[m],)
+        return Burst(float(per_metric[m]), on, minute_head - (ring.shape[1] - 1) + int(peak_at[m]),
+                     int(peak[m]), float(usual_hour[m]))
+
+
+def usual_hour(closed_counts: np.ndarray, hours: int = 24) -> tuple[np.ndarray, int]:
+    """(4,) the median of the last ``hours`` observed closed hours, and the observed hours
+    available (observation starts at the first activity)."""
+    active = np.flatnonzero(closed_counts.sum(axis=0) > 0)
+    if active.size == 0:
+        return np.zeros(closed_counts.shape[0]), 0
+    seen = closed_counts[:, active[0] :]
+    return np.median(seen[:, -hours:], axis=1), int(seen.shape[1])

@@ -1,20 +1,35 @@
-"""The scoring core: hourly windows -> calibrated score, flagged hours, patterns, explanation.
+"""The scoring core: hourly windows -> per-hour fake probability, flagged hours, patterns, why.
 
-One implementation serves the offline CLI and the stream worker (parity-tested), batched
-across videos: features, one ONNX call, the pattern detectors, the fitted combiner.
+One implementation serves training (calibration, evaluation), the canary, the offline CLI and
+the stream worker (parity-tested), batched across videos: shared signals once per batch,
+features, one model call, the pattern detectors, the fitted combiner. What to *do* with the
+scores (flag, update, withdraw) is the decision process's job (``decision.py``); the offline
+verdict here is one decision over the whole series at the model's offline threshold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
+from stream_detector import signals as sig
 from stream_detector.features import build_features, normalize
-from stream_detector.models import ModelArtifact
-from stream_detector.patterns import PATTERNS, detect
+from stream_detector.patterns import PATTERNS, PatternEvidence, detect_signals
 from stream_detector.series import METRICS, HourlySeries, hour_start_iso
+
+
+class HourModel(Protocol):
+    """What the scoring core needs of a model: the ONNX artifact, or a torch model in training."""
+
+    window_hours: int
+    threshold: float
+    normalization: dict
+    combiner: object
+
+    def run(self, x: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,24 @@ class FlaggedWindow:
 
 
 @dataclass
+class HourDetail:
+    """Per-hour evidence of one scored window, kept so a decision can build its own windows."""
+
+    start_hour: int
+    counts: np.ndarray  # (4, W)
+    evidence: np.ndarray  # (5, W) pattern evidence
+    contribution: np.ndarray  # (5, W) each pattern's push on the combiner's logit
+    model_contribution: np.ndarray  # (W,)
+    metrics: np.ndarray  # (4, W) bool, metrics implicated
+    baseline: np.ndarray  # (4, W)
+    history: np.ndarray  # (W,) observed hours before each hour
+
+    @property
+    def hours(self) -> int:
+        return int(self.counts.shape[1])
+
+
+@dataclass
 class VideoScore:
     video_id: str
     score: float
@@ -47,6 +80,11 @@ class VideoScore:
     windows: list[FlaggedWindow]
     explanation: str
     hour_probability: np.ndarray = field(repr=False)
+    detail: HourDetail | None = field(default=None, repr=False)
+
+    @property
+    def start_hour(self) -> int:
+        return self.end_hour - len(self.hour_probability) + 1
 
     def to_dict(self) -> dict:
         """The offline CLI's output line (DESIGN.md contract)."""
@@ -57,14 +95,106 @@ class VideoScore:
             "windows": [w.to_dict() for w in self.windows],
         }
 
+    def windows_where(self, hot: np.ndarray) -> list[FlaggedWindow]:
+        """Runs of ``hot`` hours as flagged windows, each naming the evidence that drove it."""
+        assert self.detail is not None
+        out: list[FlaggedWindow] = []
+        t, w = 0, hot.shape[0]
+        while t < w:
+            if not hot[t]:
+                t += 1
+                continue
+            u = t
+            while u < w and hot[u]:
+                u += 1
+            out.append(_window(self.detail, t, u, self.hour_probability))
+            t = u
+        return out
+
+    def explain(self, windows: list[FlaggedWindow], threshold: float) -> str:
+        return _explain(self.detail, windows, self.score, threshold)
+
+
+def _names(d: HourDetail, seg: slice, length: int) -> list[str]:
+    """The patterns that drove a window: those whose push on the logit is at least half the
+    strongest one's (and clearly positive); the strongest evidence when the model alone did."""
+    push = d.contribution[:, seg].max(axis=1)
+    strength = d.evidence[:, seg].max(axis=1)
+    top = int(push.argmax())
+    if push[top] < 0.5:  # the model alone: name the evidence that is there, if any
+        return [PATTERNS[int(strength.argmax())]]
+    names = {PATTERNS[p] for p in range(len(PATTERNS)) if push[p] >= max(0.5, 0.5 * push[top]) and strength[p] >= 0.3}
+    names.add(PATTERNS[top])
+    # one bought cause moves several detectors; name the cause, not its side effects
+    if "offpeak_burst" in names:
+        names.discard("spike")  # a burst at night is a spike too: recurrence at quiet hours is the cause
+    if "spike" in names and length <= 2:
+        names.discard("ratio_anomaly")  # a one-metric spike shifts that hour's mix
+    if "lockstep" in names and push[PATTERNS.index("lockstep")] >= push[top] * 0.8:
+        names.discard("ratio_anomaly")  # a locked ratio is a (steady) ratio too
+    return [p for p in PATTERNS if p in names]
+
+
+def _window(d: HourDetail, t: int, u: int, hour_p: np.ndarray) -> FlaggedWindow:
+    seg = slice(t, u)
+    names = _names(d, seg, u - t)
+    mets = [METRICS[m] for m in np.flatnonzero(d.metrics[:, seg].any(axis=1))]
+    if not mets:
+        ratio = (d.counts[:, seg].sum(axis=1) + 1) / (d.baseline[:, seg].sum(axis=1) + 1)
+        mets = [METRICS[int(ratio.argmax())]]
+    return FlaggedWindow(d.start_hour + t, d.start_hour + u, float(hour_p[seg].max()), tuple(mets), tuple(names))
+
+
+def _explain(d: HourDetail | None, windows: list[FlaggedWindow], score: float, threshold: float) -> str:
+    if not windows or d is None:
+        return f"organic-looking engagement (score {score:.2f} < threshold {threshold:.2f})"
+    top = max(windows, key=lambda w_: w_.score)
+    t0, t1 = top.start_hour - d.start_hour, top.end_hour - d.start_hour
+    parts = []
+    for name in top.metrics:
+        m = METRICS.index(name)
+        seen = d.counts[m, t0:t1].sum()
+        usual = d.baseline[m, t0:t1].sum()
+        factor = (seen + 1.0) / (usual + 1.0)
+        parts.append(f"{name} {seen:,.0f} vs usual ~{usual:,.0f} ({factor:.1f}x)")
+    hours = t1 - t0
+    span = f"{hour_start_iso(top.start_hour)} for {hours} h"
+    extra = f"; {len(windows) - 1} more window(s)" if len(windows) > 1 else ""
+    return f"{' / '.join(top.patterns)} at {span}: {', '.join(parts)}; score {top.score:.2f}{extra}"
+
+
+@dataclass
+class HourScores:
+    """A batch's per-hour outputs before any decision (what calibration fits on)."""
+
+    model_score: np.ndarray  # (N, W) the model's raw hour score
+    evidence: PatternEvidence
+    mask: np.ndarray  # (N, W)
+    probability: np.ndarray | None = None  # (N, W) combined, once a combiner is applied
+
 
 class Scorer:
-    """Scores batches of hourly windows with one model artifact."""
+    """Scores batches of hourly windows with one model (see module docstring)."""
 
-    def __init__(self, model: ModelArtifact) -> None:
+    def __init__(self, model: HourModel) -> None:
         self.model = model
         self.window = model.window_hours
 
+    # -- the per-hour core, shared by training and serving ---------------------------------
+    def components(self, counts: np.ndarray, starts: np.ndarray, pubs: np.ndarray) -> HourScores:
+        """(N, 4, W) counts -> model hour scores and pattern evidence, signals computed once."""
+        signals = sig.compute(counts, starts, pubs)
+        x, _ = build_features(counts, starts, pubs)
+        model_score = self.model.run(normalize(x, signals.mask, self.model.normalization))
+        evidence = detect_signals(signals)
+        return HourScores(model_score, evidence, signals.mask)
+
+    def hour_probabilities(self, counts: np.ndarray, starts: np.ndarray, pubs: np.ndarray) -> HourScores:
+        h = self.components(counts, starts, pubs)
+        h.probability = self.model.combiner.hour_probability(h.model_score, h.evidence.evidence) * h.mask
+        return h
+
+    # -- whole videos ------------------------------------------------------------------------
     def score(self, series: Sequence[HourlySeries]) -> list[VideoScore]:
         """Score each series on its trailing window (longer series: use :meth:`score_full`)."""
         if not series:
@@ -73,24 +203,27 @@ class Scorer:
         chunks = [s.last(w) for s in series]
         counts = np.stack([c.counts for c in chunks])
         starts = np.array([c.start_hour for c in chunks], dtype=np.int64)
-        pubs = np.array(
-            [-1 if c.published_hour is None else c.published_hour for c in chunks], dtype=np.int64
-        )
-        hour_p, evidence, mask = self.hour_probabilities(counts, starts, pubs)
+        pubs = np.array([-1 if c.published_hour is None else c.published_hour for c in chunks], dtype=np.int64)
+        h = self.hour_probabilities(counts, starts, pubs)
+        comb = self.model.combiner
+        contribution = np.asarray(comb.pattern_weights)[None, :, None] * h.evidence.evidence
+        model_push = comb.model_weight * h.model_score
+        metrics = h.evidence.hour_metrics()
+        history = h.evidence.signals.history if h.evidence.signals is not None else np.zeros_like(h.mask)
         results = []
+        threshold = self.model.threshold
         for i, chunk in enumerate(chunks):
-            results.append(self._summarise(chunk, hour_p[i], evidence, i, mask[i]))
+            detail = HourDetail(int(starts[i]), counts[i], h.evidence.evidence[i], contribution[i], model_push[i],
+                                metrics[i], h.evidence.baseline[i], history[i])
+            p = h.probability[i]
+            score = float(p.max()) if p.size else 0.0
+            vs = VideoScore(chunk.video_id, score, score >= threshold, threshold, chunk.end_hour, [], "", p, detail)
+            if vs.flagged:
+                hot = (p >= min(comb.hour_threshold, threshold)) | (p >= threshold)
+                vs.windows = vs.windows_where(hot)
+            vs.explanation = vs.explain(vs.windows, threshold)
+            results.append(vs)
         return results
-
-    def hour_probabilities(
-        self, counts: np.ndarray, starts: np.ndarray, pubs: np.ndarray
-    ) -> tuple[np.ndarray, object, np.ndarray]:
-        """(N, 4, W) counts -> per-hour fake probability (N, W), pattern evidence, mask."""
-        x, mask = build_features(counts, starts, pubs)
-        model_score = self.model.run(normalize(x, mask, self.model.normalization))
-        evidence = detect(counts, starts, mask, pubs)
-        p = self.model.combiner.hour_probability(model_score, evidence.evidence) * mask
-        return p, evidence, mask
 
     def score_full(self, series: Sequence[HourlySeries]) -> list[VideoScore]:
         """Score whole series of any length in consecutive windows ending at the last hour."""
@@ -127,65 +260,6 @@ class Scorer:
                 windows,
                 best.explanation,
                 best.hour_probability,
+                best.detail,
             )
         return [merged[i] for i in range(len(series))]
-
-    def _summarise(
-        self, chunk: HourlySeries, hour_p: np.ndarray, evidence, i: int, mask: np.ndarray
-    ) -> VideoScore:
-        threshold = self.model.threshold
-        score = float(hour_p.max()) if hour_p.size else 0.0
-        flagged = score >= threshold
-        windows: list[FlaggedWindow] = []
-        if flagged:
-            hot = hour_p >= min(self.model.combiner.hour_threshold, threshold)
-            hot |= hour_p >= threshold
-            involved = evidence.hour_metrics()[i]
-            ev = evidence.evidence[i]
-            t, w = 0, hot.shape[0]
-            while t < w:
-                if not hot[t]:
-                    t += 1
-                    continue
-                u = t
-                while u < w and hot[u]:
-                    u += 1
-                windows.append(self._window(chunk, t, u, hour_p, ev, involved, evidence.baseline[i]))
-                t = u
-        explanation = self._explain(chunk, windows, flagged, score, threshold, evidence.baseline[i])
-        return VideoScore(
-            chunk.video_id, score, flagged, threshold, chunk.end_hour, windows, explanation, hour_p
-        )
-
-    def _window(self, chunk, t, u, hour_p, ev, involved, baseline) -> FlaggedWindow:
-        seg = slice(t, u)
-        strength = ev[:, seg].max(axis=1)
-        top = int(strength.argmax())
-        # the dominant pattern, plus any other that is about as strong (a video can be hit twice)
-        names = [PATTERNS[p] for p in range(len(PATTERNS))
-                 if p == top or (strength[p] >= 0.9 and strength[p] >= 0.95 * strength[top])]
-        mets = [METRICS[m] for m in np.flatnonzero(involved[:, seg].any(axis=1))]
-        if not mets:
-            ratio = (chunk.counts[:, seg].sum(axis=1) + 1) / (baseline[:, seg].sum(axis=1) + 1)
-            mets = [METRICS[int(ratio.argmax())]]
-        return FlaggedWindow(
-            chunk.start_hour + t, chunk.start_hour + u, float(hour_p[seg].max()), tuple(mets), tuple(names)
-        )
-
-    @staticmethod
-    def _explain(chunk, windows, flagged, score, threshold, baseline) -> str:
-        if not flagged:
-            return f"organic-looking engagement (score {score:.2f} < threshold {threshold:.2f})"
-        top = max(windows, key=lambda w_: w_.score)
-        t0, t1 = top.start_hour - chunk.start_hour, top.end_hour - chunk.start_hour
-        parts = []
-        for name in top.metrics:
-            m = METRICS.index(name)
-            seen = chunk.counts[m, t0:t1].sum()
-            usual = baseline[m, t0:t1].sum()
-            factor = (seen + 1.0) / (usual + 1.0)
-            parts.append(f"{name} {seen:,.0f} vs usual ~{usual:,.0f} ({factor:.1f}x)")
-        hours = t1 - t0
-        span = f"{hour_start_iso(top.start_hour)} for {hours} h"
-        extra = f"; {len(windows) - 1} more window(s)" if len(windows) > 1 else ""
-        return f"{' / '.join(top.patterns)} at {span}: {', '.join(parts)}; score {score:.2f}{extra}"

@@ -82,7 +82,7 @@ def test_no_counts_before_publication(big):
 
 def test_every_pattern_and_kind_present(big):
     assert set(big.pattern) - {""} == set(PATTERNS)
-    assert set(big.organic_kind) == set(ORGANIC_KINDS)
+    assert set(big.organic_kind) == set(ORGANIC_KINDS) - {"real_textured"}  # that one needs a texture source
     for p in PATTERNS:  # every pattern injected into several organic kinds
         kinds = {big.organic_kind[i] for i in range(len(big)) if big.pattern[i] == p}
         assert len(kinds) >= 4, (p, kinds)
@@ -93,7 +93,7 @@ def test_mix_and_even_pattern_split(big):
     per = [big.pattern.count(p) for p in PATTERNS]
     assert max(per) - min(per) <= 1
     kinds = np.array(big.organic_kind)
-    for k, share in zip(ORGANIC_KINDS, (0.35, 0.15, 0.10, 0.15, 0.10, 0.15), strict=True):
+    for k, share in zip(ORGANIC_KINDS, (0.35, 0.15, 0.10, 0.15, 0.10, 0.15, 0.0), strict=True):
         assert abs((kinds == k).mean() - share) < 0.04, k
     second = sum(len(x) > 1 for x in big.injections) / big.label.sum()
     assert 0.08 < second < 0.22
@@ -410,3 +410,41 @@ def test_custom_window():
     assert d.counts.shape == (50, 4, 72) and d.video_ids[0] == "x3-000000"
     assert d.start_hour == DEFAULT_START_HOUR + 24
     assert np.array_equal(d.label == 1, d.hour_fake.any(axis=1))
+
+
+# ---------------------------------------------------------------- real texture
+def test_real_texture_is_a_first_class_organic_kind_and_reaches_fakes_too():
+    from training.texture import RealTexture
+
+    plain = simulate(400, seed=11)
+    textured = simulate(400, seed=11, texture=RealTexture("train"))
+    again = simulate(400, seed=11, texture=RealTexture("train"))
+    assert np.array_equal(textured.counts, again.counts), "texture is seeded"
+    assert np.array_equal(plain.label, textured.label) and plain.pattern == textured.pattern
+    kinds = np.asarray(textured.organic_kind)
+    assert (kinds == "real_textured").sum() >= 40
+    assert textured.textured[kinds == "real_textured"].all()
+    assert 0 < textured.textured[kinds == "viral"].mean() < 1, "other kinds carry it mildly, some of them"
+    assert not textured.textured[kinds == "sparse"].any()
+    assert textured.textured[textured.label == 1].any(), "fakes are injected into textured curves too"
+    # texture means hour-to-hour swings far beyond counting noise: a heavier tail of changes
+    def swing(d, sel):
+        x = np.log1p(d.counts[sel, 0])
+        return float(np.quantile(np.abs(np.diff(x, axis=1))[d.counts[sel, 0, 1:] > 50], 0.95))
+    real = (kinds == "real_textured") & (textured.label == 0)
+    regular = (np.asarray(plain.organic_kind) == "regular") & (plain.label == 0)
+    assert swing(textured, real) > 1.5 * swing(plain, regular)
+
+
+def test_texture_pools_are_disjoint_in_files_and_time():
+    from training.texture import POOLS, load_pool
+
+    train = dict(load_pool("train"))
+    test = dict(load_pool("test"))
+    split = [f for f, w in POOLS.items() if w == "split"]
+    assert set(train) & set(test) == set(split)
+    for f in split:  # the split file is cut in time: no hour in both pools
+        assert len(train[f]) + len(test[f]) <= 1 + len(np.concatenate([train[f], test[f]]))
+        assert not np.array_equal(train[f][-24:], test[f][:24])
+    for name, s in (*train.items(), *test.items()):
+        assert len(s) >= 100 and np.isfinite(s).all() and (s >= 0).all(), name

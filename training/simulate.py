@@ -42,8 +42,14 @@ import numpy as np
 from stream_detector.series import METRICS, SECONDS_PER_HOUR, HourlySeries, hour_start_iso
 
 PATTERNS: tuple[str, ...] = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")
-ORGANIC_KINDS: tuple[str, ...] = ("regular", "viral", "news", "other_timezone", "seasonal", "sparse")
-ORGANIC_MIX: tuple[float, ...] = (0.35, 0.15, 0.10, 0.15, 0.10, 0.15)
+ORGANIC_KINDS: tuple[str, ...] = ("regular", "viral", "news", "other_timezone", "seasonal", "sparse",
+                                  "real_textured")
+ORGANIC_MIX: tuple[float, ...] = (0.35, 0.15, 0.10, 0.15, 0.10, 0.15, 0.0)
+# With a texture source: this share of "regular" videos become "real_textured" (their curve
+# carries a real series' hourly texture at full strength), and this share of every other
+# non-sparse kind carries it more mildly (so texture is no cue for a kind, nor for organic).
+REAL_TEXTURED_SHARE = 0.6
+MILD_TEXTURE_SHARE = 0.35
 
 CATEGORIES: tuple[str, ...] = ("music", "gaming", "news", "education", "comedy", "sports")
 CATEGORY_WEIGHTS: tuple[float, ...] = (0.20, 0.19, 0.12, 0.15, 0.19, 0.15)
@@ -118,6 +124,14 @@ class SimulatedDataset:
     injections: list[list[dict]] = field(default_factory=list)
     minute_extras: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), dtype=np.int64))
     minute_onsets: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.float64))
+    texture_source: list[str] = field(default_factory=list)  # real series behind a video's texture ("" none)
+
+    @property
+    def textured(self) -> np.ndarray:
+        """(N,) bool: the video's organic curve carries real-world texture."""
+        if not self.texture_source:
+            return np.zeros(len(self), dtype=bool)
+        return np.array([bool(s) for s in self.texture_source])
 
     def __len__(self) -> int:
         return len(self.video_ids)
@@ -187,6 +201,7 @@ class SimulatedDataset:
             injections=[self.injections[i] for i in lst] if self.injections else [],
             minute_extras=rows(self.minute_extras),
             minute_onsets=rows(self.minute_onsets),
+            texture_source=[self.texture_source[i] for i in lst] if self.texture_source else [],
         )
 
     # ------------------------------------------------------------------ minute placement
@@ -221,6 +236,27 @@ class SimulatedDataset:
             p = self._minute_pvals(m0, w)
             pb = np.add.reduceat(p, bins[:-1])
             out[:, t, :] = rng.multinomial(n[:, t], pb / pb.sum())
+        return out
+
+    def minute_counts(self) -> np.ndarray:
+        """(N, 4, T, 60) int32 counts per minute: organic counts spread over their hour (from
+        the publication or news-onset minute on), injected extras at their exact minutes. The
+        same placement as ``write_csv(granularity="minute")``."""
+        T, N = self.hours, len(self)
+        rng = np.random.default_rng([self.seed, 7])
+        extras, onsets = self._minute_index()
+        bins = np.arange(61)
+        C = np.rint(self.counts).astype(np.int64)
+        out = np.zeros((N, len(METRICS), T, 60), dtype=np.int32)
+        for i in range(N):
+            org = C[i].copy()
+            ex = extras.get(i)
+            if ex is not None:
+                np.subtract.at(org, (ex[:, 2], ex[:, 1]), ex[:, 4])
+            per_min = self._split_minutes(rng, org, onsets.get(i, {}), bins)
+            if ex is not None:
+                np.add.at(per_min, (ex[:, 2], ex[:, 1], ex[:, 3]), ex[:, 4])
+            out[i] = per_min
         return out
 
     # ------------------------------------------------------------------ writers
@@ -416,7 +452,33 @@ def _surge_shape(tt: np.ndarray, t0: np.ndarray, rise: np.ndarray, tau: np.ndarr
 
 
 # ---------------------------------------------------------------------- organic model
-def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray):
+def _texture(trng, texture, N: int, T: int, kind: np.ndarray, start: int):
+    """(N, T) shared and (N, 3, T) per-metric log-multipliers from real series (0 = none),
+    the diurnal depth factor, and each video's texture source name ("" = none)."""
+    shared = np.zeros((N, T))
+    per_metric = np.zeros((N, 3, T))
+    depth = np.ones(N)
+    source = [""] * N
+    if texture is None:
+        return shared, per_metric, depth, source
+    k_real, k_sparse = ORGANIC_KINDS.index("real_textured"), ORGANIC_KINDS.index("sparse")
+    full = kind == k_real
+    mild = (~full) & (kind != k_sparse) & (trng.random(N) < MILD_TEXTURE_SHARE)
+    idx = np.flatnonzero(full | mild)
+    if idx.size == 0:
+        return shared, per_metric, depth, source
+    rows, names = texture.sample(trng, idx.size, T)
+    side, _ = texture.sample(trng, idx.size * 3, T)
+    strength = np.where(full[idx], trng.uniform(0.6, 1.0, idx.size), trng.uniform(0.25, 0.7, idx.size))
+    shared[idx] = strength[:, None] * rows
+    per_metric[idx] = trng.uniform(0.0, 0.35, (idx.size, 3))[:, :, None] * side.reshape(idx.size, 3, T)
+    depth[idx] = np.where(full[idx], trng.uniform(0.0, 0.5, idx.size), 1.0)  # the series has a rhythm
+    for j, i in enumerate(idx.tolist()):
+        source[i] = names[j]
+    return shared, per_metric, depth, source
+
+
+def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray, tex=None):
     tt = np.arange(T)
     abs_h = start + tt
     k_viral, k_news = ORGANIC_KINDS.index("viral"), ORGANIC_KINDS.index("news")
@@ -468,6 +530,8 @@ def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray
     m24 = (np.interp((grid[None, :] - shift[:, None]) % 24, grid, DIURNAL_24, period=24)
            ** gam[:, None]).mean(axis=1)
     diurnal = (wz[:, :, None] * prof).sum(axis=1) / m24[:, None]
+    if tex is not None:
+        depth = depth * tex[2]
     diurnal = 1.0 - depth[:, None] + depth[:, None] * diurnal
 
     # Weekly seasonality (local day of the dominant zone; Monday = 0).
@@ -590,6 +654,8 @@ def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray
     share = (boost - 1.0) / boost
 
     rate_v = scale[:, None] * decay * diurnal * weekly * ar[:, 0] * mult * boost
+    if tex is not None:
+        rate_v = rate_v * np.exp(tex[0])
     rate_v = rate_v / (1.0 + rate_v / 3e6)  # soft ceiling: a few million views per hour at most
     cat_ratios = np.array([CATEGORY_RATIOS[c] for c in CATEGORIES])
     ratios = cat_ratios[cat] * rng.lognormal(0.0, 0.45, (N, 3))
@@ -598,6 +664,8 @@ def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray
     lam[:, 0] = rate_v
     for m in range(3):
         lam[:, m + 1] = rate_v * ratios[:, m:m + 1] * ar[:, m + 1] * (1.0 + (rho[:, m:m + 1] - 1.0) * share)
+        if tex is not None:
+            lam[:, m + 1] *= np.exp(tex[1][:, m])
 
     # Over-dispersed counts: shared gamma shock + independent per-metric gamma noise. Most
     # videos are moderately noisy; ~15% are bursty (referral-driven audiences).
@@ -905,11 +973,17 @@ class _Injector:
 
 # ---------------------------------------------------------------------- entry point
 def simulate(n_videos: int, seed: int, hours: int = 168, fake_fraction: float = 0.35,
-             start_hour: int | None = None, id_prefix: str = "v") -> SimulatedDataset:
+             start_hour: int | None = None, id_prefix: str = "v", texture=None) -> SimulatedDataset:
     """Simulate ``n_videos`` videos over ``hours`` hours; ``fake_fraction`` get fake engagement.
 
     Fake videos are split evenly across ``PATTERNS`` (primary pattern), ~15% get a second one.
     The window starts at ``start_hour`` (default: Monday 2026-01-05 00:00 UTC).
+
+    ``texture`` (an object with ``sample(rng, n, hours) -> (log-multipliers, names)``, e.g.
+    ``training.texture.RealTexture``) gives organic curves real-world hourly texture: a share
+    of regular videos become ``real_textured``, a share of the others carry it mildly, and
+    fakes are injected into textured curves as into any other. Its draws come from their own
+    generator: without ``texture`` the output is the same as before texture existed.
     """
     N, T = int(n_videos), int(hours)
     if N < 0 or T < 1:
@@ -929,7 +1003,12 @@ def simulate(n_videos: int, seed: int, hours: int = 168, fake_fraction: float = 
     virtual = np.where(primary >= 0, primary, rng.integers(0, len(PATTERNS), N))
     room = np.array([_PATTERN_ROOM[p] for p in PATTERNS], dtype=np.int64)[virtual]
 
-    org = _organic(rng, N, T, start, kind, room)
+    trng = np.random.default_rng([int(seed), 17])
+    if texture is not None:
+        regular = kind == ORGANIC_KINDS.index("regular")
+        kind[regular & (trng.random(N) < REAL_TEXTURED_SHARE)] = ORGANIC_KINDS.index("real_textured")
+    tex = _texture(trng, texture, N, T, kind, start)
+    org = _organic(rng, N, T, start, kind, room, tex if texture is not None else None)
     C = org["counts"]
     organic_counts = C.astype(np.float64)
     inj = _Injector(rng, C, org["lam"], org, start)
@@ -977,4 +1056,5 @@ def simulate(n_videos: int, seed: int, hours: int = 168, fake_fraction: float = 
         injections=injections,
         minute_extras=minute_extras,
         minute_onsets=org["minute_onsets"],
+        texture_source=tex[3] if texture is not None else [],
     )

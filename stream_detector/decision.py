@@ -1,0 +1,253 @@
+"""The stream decision process: when a video is flagged, when its flag is updated, withdrawn.
+
+Scoring says how fake each hour of a window looks; this module decides what moderators are
+told, with memory of what they were told before (``VideoDecisionState``, persisted per video
+by the worker). The design, and why:
+
+- **Decide on closed hours.** A worker re-scores a video many times while an hour fills up;
+  if every re-scoring could publish, the organic flag rate would grow with the cadence. So the
+  hourly path judges only closed hours (the window handed to the scorer ends at the last
+  closed hour, see ``closed_window``), and an hour is publishable only once
+  ``confirm_hours`` closed hours follow it: a spike and the first hour of an organic surge
+  look alike until the next hour shows whether the level stayed. Re-scoring the same closed
+  hours gives the same answer, so the number of re-scorings no longer matters.
+- **The immediate path** for minute-level bursts (``patterns.BurstDetector``): a single
+  minute holding more than a couple of the video's usual hours is published at once,
+  without waiting for the hour to close; that evidence is never withdrawn by hourly scores.
+- **Hysteresis and withdrawal.** Publishing needs ``publish`` on a confirmed hour; a
+  published flag is withdrawn (``status: "withdrawn"``) only when every published hour still
+  in the window has had ``withdraw_after_hours`` closed hours of context and none stays above
+  ``withdraw`` (below ``publish``), so a flag does not flap.
+- **Material changes only.** An update is published when a new, separate window appears, a
+  new pattern is named, the severity rises, or the flagged hours grow by half; a window
+  growing by an hour is folded into the state and shown with the next publication.
+- **Severity** is relative to the publish threshold, the one that decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from stream_detector.flags import flag_id, merge_windows_objects, severity
+from stream_detector.patterns import Burst
+from stream_detector.scoring import FlaggedWindow, VideoScore
+from stream_detector.series import HourlySeries
+
+SEVERITY_ORDER = ("low", "medium", "high", "critical")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Every threshold of the stream decision (the artifact's operating point picks them)."""
+
+    publish: float  # hour probability that flags a confirmed hour
+    withdraw: float  # below this (on every published hour, with context) a flag is withdrawn
+    extent: float  # neighbouring hours at least this high join a flagged window
+    burst: float = 0.5  # immediate-path evidence that flags at once
+    confirm_hours: int = 1
+    withdraw_after_hours: int = 6
+
+    @classmethod
+    def for_publish(cls, publish: float, extent: float | None = None) -> Thresholds:
+        publish = float(np.clip(publish, 1e-4, 1 - 1e-4))
+        return cls(publish=publish, withdraw=0.5 * publish,
+                   extent=min(publish, extent if extent is not None else 0.5 * publish))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Published:
+    """One flag record the process published (or, offline, would publish)."""
+
+    status: str  # "new" | "updated" | "withdrawn"
+    flag_id: str
+    windows: tuple[FlaggedWindow, ...]
+    score: float
+    severity: str = "low"
+    minute: int = -1  # event minute of the replay (evaluation only)
+
+    def at(self, minute: int) -> Published:
+        return replace(self, minute=minute)
+
+
+@dataclass
+class VideoDecisionState:
+    """What the process remembers per video between scorings."""
+
+    windows: list[FlaggedWindow] = field(default_factory=list)  # cumulative, incl. unpublished growth
+    flag_id: str | None = None  # the last published record's id
+    status: str | None = None  # its status
+    generation: int = 0  # flags withdrawn so far (a later flag gets a fresh id)
+    burst_hours: list[int] = field(default_factory=list)  # hours flagged by the immediate path
+    published_hours: int = 0
+    published_patterns: tuple[str, ...] = ()
+    published_severity: str = "low"
+    published_windows: int = 0
+    score: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("new", "updated")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["windows"] = [w.to_dict() for w in self.windows]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VideoDecisionState:
+        from stream_detector.flags import window_from_dict
+
+        d = dict(d)
+        d["windows"] = [window_from_dict(w) for w in d.get("windows", [])]
+        d["published_patterns"] = tuple(d.get("published_patterns", ()))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def closed_window(series: HourlySeries, now_hour: int, confirm_hours: int = 1) -> HourlySeries:
+    """The part of a Redis window the hourly path may judge: hours before ``now_hour`` (the
+    partition's current event hour). A video that went quiet gets up to ``confirm_hours``
+    closed empty hours appended, so its last active hour can be confirmed too."""
+    last_closed = now_hour - 1
+    if series.end_hour > last_closed:
+        keep = series.hours - (series.end_hour - last_closed)
+        counts = series.counts[:, : max(keep, 0)]
+        return HourlySeries(series.video_id, series.start_hour, counts, series.published_hour, series.meta)
+    pad = min(last_closed - series.end_hour, confirm_hours)
+    if pad <= 0:
+        return series
+    counts = np.concatenate([series.counts, np.zeros((series.counts.shape[0], pad))], axis=1)
+    return HourlySeries(series.video_id, series.start_hour, counts, series.published_hour, series.meta)
+
+
+def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str) -> bool:
+    hours = sum(w.end_hour - w.start_hour for w in windows)
+    patterns = {p for w in windows for p in w.patterns}
+    return (
+        not set(patterns) <= set(state.published_patterns)
+        or len(windows) > state.published_windows
+        or SEVERITY_ORDER.index(sev) > SEVERITY_ORDER.index(state.published_severity)
+        or hours >= max(1.5 * state.published_hours, state.published_hours + 3)
+    )
+
+
+def _grow(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """``seed`` hours extended over consecutive ``allowed`` neighbours (both directions)."""
+    span = seed.copy()
+    for t in range(1, len(span)):
+        span[t] |= span[t - 1] & allowed[t]
+    for t in range(len(span) - 2, -1, -1):
+        span[t] |= span[t + 1] & allowed[t]
+    return span
+
+
+class StreamDecision:
+    """decide(state, score of the closed window, now) -> (new state, record to publish or None)."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+
+    def confirmed(self, vs: VideoScore) -> np.ndarray:
+        """(W,) hours of the scored (closed) window with enough closed context after them."""
+        w = len(vs.hour_probability)
+        return np.arange(w) <= w - 1 - self.thresholds.confirm_hours
+
+    def publishable(self, vs: VideoScore) -> np.ndarray:
+        """(W,) confirmed hours at or above the publish threshold."""
+        return self.confirmed(vs) & (vs.hour_probability >= self.thresholds.publish)
+
+    def statistic(self, vs: VideoScore) -> float:
+        """The highest confirmed hour probability: the video would be flagged at any publish
+        threshold at or below it (what calibration and the operating points are built on)."""
+        p = np.where(self.confirmed(vs), vs.hour_probability, 0.0)
+        return float(p.max()) if p.size else 0.0
+
+    def decide(self, state: VideoDecisionState | None, vs: VideoScore, *, now_hour: int,
+               burst: Burst | None = None) -> tuple[VideoDecisionState, Published | None]:
+        th = self.thresholds
+        state = state or VideoDecisionState()
+        p = vs.hour_probability
+        hot = self.publishable(vs)
+        windows: list[FlaggedWindow] = []
+        if hot.any():
+            # a flagged window spans the publishable hours and their neighbours above ``extent``
+            windows = vs.windows_where(_grow(hot, p >= th.extent))
+        burst_hours = list(state.burst_hours)
+        if burst is not None and burst.evidence >= th.burst:
+            hour = burst.minute // 60
+            windows.append(FlaggedWindow(hour, hour + 1, burst.evidence, burst.metrics, ("spike",)))
+            if hour not in burst_hours:
+                burst_hours.append(hour)
+        if windows:
+            merged = merge_windows_objects(state.windows if state.active else [], windows)
+            score = max(max(w.score for w in windows), state.score if state.active else 0.0)
+            sev = severity(score, th.publish)
+            if not state.active:
+                return self._publish(state, merged, score, sev, "new", vs.video_id, burst_hours)
+            if _material(state, merged, sev):
+                return self._publish(state, merged, score, sev, "updated", vs.video_id, burst_hours)
+            return replace(state, windows=merged, burst_hours=burst_hours, score=score), None
+        if state.active and self._evidence_gone(state, vs):
+            fid = flag_id(vs.video_id, state.windows, salt=f"withdrawn:{state.generation}")
+            new = replace(state, flag_id=fid, status="withdrawn", generation=state.generation + 1)
+            return new, Published("withdrawn", fid, tuple(state.windows), float(p.max()) if p.size else 0.0,
+                                  severity(float(p.max()) if p.size else 0.0, th.publish))
+        return state, None
+
+    def _publish(self, state, windows, score, sev, status, video_id, burst_hours):
+        salt = f"g{state.generation}" if state.generation else ""
+        fid = flag_id(video_id, windows, salt=salt)
+        if fid == state.flag_id:
+            return replace(state, windows=windows, burst_hours=burst_hours, score=score), None
+        hours = sum(w.end_hour - w.start_hour for w in windows)
+        new = replace(state, windows=windows, flag_id=fid, status=status, burst_hours=burst_hours,
+                      published_hours=hours, published_patterns=tuple(sorted({p for w in windows for p in w.patterns})),
+                      published_severity=sev, published_windows=len(windows), score=score)
+        return new, Published(status, fid, tuple(windows), score, sev)
+
+    def _evidence_gone(self, state: VideoDecisionState, vs: VideoScore) -> bool:
+        """Every published hour still in the window has context and stays below ``withdraw``;
+        hours flagged by the immediate path keep their flag."""
+        th = self.thresholds
+        p = vs.hour_probability
+        start, w = vs.start_hour, len(p)
+        seen = False
+        for fw in state.windows:
+            for h in range(fw.start_hour, fw.end_hour):
+                if h in state.burst_hours:
+                    return False
+                t = h - start
+                if t < 0:
+                    continue  # aged out of the window: no information either way
+                if t >= w or (w - 1 - t) < th.withdraw_after_hours:
+                    return False  # not enough context yet
+                if p[t] >= th.withdraw:
+                    return False
+                seen = True
+        return seen
+
+
+class LegacyDecision:
+    """The process before this module existed: publish whenever a scoring crosses the stream
+    threshold and the cumulative hour set grows; never withdraw. Kept to measure against."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+
+    def decide(self, state: VideoDecisionState | None, vs: VideoScore, *, now_hour: int,
+               burst: Burst | None = None) -> tuple[VideoDecisionState | None, Published | None]:
+        if not (vs.flagged and vs.score >= self.threshold):
+            return state, None
+        state = state or VideoDecisionState()
+        windows = merge_windows_objects(state.windows, vs.windows)
+        fid = flag_id(vs.video_id, windows)
+        if fid == state.flag_id:
+            return state, None
+        status = "updated" if state.flag_id else "new"
+        new_state = VideoDecisionState(windows, fid, status)
+        return new_state, Published(status, fid, tuple(windows), vs.score)

@@ -1,0 +1,185 @@
+"""Per-batch signals every detector needs, computed once: observation, history, age, baseline,
+daily rhythm, trend and the per-video noise model.
+
+Every detector judges an hour against the video's *own* behaviour, and how sure it can be
+depends on how much of that behaviour it has seen. Two quantities make this explicit:
+
+- ``history[n, t]``: observed hours before hour t. Observation starts at the video's first
+  activity in the window: hours before it are unknown (a worker that started on an empty
+  Redis, a video whose older hours expired), never "zero engagement". Detectors declare the
+  history they need (``min_history_hours``) and are silent before it: cold start.
+- ``dispersion[n, m]``: the video's own hour-to-hour variability per metric, as the
+  over-dispersion phi of a negative binomial (variance = mu + phi * mu^2), estimated from a
+  robust quantile of its log-count changes and shrunk towards the prior of its audience scale
+  when history is short. A bursty audience needs a bigger jump to look implausible.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+DISPERSION_PRIOR = 0.15  # phi of an audience never seen before (log-sd ~0.39 hour to hour)
+DISPERSION_PRIOR_HOURS = 24.0  # history at which the video's own estimate weighs as much as the prior
+DISPERSION_MAX = 4.0
+BASELINE_HOURS = 49  # centred history used as "the video's usual level"
+
+
+def observed_mask(counts: np.ndarray) -> np.ndarray:
+    """(N, W) 1 from the first hour with any activity on (see module docstring)."""
+    active = counts.sum(axis=1) > 0
+    w = counts.shape[-1]
+    first = np.where(active.any(axis=1), active.argmax(axis=1), w)
+    return (np.arange(w)[None, :] >= first[:, None]).astype(np.float32)
+
+
+def hours_since_publication(mask: np.ndarray, start_hours: np.ndarray, published_hours: np.ndarray | None) -> np.ndarray:
+    """(N, W) age in hours: from publication when known, else from first activity."""
+    n, w = mask.shape
+    first = np.argmax(mask > 0, axis=1)
+    since_first = np.clip(np.arange(w)[None, :] - first[:, None], 0, None).astype(float)
+    if published_hours is None:
+        return since_first * mask
+    pub = np.asarray(published_hours, dtype=np.int64)
+    start = np.asarray(start_hours, dtype=np.int64)
+    hour = start[:, None] + np.arange(w)[None, :]
+    from_pub = np.clip(hour - pub[:, None], 0, None).astype(float)
+    age = np.where((pub >= 0)[:, None], np.maximum(from_pub, since_first), since_first)
+    return age * mask
+
+
+def rolling_mean(x: np.ndarray, size: int) -> np.ndarray:
+    """Centred rolling mean over the last axis, reflect-padded (an edge value is not repeated)."""
+    left = size // 2
+    right = size - 1 - left
+    pad = [(0, 0)] * (x.ndim - 1) + [(left, right)]
+    xp = np.pad(x, pad, mode="reflect") if x.shape[-1] > max(left, right) else np.pad(x, pad, mode="edge")
+    c = np.cumsum(np.pad(xp, [(0, 0)] * (x.ndim - 1) + [(1, 0)]), axis=-1)
+    return (c[..., size:] - c[..., :-size]) / size
+
+
+def rolling_median(x: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
+    """Centred rolling median (odd ``size``) over the last axis, reflect-padded, computed at every
+    ``stride``-th hour and held in between (the baselines it feeds are smooth)."""
+    half = size // 2
+    pad = [(0, 0)] * (x.ndim - 1) + [(half, half)]
+    mode = "reflect" if x.shape[-1] > half else "edge"
+    view = sliding_window_view(np.pad(x, pad, mode=mode).astype(np.float32), size, axis=-1)
+    w = x.shape[-1]
+    centres = np.arange(0, w, stride)
+    med = np.partition(view[..., centres, :], half, axis=-1)[..., half]
+    return np.repeat(med, stride, axis=-1)[..., :w].astype(np.float64)
+
+
+def masked_quantile(x: np.ndarray, valid: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile over the last axis of the valid entries only; (values, number valid)."""
+    k = valid.sum(axis=-1)
+    filled = np.where(valid, x, np.inf)
+    s = np.sort(filled, axis=-1)
+    pos = np.clip(np.floor(q * np.maximum(k - 1, 0)).astype(np.int64), 0, x.shape[-1] - 1)
+    val = np.take_along_axis(s, pos[..., None], axis=-1)[..., 0]
+    return np.where(k > 0, val, 0.0), k
+
+
+def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(N, 24) the video's usual detrended activity by UTC hour of day, robust to bursts.
+
+    Detrended by a centred 24 h rolling mean so post-publication decay does not masquerade as
+    a daily rhythm; each hour of day is estimated from its *neighbouring* hours (±2, excluding
+    itself) so a burst repeated at the same hour every night cannot hide inside the profile.
+    """
+    n, w = log_total.shape
+    pad = np.pad(log_total, ((0, 0), (12, 11)), mode="edge")
+    trend = sliding_window_view(pad, 24, axis=1).mean(axis=-1)
+    resid = np.where(mask > 0, log_total - trend, np.nan)
+    days = -(-w // 24)
+    resid = np.pad(resid, ((0, 0), (0, days * 24 - w)), constant_values=np.nan)
+    offset = (-np.asarray(start_hours, dtype=np.int64)) % 24
+    cols = (offset[:, None, None] + np.arange(24)[None, :, None]) % 24 + 24 * np.arange(days)[None, None, :]
+    cols = np.minimum(cols, days * 24 - 1)
+    by_day = np.take_along_axis(resid[:, None, :], cols.reshape(n, 1, -1), axis=2).reshape(n, 24, days)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        by_hod = np.nan_to_num(np.nanmedian(by_day, axis=2), nan=0.0)
+    neighbours = np.stack([np.roll(by_hod, s, axis=1) for s in (-2, -1, 1, 2)], axis=0)
+    return neighbours.mean(axis=0)
+
+
+def dispersion(counts: np.ndarray, mask: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """(N, 4) negative-binomial phi per video and metric (see module docstring).
+
+    From consecutive observed hours with a usual level >= 3 (below it counting noise is all
+    there is): the 80th percentile of |change in log1p(count)| is ~1.28 * sqrt(2) standard
+    deviations of one hour's log-count; its Poisson part (~1 / level) is removed and the rest
+    is phi. A quantile rather than the MAD, so a texture with frequent bursts widens it, and
+    not the maximum, so one bought spike does not.
+    """
+    logc = np.log1p(counts)
+    diff = np.abs(np.diff(logc, axis=-1))
+    pair = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
+    valid = pair[:, None, :] & (baseline[..., 1:] >= 3.0)
+    q80, k = masked_quantile(diff, valid, 0.8)
+    sd = q80 / (1.2816 * np.sqrt(2.0))
+    inv_level = np.where(valid, 1.0 / (baseline[..., 1:] + 1.0), 0.0).sum(axis=-1) / np.maximum(k, 1)
+    own = np.clip(sd**2 - inv_level, 0.0, DISPERSION_MAX)
+    weight = k / (k + DISPERSION_PRIOR_HOURS)
+    return weight * own + (1.0 - weight) * DISPERSION_PRIOR
+
+
+@dataclass
+class Signals:
+    """What the detectors share for one batch of windows (N videos, 4 metrics, W hours)."""
+
+    counts: np.ndarray  # (N, 4, W) float64
+    start_hours: np.ndarray  # (N,)
+    mask: np.ndarray  # (N, W) observed hours (from first activity)
+    history: np.ndarray  # (N, W) observed hours before each hour
+    context_after: np.ndarray  # (N, W) hours of the window after each hour
+    age: np.ndarray  # (N, W) hours since publication (or first activity)
+    baseline: np.ndarray  # (N, 4, W) the video's usual count around each hour
+    dispersion: np.ndarray  # (N, 4) phi
+    log_total: np.ndarray  # (N, W)
+    trend: np.ndarray  # (N, W) centred 24 h mean of log_total
+    profile: np.ndarray  # (N, 24) daily rhythm by UTC hour of day
+    usual: np.ndarray  # (N, W) the profile at each hour
+    quiet: np.ndarray  # (N, W) how far below its daily peak the video usually is at this hour
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.counts.shape  # type: ignore[return-value]
+
+
+def compute(counts: np.ndarray, start_hours: np.ndarray, published_hours: np.ndarray | None = None) -> Signals:
+    """All shared signals of a batch, once."""
+    counts = np.asarray(counts, dtype=np.float64)
+    start_hours = np.asarray(start_hours, dtype=np.int64)
+    n, _, w = counts.shape
+    mask = observed_mask(counts)
+    history = np.cumsum(mask, axis=1) - mask
+    context_after = np.broadcast_to((w - 1 - np.arange(w))[None, :], (n, w)).astype(np.float64)
+    age = hours_since_publication(mask, start_hours, published_hours)
+    baseline = rolling_median(counts, BASELINE_HOURS, stride=4)
+    log_total = np.log1p(counts.sum(axis=1))
+    trend = rolling_mean(log_total, 24)
+    profile = daily_profile(log_total, start_hours, mask)
+    hod = (start_hours[:, None] + np.arange(w)[None, :]) % 24
+    usual = np.take_along_axis(profile, hod, axis=1)
+    quiet = profile.max(axis=1, keepdims=True) - usual
+    return Signals(
+        counts=counts,
+        start_hours=start_hours,
+        mask=mask,
+        history=history,
+        context_after=context_after,
+        age=age,
+        baseline=baseline,
+        dispersion=dispersion(counts, mask, baseline),
+        log_total=log_total,
+        trend=trend,
+        profile=profile,
+        usual=usual,
+        quiet=quiet,
+    )
