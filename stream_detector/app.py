@@ -194,6 +194,7 @@ def run_worker() -> int:
             raise ModelError(f"cannot read model file {settings.model_path}: {exc.strerror}") from None
         # the built-in model passes the same gate as a pushed one (contract + canary)
         model, report = validate_bytes(data, source=settings.model_path, window_hours=settings.window_hours)
+        Detector(settings, model)  # the deployment's target FPR must be reachable with this model
     except ModelError as exc:
         sys.stderr.write(f"stream-detector: error: model {settings.model_path}: {exc}\n")
         return 2

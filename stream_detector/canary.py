@@ -60,6 +60,9 @@ class CanaryReport:
     min_recall: float | None
     max_fpr: float | None
     seconds: float
+    stream_fpr: float | None = None  # organic canary videos ever flagged over a coarse stream replay
+    stream_recall: float | None = None
+    max_stream_fpr: float | None = None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -120,18 +123,34 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def _thresholds(model: ModelArtifact) -> tuple[float, float | None, float | None]:
+def _thresholds(model: ModelArtifact) -> tuple[float, float | None, float | None, float | None]:
     raw = model.metadata.get("canary")
     if not raw:
-        return DEFAULT_MIN_AUC, None, None
+        return DEFAULT_MIN_AUC, None, None, None
     try:
         spec = json.loads(raw)
         min_auc = float(spec.get("min_auc", DEFAULT_MIN_AUC))
         min_recall = float(spec["min_recall"]) if "min_recall" in spec else None
         max_fpr = float(spec["max_fpr"]) if "max_fpr" in spec else None
+        max_stream_fpr = float(spec["max_stream_fpr"]) if "max_stream_fpr" in spec else None
     except (ValueError, TypeError, AttributeError) as exc:
         raise ModelError(f"model metadata 'canary' is malformed: {exc}") from None
-    return min_auc, min_recall, max_fpr
+    return min_auc, min_recall, max_fpr, max_stream_fpr
+
+
+STREAM_CUTS_HOURS = (36, 72, 120, 168)
+
+
+def stream_statistic(scorer: Scorer, series: list[HourlySeries], decision) -> np.ndarray:
+    """Per video, the decision statistic of the stream process sampled at the end of each day
+    (closed windows growing through the week): a coarse, fast stand-in for the full replay
+    of ``training/stream_eval.py``, enough to refuse a model that floods organic videos."""
+    best = np.zeros(len(series))
+    for cut in STREAM_CUTS_HOURS:
+        parts = [HourlySeries(s.video_id, s.start_hour, s.counts[:, :cut], s.published_hour) for s in series]
+        for i, vs in enumerate(scorer.score(parts)):
+            best[i] = max(best[i], decision.statistic(vs))
+    return best
 
 
 def _raw_output(model: ModelArtifact, series: list[HourlySeries]) -> np.ndarray:
@@ -187,15 +206,26 @@ def check_model(model: ModelArtifact, *, window_hours: int | None = None, canary
     a = auc(s, y)
     recall = float((flagged & y).sum() / max(y.sum(), 1))
     fpr = float((flagged & ~y).sum() / max((~y).sum(), 1))
-    min_auc, min_recall, max_fpr = _thresholds(model)
+    min_auc, min_recall, max_fpr, max_stream_fpr = _thresholds(model)
     size = f"{n} videos: {int(y.sum())} fake, {int((~y).sum())} organic"
+    from stream_detector.decision import StreamDecision, Thresholds
+
+    publish = model.publish_threshold()
+    stat = stream_statistic(Scorer(model), list(canary.series), StreamDecision(Thresholds.for_publish(publish)))
+    stream_flagged = stat >= publish
+    stream_fpr = float((stream_flagged & ~y).sum() / max((~y).sum(), 1))
+    stream_recall = float((stream_flagged & y).sum() / max(y.sum(), 1))
     if not a >= min_auc:
         raise ModelError(f"canary AUC {a:.4f} is below the model's canary.min_auc {min_auc:.4f} ({size})")
     if min_recall is not None and recall < min_recall:
         raise ModelError(f"canary recall {recall:.3f} is below the model's canary.min_recall {min_recall:.3f} ({size})")
     if max_fpr is not None and fpr > max_fpr:
         raise ModelError(f"canary false-positive rate {fpr:.3f} is above the model's canary.max_fpr {max_fpr:.3f} ({size})")
-    return CanaryReport(n, int(y.sum()), a, recall, fpr, min_auc, min_recall, max_fpr, time.perf_counter() - t0)
+    if max_stream_fpr is not None and stream_fpr > max_stream_fpr:
+        raise ModelError(f"canary organic videos ever flagged in the stream {stream_fpr:.3f} is above the model's "
+                         f"canary.max_stream_fpr {max_stream_fpr:.3f} at publish threshold {publish:.4f} ({size})")
+    return CanaryReport(n, int(y.sum()), a, recall, fpr, min_auc, min_recall, max_fpr, time.perf_counter() - t0,
+                        stream_fpr, stream_recall, max_stream_fpr)
 
 
 def validate_bytes(data: bytes, *, source: str = "<bytes>", window_hours: int | None = None) -> tuple[ModelArtifact, CanaryReport]:

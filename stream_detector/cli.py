@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX model artifact (default: $DETECTOR_MODEL_PATH or the shipped model)")
     s.add_argument("--batch-size", type=int, default=1024)
     s.add_argument("--explain", action="store_true", help="add the explanation and threshold to each line")
+    s.add_argument("--target-fpr", type=_rate, default=None,
+                   help="share of organic videos to flag, from the model's offline operating points "
+                        "(default: the model's calibrated offline threshold)")
 
     sub.add_parser("worker", help="run a worker (embedded broker/Redis when none configured)")
 
@@ -79,8 +82,20 @@ def add_registry_commands(msub) -> None:
     msub.add_parser("unshadow", help="stop the shadow model")
 
 
+def _rate(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 < x < 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be in (0, 1)")
+    return x
+
+
 def cmd_score(args: argparse.Namespace) -> int:
+    from stream_detector.decision import closed_window
     from stream_detector.models import ModelArtifact, ModelError
+    from stream_detector.operating_points import OperatingPointError
     from stream_detector.scoring import Scorer
     from stream_detector.series import InputError, read_csv
 
@@ -96,7 +111,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     except InputError as exc:
         return _fail(str(exc))
     t_read = time.perf_counter() - t0
-    scorer = Scorer(model)
+    try:
+        threshold = model.offline_threshold(args.target_fpr)
+    except OperatingPointError as exc:
+        return _fail(f"--target-fpr {args.target_fpr:g}: {exc}")
+    if args.target_fpr is not None and model.offline_curve is None:
+        return _fail(f"--target-fpr: model {model.name} {model.version} has no offline operating points")
+    # judged as the stream judges a video once its last hour has closed and time moved on
+    confirm = int(model.decision.get("confirm_hours", 1))
+    series = [closed_window(s, s.end_hour + 1 + confirm, confirm) for s in series]
+    scorer = Scorer(model, threshold=threshold)
     flagged = 0
     try:
         out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115

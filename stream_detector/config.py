@@ -54,7 +54,14 @@ class Settings:
     # Scoring
     score_interval_seconds: float = 5.0
     score_batch_size: int = 1024
-    spike_minute_count: int = 500
+    # a minute count at least this high sends the video to the immediate path (burst check)
+    spike_minute_count: int = 30
+    # organic videos the stream may flag (share); picks the publish threshold from the model's
+    # operating points. 0 = the model's own default (its artifact says which)
+    target_fpr: float = 0.0
+    # a partition with no events for this long (wall clock) closes its current event hour, so
+    # the last hours of a stream that stopped are judged too
+    idle_close_seconds: float = 30.0
     inference_threads: int = 2
     # Web
     web_host: str = "127.0.0.1"

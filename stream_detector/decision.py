@@ -18,9 +18,9 @@ by the worker). The design, and why:
   published flag is withdrawn (``status: "withdrawn"``) only when every published hour still
   in the window has had ``withdraw_after_hours`` closed hours of context and none stays above
   ``withdraw`` (below ``publish``), so a flag does not flap.
-- **Material changes only.** An update is published when a new, separate window appears, a
-  new pattern is named, the severity rises, or the flagged hours grow by half; a window
-  growing by an hour is folded into the state and shown with the next publication.
+- **Material changes only.** An update is published when a new pattern is named, the
+  severity rises by two levels (or to critical), or the flag doubled (in windows, or in hours by at least 6); growth in
+  between is folded into the state and shown with the next record.
 - **Severity** is relative to the publish threshold, the one that decides.
 """
 
@@ -68,6 +68,7 @@ class Published:
     windows: tuple[FlaggedWindow, ...]
     score: float
     severity: str = "low"
+    cause: str = "hourly"  # "hourly" (confirmed closed hours) or "burst" (the immediate path fired now)
     minute: int = -1  # event minute of the replay (evaluation only)
 
     def at(self, minute: int) -> Published:
@@ -126,13 +127,17 @@ def closed_window(series: HourlySeries, now_hour: int, confirm_hours: int = 1) -
 
 
 def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str) -> bool:
+    """Worth telling moderators again: a new pattern named, a severity two levels higher (or
+    critical), or a flag that doubled (in windows, or in hours by at least 6). Growth in between is kept in the state
+    and shown with the next record, so updates grow logarithmically, not hour by hour."""
     hours = sum(w.end_hour - w.start_hour for w in windows)
     patterns = {p for w in windows for p in w.patterns}
+    rank, was = SEVERITY_ORDER.index(sev), SEVERITY_ORDER.index(state.published_severity)
     return (
         not set(patterns) <= set(state.published_patterns)
-        or len(windows) > state.published_windows
-        or SEVERITY_ORDER.index(sev) > SEVERITY_ORDER.index(state.published_severity)
-        or hours >= max(1.5 * state.published_hours, state.published_hours + 3)
+        or len(windows) >= 2 * max(state.published_windows, 1)
+        or rank >= was + 2 or (sev == "critical" and rank > was)
+        or hours >= max(2 * state.published_hours, state.published_hours + 6)
     )
 
 
@@ -178,20 +183,28 @@ class StreamDecision:
             # a flagged window spans the publishable hours and their neighbours above ``extent``
             windows = vs.windows_where(_grow(hot, p >= th.extent))
         burst_hours = list(state.burst_hours)
-        if burst is not None and burst.evidence >= th.burst:
+        fired = burst is not None and burst.evidence >= th.burst
+        if fired:
             hour = burst.minute // 60
             windows.append(FlaggedWindow(hour, hour + 1, burst.evidence, burst.metrics, ("spike",)))
             if hour not in burst_hours:
                 burst_hours.append(hour)
         if windows:
             merged = merge_windows_objects(state.windows if state.active else [], windows)
+            # what is known now about earlier flagged hours replaces what was known then
+            merged = [w if w.start_hour in burst_hours else vs.relabel(w) for w in merged]
             score = max(max(w.score for w in windows), state.score if state.active else 0.0)
             sev = severity(score, th.publish)
+            cause = "burst" if fired else "hourly"
             if not state.active:
-                return self._publish(state, merged, score, sev, "new", vs.video_id, burst_hours)
+                return self._publish(state, merged, score, sev, "new", vs.video_id, burst_hours, cause)
             if _material(state, merged, sev):
-                return self._publish(state, merged, score, sev, "updated", vs.video_id, burst_hours)
+                return self._publish(state, merged, score, sev, "updated", vs.video_id, burst_hours, cause)
             return replace(state, windows=merged, burst_hours=burst_hours, score=score), None
+        if state.active and self._episode_over(state, vs):
+            # the flagged episode ended with growth not yet shown: one record with its full extent
+            return self._publish(state, state.windows, state.score, severity(state.score, th.publish), "updated",
+                                 vs.video_id, burst_hours, "hourly")
         if state.active and self._evidence_gone(state, vs):
             fid = flag_id(vs.video_id, state.windows, salt=f"withdrawn:{state.generation}")
             new = replace(state, flag_id=fid, status="withdrawn", generation=state.generation + 1)
@@ -199,16 +212,25 @@ class StreamDecision:
                                   severity(float(p.max()) if p.size else 0.0, th.publish))
         return state, None
 
-    def _publish(self, state, windows, score, sev, status, video_id, burst_hours):
+    def _publish(self, state, windows, score, sev, status, video_id, burst_hours, cause):
         salt = f"g{state.generation}" if state.generation else ""
         fid = flag_id(video_id, windows, salt=salt)
         if fid == state.flag_id:
             return replace(state, windows=windows, burst_hours=burst_hours, score=score), None
         hours = sum(w.end_hour - w.start_hour for w in windows)
         new = replace(state, windows=windows, flag_id=fid, status=status, burst_hours=burst_hours,
-                      published_hours=hours, published_patterns=tuple(sorted({p for w in windows for p in w.patterns})),
+                      published_hours=hours,
+                      published_patterns=tuple(sorted(set(state.published_patterns if state.active else ())
+                                                      | {p for w in windows for p in w.patterns})),
                       published_severity=sev, published_windows=len(windows), score=score)
-        return new, Published(status, fid, tuple(windows), score, sev)
+        return new, Published(status, fid, tuple(windows), score, sev, cause)
+
+    def _episode_over(self, state: VideoDecisionState, vs: VideoScore) -> bool:
+        """Unpublished growth, and nothing flagged for ``withdraw_after_hours`` since."""
+        hours = sum(w.end_hour - w.start_hour for w in state.windows)
+        if hours <= state.published_hours or not state.windows:
+            return False
+        return vs.end_hour - max(w.end_hour for w in state.windows) >= self.thresholds.withdraw_after_hours
 
     def _evidence_gone(self, state: VideoDecisionState, vs: VideoScore) -> bool:
         """Every published hour still in the window has context and stays below ``withdraw``;

@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 
 def _metrics(port: int) -> dict[str, float]:
-    """Sum of each metric family on the worker's /metrics (labels summed)."""
+    """Each sample of the worker's /metrics ('name{labels}'), and each family summed ('name')."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
             text = resp.read().decode()
@@ -54,6 +54,7 @@ def _metrics(port: int) -> dict[str, float]:
         name = name_labels.split("{", 1)[0]
         try:
             out[name] = out.get(name, 0.0) + float(value)
+            out[name_labels] = float(value)
         except ValueError:
             continue
     return out
@@ -83,8 +84,15 @@ def run_demo(videos: int = 120, duration: float = 40.0, seed: int = 2026) -> int
         return 2
     from training.simulate import simulate
 
-    print(f"simulating {videos} videos over one week (seed {seed}) ...", flush=True)
-    data = simulate(videos, seed=seed)
+    try:  # organic curves with real-world texture (real count series), when the training data is there
+        from training.texture import RealTexture
+
+        texture = RealTexture("test")
+    except (ImportError, OSError):
+        texture = None
+    print(f"simulating {videos} videos over one week (seed {seed}; real texture: {texture is not None}) ...",
+          flush=True)
+    data = simulate(videos, seed=seed, texture=texture)
     settings = Settings.from_env()
     stack = None
     if not settings.kafka_bootstrap_servers or not settings.redis_url:
@@ -119,6 +127,7 @@ async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings:
         DETECTOR_KEY_PREFIX=run_id,
         DETECTOR_WEB_PORT=str(port),
         DETECTOR_SCORE_INTERVAL_SECONDS="0.5",
+        DETECTOR_IDLE_CLOSE_SECONDS="2",  # the replay ends: close its last hours quickly
     )
     log_path = Path(tempfile.gettempdir()) / f"{run_id}-worker.log"
     log_file = open(log_path, "wb")  # noqa: SIM115
@@ -156,6 +165,7 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
     t0 = time.monotonic()
     last_flag: dict[str, dict] = {}
     updates = [0]
+    withdrawn: list[str] = []
 
     async def show_flags() -> None:
         while True:
@@ -164,12 +174,17 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
                 for rec in records:
                     flag = json.loads(rec.value)
                     last_flag[flag["video_id"]] = flag
-                    if flag["status"] != "new":
-                        updates[0] += 1  # the same video gained anomalous hours
-                        continue
                     i = truth.get(flag["video_id"])
                     fake = bool(data.label[i]) if i is not None else False
                     label = data.pattern[i] if fake else f"organic/{data.organic_kind[i]}"
+                    if flag["status"] == "withdrawn":
+                        withdrawn.append(flag["video_id"])
+                        print(f"{time.monotonic() - t0:6.1f}  {flag['video_id']:<14} {'WITHDRAWN':<8} {flag['score']:5.2f}  "
+                              f"{flag['explanation'][:60]:<53} {label} [{TRUTH_MARK[not fake]}]", flush=True)
+                        continue
+                    if flag["status"] != "new":
+                        updates[0] += 1  # a material change: new window, pattern or severity
+                        continue
                     w = max(flag["windows"], key=lambda x: x["score"])
                     span = f"{w['start'][5:16]}Z ({len(flag['windows'])} window{'s' if len(flag['windows']) > 1 else ''})"
                     pats = ",".join(sorted({p for x in flag["windows"] for p in x["patterns"]}))
@@ -185,7 +200,7 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
             m = _metrics(port)
             print(
                 f"  .. {time.monotonic() - t0:5.1f}s sent {sent_ref[0]:,}/{n_events:,}  consumed {m.get('detector_events_consumed_total', 0):,.0f} "
-                f"metric-events  flagged videos {len(last_flag)} (+{updates[0]} updates with new hours)",
+                f"metric-events  flagged videos {len(last_flag)} (+{updates[0]} updates, {len(withdrawn)} withdrawn)",
                 flush=True,
             )
 
@@ -210,7 +225,9 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
                 print(f"worker exited with code {proc.returncode}", file=sys.stderr)
                 return 1
             m = _metrics(port)
-            if m.get("detector_consumer_lag_messages", 1) == 0 and await schedule.size(list(range(partitions))) == 0:
+            closed = m.get('detector_hours_closed_total{reason="idle"}', 0)  # the last hours closed after the replay stopped
+            if (m.get("detector_consumer_lag_messages", 1) == 0 and closed >= 1
+                    and await schedule.size(list(range(partitions))) == 0):
                 await asyncio.sleep(1.0)
                 break
             await asyncio.sleep(0.5)
@@ -220,10 +237,11 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
         await asyncio.sleep(1.0)
         shower.cancel()
         await flags_consumer.stop()
-    return await _summary(data, redis_url, run_id, last_flag, time.monotonic() - t0, port)
+    return await _summary(data, redis_url, run_id, last_flag, time.monotonic() - t0, port, withdrawn)
 
 
-async def _summary(data, redis_url: str, run_id: str, last_flag: dict, elapsed: float, port: int) -> int:
+async def _summary(data, redis_url: str, run_id: str, last_flag: dict, elapsed: float, port: int,
+                   withdrawn: list[str]) -> int:
     r = aioredis.from_url(redis_url)
     keys = [f"{run_id}:s:{{{vid}}}" for vid in data.video_ids]
     docs = await r.mget(keys)
@@ -249,7 +267,10 @@ async def _summary(data, redis_url: str, run_id: str, last_flag: dict, elapsed: 
     print(f"videos {len(data)}  scored {scored}  fake {labels.sum()}  organic {(~labels).sum()}  time {elapsed:.0f}s")
     print(f"caught {caught.sum()}/{labels.sum()} fake videos (recall {caught.sum() / max(labels.sum(), 1):.2f})")
     print(f"false flags {false_flags.sum()}/{(~labels).sum()} organic videos (FPR {false_flags.sum() / max((~labels).sum(), 1):.3f})")
-    print(f"precision {caught.sum() / max(flagged.sum(), 1):.2f}")
+    print(f"precision {caught.sum() / max(flagged.sum(), 1):.2f}  (a video counts as flagged if it ever was)")
+    standing = [v for v in withdrawn if last_flag.get(v, {}).get("status") == "withdrawn"]
+    wrong = sum(1 for v in standing if data.label[data.video_ids.index(v)] == 0)
+    print(f"withdrawn flags {len(standing)} ({wrong} of them on organic videos): the evidence no longer held")
     print(f"fake hours within ±1 h of a flagged window (caught videos): {near}/{total} ({near / max(total, 1):.2f})")
     for p in sorted(set(data.pattern) - {""}):
         sel = np.asarray(data.pattern) == p

@@ -21,19 +21,25 @@ import json
 import logging
 import time
 
+import numpy as np
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from stream_detector import keys
 from stream_detector.config import Settings
+from stream_detector.decision import StreamDecision, Thresholds, closed_window
 from stream_detector.events import Event, Rejection, dead_letter_headers, parse_event
-from stream_detector.flags import build_flag, iso, merge_windows
+from stream_detector.flags import iso
 from stream_detector.metrics import Metrics
-from stream_detector.models import ModelArtifact
+from stream_detector.models import ModelArtifact, ModelError
+from stream_detector.operating_points import OperatingPointError
+from stream_detector.patterns import BurstDetector, usual_hour
+from stream_detector.publisher import FlagPublisher, Scored
 from stream_detector.schedule import RescoreSchedule, now_ms
 from stream_detector.scoring import Scorer, VideoScore
-from stream_detector.series import METRICS
+from stream_detector.series import METRICS, HourlySeries
 from stream_detector.windows import ApplyResult, WindowStore
 
 log = logging.getLogger("stream_detector.detector")
@@ -88,14 +94,21 @@ class Detector:
         self._score_task: asyncio.Task | None = None
         self._next_partition = 0
         self._watermark: dict[int, float] = {}
+        self._event_high: dict[int, float] = {}  # newest event time seen, per partition
+        self._clock: dict[int, int] = {}  # per partition: its open event hour (hours before it are closed)
+        self._last_events: dict[int, float] = {}  # monotonic time of a partition's last valid event
+        self._idle_closed: set[int] = set()
+        self._decisions: dict[str, StreamDecision] = {}
+        self.bursts = BurstDetector()
+        self.publisher: FlagPublisher | None = None
         self._positions: dict[TopicPartition, int] = {}
         self._active_refreshed = 0.0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._assigned = False
         self.consumed = 0
-        self.flags_published = 0
         self._set_model_info(model)
+        self.decision_for(model)  # refuse a target FPR the model cannot meet before starting
 
     # lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -131,6 +144,8 @@ class Detector:
         )
         await self.consumer.start()
         self.schedule = RescoreSchedule(self.redis, prefix=s.key_prefix, topic=s.events_topic, metrics=self.metrics)
+        self.publisher = FlagPublisher(self.redis, self.producer, self.metrics, topic=s.flags_topic,
+                                       state_key=self.flag_key, state_ttl_s=FLAG_STATE_TTL_S)
         self.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="detector-loop")
         self._score_task = asyncio.create_task(self._score_loop(), name="detector-scoring")
@@ -161,6 +176,39 @@ class Detector:
         self.metrics.ready.set(0)
         log.info("detector stopped consumed=%d flags=%d", self.consumed, self.flags_published)
 
+    @property
+    def flags_published(self) -> int:
+        return self.publisher.published if self.publisher is not None else 0
+
+    # decisions -------------------------------------------------------------------
+    def decision_for(self, model: ModelArtifact) -> StreamDecision:
+        """The stream decision of a model at this deployment's target organic flag rate
+        (``DETECTOR_TARGET_FPR``; 0 = the model's default), from its operating points."""
+        cached = self._decisions.get(model.sha256)
+        if cached is not None:
+            return cached
+        target = self.settings.target_fpr or None
+        try:
+            publish = model.publish_threshold(target)
+        except OperatingPointError as exc:
+            raise ModelError(f"DETECTOR_TARGET_FPR={self.settings.target_fpr:g}: {exc}") from None
+        d = dict(model.decision)
+        base = Thresholds.for_publish(publish, model.combiner.hour_threshold)
+        thresholds = Thresholds(
+            publish=base.publish,
+            withdraw=float(d.get("withdraw_ratio", 0.5)) * base.publish,
+            extent=base.extent,
+            burst=float(d.get("burst", base.burst)),
+            confirm_hours=int(d.get("confirm_hours", base.confirm_hours)),
+            withdraw_after_hours=int(d.get("withdraw_after_hours", base.withdraw_after_hours)),
+        )
+        decision = self._decisions[model.sha256] = StreamDecision(thresholds)
+        return decision
+
+    @property
+    def confirm_hours(self) -> int:
+        return self.decision_for(self.scorer.model).thresholds.confirm_hours
+
     async def wait(self) -> None:
         """Until a loop ends (which, outside stop(), means it failed)."""
         tasks = [t for t in (self._task, self._score_task) if t is not None]
@@ -178,8 +226,10 @@ class Detector:
         """Takes effect between scoring batches: no batch is scored by two models.
 
         ``model`` must be validated already (``ModelFollower`` does it in a thread); the swap
-        itself is a reference assignment at the top of the next scoring batch.
+        itself is a reference assignment at the top of the next scoring batch. Raises
+        ``ModelError`` when the model cannot meet this deployment's target organic flag rate.
         """
+        self.decision_for(model)
         self._next_scorer = Scorer(model)
 
     def set_shadow(self, model: ModelArtifact | None) -> None:
@@ -216,8 +266,15 @@ class Detector:
 
     def model_status(self) -> dict:
         model = self.scorer.model
+        decision = self.decision_for(model)
         status = model.info() | {
             "threshold": model.threshold,
+            "stream_threshold": decision.thresholds.publish,
+            "publish_threshold": decision.thresholds.publish,
+            "target_fpr": self.settings.target_fpr or model.default_target_fpr,
+            "decision": decision.thresholds.to_dict(),
+            "operating_points": model.stream_curve is not None,
+            "window_hours": model.window_hours,
             "path": model.path,
             "since": iso(self.model_since),
             "swaps": self.model_swaps,
@@ -260,6 +317,7 @@ class Detector:
                     self._uncommitted = True
                 if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
                     await self.commit("interval")
+                await self._close_idle_partitions()
                 self._update_lag()
             await self.commit("shutdown")
         except asyncio.CancelledError:
@@ -309,9 +367,11 @@ class Detector:
                 offsets.append(rec.offset)
                 partitions.append(tp.partition)
                 sources.append((rec, tp))
+                self._last_events[tp.partition] = time.monotonic()
                 if rec.timestamp > arrival.get(parsed.video_id, 0.0):
                     arrival[parsed.video_id] = rec.timestamp
             self._watermark[tp.partition] = high - s.allowed_lateness_seconds
+            self._event_high[tp.partition] = max(self._event_high.get(tp.partition, 0.0), high)
             if records:
                 self._positions[tp] = records[-1].offset + 1
         self.consumed += n
@@ -415,12 +475,59 @@ class Detector:
 
     async def _mark_due(self, events: list[Event], partitions: list[int], arrival: dict[str, float],
                         spikes: set[str]) -> None:
-        """Schedule every touched video (replayed ones too: their scoring may not have happened)."""
-        assert self.schedule is not None
-        due_at = now_ms() + int(self.settings.score_interval_seconds * 1000)
+        """Schedule what the new events make worth scoring.
+
+        The hourly decision judges closed hours only (``decision.py``), so a video is scored
+        when an hour it was active in closes (the partition's event time moved past it), not
+        on every change: the answer would be the same. Also scheduled: videos whose minute
+        count reached the spike threshold (the immediate path, at once) and videos that
+        received late events into already closed hours (at the cadence)."""
+        assert self.schedule is not None and self.redis is not None
+        confirm = self.confirm_hours
+        now = now_ms()
+        cadence = now + int(self.settings.score_interval_seconds * 1000)
+        clocks: dict[int, tuple[int, int]] = {}
+        for p in set(partitions):
+            old = self._clock.get(p)
+            new = int(self._event_high.get(p, 0.0) // 3600)
+            if old is None:
+                old = new
+            clocks[p] = (old, max(old, new))
         due: dict[int, dict[str, int]] = {}
+        heads: dict[int, dict[str, int]] = {}
         for e, p in zip(events, partitions, strict=True):
-            due.setdefault(p, {})[e.video_id] = URGENT_DUE_MS if e.video_id in spikes else due_at
+            hour = int(e.ts // 3600)
+            vid = e.video_id
+            head = heads.setdefault(p, {})
+            if hour > head.get(vid, -1):
+                head[vid] = hour
+            old, new = clocks[p]
+            marks = due.setdefault(p, {})
+            if vid in spikes:
+                marks[vid] = URGENT_DUE_MS
+            elif hour < old:  # late event into a closed hour: re-judge at the cadence
+                marks[vid] = min(marks.get(vid, cadence), cadence)
+            elif new > old and hour >= old - confirm:  # an hour it was active in just closed
+                marks[vid] = min(marks.get(vid, now), now)
+        pipe = self.redis.pipeline(transaction=False)
+        closing = [p for p, (old, new) in clocks.items() if new > old]
+        for p in closing:  # idle videos whose last active hour (or the one after) just closed
+            old, new = clocks[p]
+            pipe.zrangebyscore(self.active_key(p), old - confirm, new - 1)
+        for p, head in heads.items():
+            pipe.zadd(self.active_key(p), head, gt=True)
+            pipe.zremrangebyscore(self.active_key(p), "-inf", clocks[p][1] - confirm - 2)
+        results = await self.metrics.timed_redis("schedule", pipe.execute())
+        for p, members in zip(closing, results[: len(closing)], strict=True):
+            marks = due.setdefault(p, {})
+            for raw in members:
+                vid = raw.decode() if isinstance(raw, bytes) else raw
+                marks[vid] = min(marks.get(vid, now), now)
+            old, new = clocks[p]
+            self.metrics.hours_closed.labels(reason="events").inc(new - old)
+        for p, (_, new) in clocks.items():
+            self._clock[p] = new
+            self._idle_closed.discard(p)
         await self.schedule.mark(due)
         if len(self._arrival_ms) > MAX_TRACKED_VIDEOS:
             # entries of videos now scored by another worker (after a rebalance) never pop here;
@@ -432,6 +539,37 @@ class Detector:
             if t > self._arrival_ms.get(vid, 0.0):
                 self._arrival_ms[vid] = t
         self._urgent |= spikes
+
+    async def _close_idle_partitions(self) -> None:
+        """A partition with no events for ``DETECTOR_IDLE_CLOSE_SECONDS`` closes its open event
+        hour (and the ``confirm_hours`` after it), once: the last hours of a stream that
+        stopped are judged too. Events that come later for those hours are late events."""
+        if self.consumer is None or self.schedule is None or self.redis is None:
+            return
+        limit = self.settings.idle_close_seconds
+        if limit <= 0:
+            return
+        t = time.monotonic()
+        confirm = self.confirm_hours
+        due: dict[int, dict[str, int]] = {}
+        for tp in self.consumer.assignment():
+            p = tp.partition
+            last = self._last_events.get(p)
+            if last is None or p in self._idle_closed or t - last < limit or p not in self._clock:
+                continue
+            old = self._clock[p]
+            new = old + 1 + confirm
+            members = await self.metrics.timed_redis(
+                "schedule", self.redis.zrangebyscore(self.active_key(p), old - 1 - confirm, new - 1))
+            now = now_ms()
+            due[p] = {(m.decode() if isinstance(m, bytes) else m): now for m in members}
+            self._clock[p] = new
+            self._idle_closed.add(p)
+            self.metrics.hours_closed.labels(reason="idle").inc(new - old)
+            log.info("partition %d idle for %.0f s: closed event hours up to %s (%d videos to judge)", p,
+                     t - last, iso(new * 3600), len(members))
+        if due:
+            await self.schedule.mark(due)
 
     async def commit(self, reason: str) -> None:
         """Commit consumed offsets: their windows and schedule marks are durable already."""
@@ -493,18 +631,34 @@ class Detector:
             path = "immediate"
         self._urgent.difference_update(ids)
         arrival = {v: self._arrival_ms.pop(v, 0.0) for v in ids}
-        await self._score_batch(ids, arrival, path)
+        await self._score_batch(ids, arrival, path, partition)
         await self.schedule.release(partition, ids, lease)
         return len(ids)
 
-    async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str) -> None:
-        assert self.windows is not None and self.redis is not None
+    def _prepare(self, raw: HourlySeries, now_hour: int, confirm: int) -> tuple[HourlySeries, object]:
+        """The closed window the hourly decision judges, and the minute ring's burst evidence."""
+        closed = closed_window(raw, now_hour, confirm)
+        burst = None
+        ring = raw.meta.get("minute_counts")
+        if ring is not None and raw.end_hour >= now_hour and int(np.max(ring)) >= self.bursts.min_peak:
+            usual, observed, mix = usual_hour(closed.counts)
+            if observed >= self.bursts.min_history_hours:
+                burst = self.bursts.evidence(ring, usual, int(raw.meta.get("minute_head", 0)), mix)
+        return closed, burst
+
+    async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str, partition: int) -> None:
+        assert self.windows is not None and self.redis is not None and self.publisher is not None
         self._apply_swaps()  # a pushed model takes over here, between two scoring batches
         scorer, shadow = self.scorer, self.shadow  # one model (and one shadow) per batch
+        decision = self.decision_for(scorer.model)
+        confirm = decision.thresholds.confirm_hours
+        now_hour = self._clock.get(partition, 0)
         series = await self.windows.read(ids)
-        present = [series[v] for v in ids if v in series]
-        if not present:
+        prepared = [(v, *self._prepare(series[v], now_hour, confirm)) for v in ids if v in series]
+        prepared = [x for x in prepared if x[1].hours > 0]
+        if not prepared:
             return
+        present = [closed for _, closed, _ in prepared]
 
         def run() -> tuple[list[VideoScore], float, list[VideoScore] | None]:
             t0 = time.perf_counter()
@@ -518,15 +672,22 @@ class Detector:
         self.metrics.inference_latency.observe(spent)
         self.metrics.inference_batch_size.observe(len(present))
         self.metrics.videos_scored.labels(path=path).inc(len(present))
-        # publish above the stream threshold: calibrated for many decisions per video (models.py)
-        flagged = [vs for vs in scores if vs.flagged and vs.score >= scorer.model.stream_threshold]
-        await self._store_scores(scores, scorer, shadow, shadow_scores)
-        if flagged:
-            await self._publish(flagged, arrival, scorer)
+        batch = [Scored(vs, now_hour, burst, arrival.get(vid, 0.0))
+                 for (vid, _, burst), vs in zip(prepared, scores, strict=True)]
+        wm = max(self._watermark.values()) if self._watermark else 0.0
+        sent = await self.publisher.run(batch, decision, scorer.model, watermark=wm)
+        await self._store_scores(batch, scorer, decision, shadow, shadow_scores, {s.score.video_id: d for s, d in sent})
         if shadow is not None and shadow_scores:
-            shadow_flagged = [vs for vs in shadow_scores if vs.flagged and vs.score >= shadow.model.stream_threshold]
-            if shadow_flagged:
-                await self._publish(shadow_flagged, arrival, shadow, shadow=True)
+            shadow_batch = [Scored(vs, now_hour, b.burst, b.arrival_ms) for b, vs in zip(batch, shadow_scores, strict=True)]
+            published = await self._shadow_publisher(shadow.model).run(
+                shadow_batch, self.decision_for(shadow.model), shadow.model, watermark=wm)
+            self.shadow_stats["flags_published"] = self.shadow_stats.get("flags_published", 0) + len(published)
+
+    def _shadow_publisher(self, model: ModelArtifact) -> FlagPublisher:
+        assert self.redis is not None and self.producer is not None
+        return FlagPublisher(self.redis, self.producer, self.metrics, topic=self.settings.shadow_flags_topic,
+                             state_key=lambda v: self.shadow_flag_key(v, model.sha256),
+                             state_ttl_s=self.settings.idle_ttl_seconds, shadow=True)
 
     def _shadow_score(self, shadow: Scorer, present: list, scores: list[VideoScore]) -> list[VideoScore] | None:
         """Score the same batch with the shadow model and compare; never breaks serving."""
@@ -557,20 +718,30 @@ class Detector:
         st["shadow_flagged"] += counts["both_flagged"] + counts["shadow_only"]
         return theirs
 
-    async def _store_scores(self, scores: list[VideoScore], scorer: Scorer, shadow: Scorer | None = None,
-                            shadow_scores: list[VideoScore] | None = None) -> None:
-        """Keep the latest score per video for /score/{video_id} (one pipeline per batch)."""
+    async def _store_scores(self, batch: list[Scored], scorer: Scorer, decision: StreamDecision,
+                            shadow: Scorer | None = None, shadow_scores: list[VideoScore] | None = None,
+                            sent: dict[str, dict] | None = None) -> None:
+        """Keep the latest score per video for /score/{video_id} (one pipeline per batch): the
+        scoring of its closed window (the offline verdict, as `stream-detector score` gives it)
+        and, under ``stream``, the last flag record published now."""
         assert self.redis is not None
         model = scorer.model
         pipe = self.redis.pipeline(transaction=False)
-        for i, vs in enumerate(scores):
+        for i, item in enumerate(batch):
+            vs = item.score
             doc = vs.to_dict() | {
                 "threshold": round(vs.threshold, 4),
                 "explanation": vs.explanation,
                 "end_hour": vs.end_hour,
                 "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
                 "scored_at": time.time(),
+                "stream": {"publish_threshold": round(decision.thresholds.publish, 4),
+                           "statistic": round(decision.statistic(vs), 4),
+                           "burst": round(item.burst.evidence, 4) if item.burst is not None else None},
             }
+            rec = (sent or {}).get(vs.video_id)
+            if rec is not None:
+                doc["stream"]["published"] = {"flag_id": rec["flag_id"], "status": rec["status"]}
             if shadow is not None and shadow_scores:
                 other = shadow_scores[i]
                 doc["shadow"] = {"score": round(other.score, 4), "flagged": other.flagged,
@@ -579,59 +750,12 @@ class Detector:
             pipe.set(self.score_key(vs.video_id), json.dumps(doc), ex=self.settings.idle_ttl_seconds)
         await self.metrics.timed_redis("store_scores", pipe.execute())
 
-    async def _publish(self, flagged: list[VideoScore], arrival: dict[str, float], scorer: Scorer, shadow: bool = False) -> None:
-        """Publish new or grown flags. Shadow flags go to the shadow topic only, with their own
-        de-duplication state per shadow model, and never count as (moderation) flags."""
-        assert self.redis is not None and self.producer is not None
-        model = scorer.model
-        topic = self.settings.shadow_flags_topic if shadow else self.settings.flags_topic
-        state_key = (lambda v: self.shadow_flag_key(v, model.sha256)) if shadow else self.flag_key
-        state_ttl = self.settings.idle_ttl_seconds if shadow else FLAG_STATE_TTL_S
-        keys = [state_key(vs.video_id) for vs in flagged]
-        previous = await self.metrics.timed_redis("flag_state", self.redis.mget(keys))
-        wm = max(self._watermark.values()) if self._watermark else 0.0
-        now = time.time()
-        sends, new_state = [], {}
-        for vs, prev in zip(flagged, previous, strict=True):
-            prev_flag = json.loads(prev) if prev else None
-            windows = merge_windows(prev_flag["windows"] if prev_flag else [], vs.windows)
-            flag = build_flag(vs, model, watermark=wm, detected_at=now, windows=windows,
-                              status="updated" if prev_flag else "new")
-            if prev_flag and flag["flag_id"] == prev_flag["flag_id"]:
-                continue  # no new anomalous hour: never repeat a flag
-            body = json.dumps(flag, separators=(",", ":")).encode()
-            sends.append((vs, flag, await self.producer.send(topic, value=body, key=vs.video_id.encode())))
-            new_state[state_key(vs.video_id)] = json.dumps({"flag_id": flag["flag_id"], "windows": flag["windows"]})
-        if not sends:
-            return
-        await asyncio.gather(*(f for _, _, f in sends))
-        done = time.time()
-        if shadow:
-            for _, flag, _ in sends:
-                self.metrics.shadow_flags.labels(severity=flag["severity"]).inc()
-            self.shadow_stats["flags_published"] = self.shadow_stats.get("flags_published", 0) + len(sends)
-            log.info("shadow flags model=%s published=%d topic=%s", model.version, len(sends), topic)
-        else:
-            for vs, flag, _ in sends:
-                self.metrics.flags.labels(severity=flag["severity"]).inc()
-                for p in {p for w in flag["windows"] for p in w["patterns"]}:
-                    self.metrics.flag_patterns.labels(pattern=p).inc()
-                arrival_ms = arrival.get(vs.video_id, 0.0)
-                if arrival_ms:
-                    self.metrics.end_to_end_latency.observe(max(0.0, done - arrival_ms / 1000.0))
-                log.info("flag video=%s flag_id=%s score=%.3f severity=%s windows=%d", vs.video_id, flag["flag_id"], vs.score, flag["severity"], len(flag["windows"]))
-            self.flags_published += len(sends)
-        pipe = self.redis.pipeline(transaction=False)
-        for k, v in new_state.items():
-            pipe.set(k, v, ex=state_ttl)
-        await self.metrics.timed_redis("flag_state", pipe.execute())
-
     async def _track_active(self, video_ids: set[str]) -> None:
         """Distinct videos updated per hour in a HyperLogLog (one PFADD per batch); the gauge
         is the union of the last 24 hours, across all workers, refreshed every 10 s."""
         assert self.redis is not None
         hour = int(time.time() // 3600)
-        key = f"{{{self.settings.key_prefix}-active}}:{hour}"
+        key = keys.active_videos(self.settings.key_prefix, hour)
         pipe = self.redis.pipeline(transaction=False)
         pipe.pfadd(key, *video_ids)
         pipe.expire(key, 25 * 3600)
@@ -639,21 +763,24 @@ class Detector:
         now = time.monotonic()
         if now - self._active_refreshed >= 10.0:
             self._active_refreshed = now
-            keys = [f"{{{self.settings.key_prefix}-active}}:{h}" for h in range(hour - 23, hour + 1)]
-            self.metrics.active_videos.set(await self.metrics.timed_redis("active", self.redis.pfcount(*keys)))
+            names = [keys.active_videos(self.settings.key_prefix, h) for h in range(hour - 23, hour + 1)]
+            self.metrics.active_videos.set(await self.metrics.timed_redis("active", self.redis.pfcount(*names)))
 
     # state helpers ---------------------------------------------------------------
     def flag_key(self, video_id: str) -> str:
-        return f"{self.settings.key_prefix}:f:{{{video_id}}}"
+        return keys.flag_state(self.settings.key_prefix, video_id)
 
     def shadow_flag_key(self, video_id: str, sha256: str) -> str:
-        return f"{self.settings.key_prefix}:fs:{sha256[:16]}:{{{video_id}}}"
+        return keys.shadow_flag_state(self.settings.key_prefix, video_id, sha256)
 
     def score_key(self, video_id: str) -> str:
-        return f"{self.settings.key_prefix}:s:{{{video_id}}}"
+        return keys.score(self.settings.key_prefix, video_id)
 
     def watermark_key(self, partition: int) -> str:
-        return f"{self.settings.key_prefix}:wm:{self.settings.events_topic}:{partition}"
+        return keys.watermark(self.settings.key_prefix, self.settings.events_topic, partition)
+
+    def active_key(self, partition: int) -> str:
+        return keys.active_hours(self.settings.key_prefix, self.settings.events_topic, partition)
 
     async def load_watermarks(self, assigned) -> None:
         """Resume event-time watermarks so a restarted worker judges lateness as before."""
@@ -664,6 +791,9 @@ class Detector:
         for p, v in zip(parts, values, strict=True):
             if v is not None:
                 self._watermark[p] = max(self._watermark.get(p, 0.0), float(v))
+                high = self._watermark[p] + self.settings.allowed_lateness_seconds
+                self._event_high[p] = max(self._event_high.get(p, 0.0), high)
+                self._clock.setdefault(p, int(high // 3600))
 
     async def save_watermarks(self) -> None:
         if self.redis is None or not self._watermark:
@@ -674,6 +804,10 @@ class Detector:
         """Drop per-partition state of a partition this worker no longer owns."""
         self._positions.pop(tp, None)
         self._watermark.pop(tp.partition, None)
+        self._event_high.pop(tp.partition, None)
+        self._clock.pop(tp.partition, None)
+        self._last_events.pop(tp.partition, None)
+        self._idle_closed.discard(tp.partition)
         with contextlib.suppress(KeyError):
             self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 

@@ -12,7 +12,10 @@ import warnings
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-FEATURE_VERSION = 1
+from stream_detector.signals import daily_profile, hours_since_publication
+from stream_detector.signals import observed_mask as _observed
+
+FEATURE_VERSION = 2  # 2: observation starts at the first activity (signals.observed_mask)
 
 CHANNELS: tuple[str, ...] = (
     "rel_log_views",  # log1p(count) minus the video's median log1p(count), per metric
@@ -26,21 +29,17 @@ CHANNELS: tuple[str, ...] = (
     "diurnal_excess",  # activity minus the video's usual level at this hour of day
     "diurnal_quietness",  # how far below its daily peak the video usually is at this hour
     "log_age",  # log1p(hours since publication or first activity)
-    "observed",  # 1 from publication / first activity on
+    "observed",  # 1 from the first activity on (earlier hours are unknown, not zero)
 )
 N_CHANNELS = len(CHANNELS)
 
 
-def observed_mask(counts: np.ndarray, start_hours: np.ndarray, published_hours: np.ndarray) -> np.ndarray:
-    """(N, W) mask of hours the video existed: from publication (if known) or first activity."""
-    n, _, w = counts.shape
-    active = counts.sum(axis=1) > 0
-    first_active = np.where(active.any(axis=1), active.argmax(axis=1), w)
-    pub = np.asarray(published_hours, dtype=np.int64)
-    known = pub >= 0
-    pub_idx = np.where(known, pub - np.asarray(start_hours, dtype=np.int64), first_active)
-    first = np.clip(np.minimum(pub_idx, first_active), 0, w)
-    return (np.arange(w)[None, :] >= first[:, None]).astype(np.float32)
+def observed_mask(counts: np.ndarray, start_hours: np.ndarray | None = None,
+                  published_hours: np.ndarray | None = None) -> np.ndarray:
+    """(N, W) mask of hours the window has observed: from the first activity on. Hours before
+    it are unknown (a worker started on an empty Redis, older hours expired), not zero; the
+    publication time is carried by ``log_age`` instead (see ``signals.py``)."""
+    return _observed(counts)
 
 
 def _masked_median(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -50,31 +49,6 @@ def _masked_median(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         warnings.simplefilter("ignore", RuntimeWarning)
         med = np.nanmedian(filled, axis=-1)
     return np.nan_to_num(med, nan=0.0)
-
-
-def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(N, 24) the video's usual detrended activity by UTC hour of day, robust to bursts.
-
-    Detrended by a centred 24 h rolling mean so post-publication decay does not masquerade as
-    a daily rhythm; each hour of day is estimated from its *neighbouring* hours (±2, excluding
-    itself) so a burst repeated at the same hour every night cannot hide inside the profile.
-    """
-    n, w = log_total.shape
-    pad = np.pad(log_total, ((0, 0), (12, 11)), mode="edge")
-    trend = sliding_window_view(pad, 24, axis=1).mean(axis=-1)
-    resid = np.where(mask > 0, log_total - trend, np.nan)
-    days = -(-w // 24)
-    resid = np.pad(resid, ((0, 0), (0, days * 24 - w)), constant_values=np.nan)
-    # column t of video n is hour of day (start_n + t) % 24: gather (N, 24, days)
-    offset = (-np.asarray(start_hours, dtype=np.int64)) % 24
-    cols = (offset[:, None, None] + np.arange(24)[None, :, None]) % 24 + 24 * np.arange(days)[None, None, :]
-    cols = np.minimum(cols, days * 24 - 1)
-    by_day = np.take_along_axis(resid[:, None, :], cols.reshape(n, 1, -1), axis=2).reshape(n, 24, days)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        by_hod = np.nan_to_num(np.nanmedian(by_day, axis=2), nan=0.0)
-    neighbours = np.stack([np.roll(by_hod, s, axis=1) for s in (-2, -1, 1, 2)], axis=0)
-    return neighbours.mean(axis=0)
 
 
 def build_features(
@@ -110,11 +84,7 @@ def build_features(
     excess = (log_total - trend - usual) * mask
     quiet = (usual - profile.max(axis=1, keepdims=True)) * mask
 
-    first = np.argmax(mask > 0, axis=1)
-    age = np.clip(np.arange(w)[None, :] - first[:, None], 0, None)
-    pub = np.asarray(published_hours, dtype=np.int64)
-    before = np.where(pub >= 0, np.clip(start_hours - pub, 0, None), 0)
-    log_age = np.log1p(age + before[:, None]) * mask
+    log_age = np.log1p(hours_since_publication(mask, start_hours, published_hours)) * mask
 
     x = np.empty((n, N_CHANNELS, w), dtype=np.float32)
     x[:, 0:4] = rel

@@ -1,8 +1,14 @@
-"""Flags: the product's output contract (``schemas/flag.schema.json``, version 1.0).
+"""Flags: the product's output contract (``schemas/flag.schema.json``, version 1.1).
 
-A flag is published when a video crosses the threshold and again only when its anomalous
-hours change; ``flag_id`` is a hash of the video and those hours, so consumers can
+What is published when is the decision process's job (``decision.py``); this module builds
+the records. ``flag_id`` is a hash of the video and its anomalous hours (and, for a
+withdrawal or a flag raised again after one, of that generation), so consumers can
 de-duplicate and a replayed or restarted worker re-derives the same id.
+
+Version 1.1 (additive over 1.0): ``status`` may be ``"withdrawn"`` (the evidence behind the
+video's flag no longer holds: the record repeats the withdrawn windows), and every record
+carries ``organic_rate``, the estimated share of organic videos the stream flags at a
+publish threshold equal to this record's score (null when the model has no operating points).
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from stream_detector.models import ModelArtifact
 from stream_detector.scoring import FlaggedWindow, VideoScore
 from stream_detector.series import hour_of
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 METRIC_ORDER = ("views", "likes", "comments", "shares")
 PATTERN_ORDER = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")
 SCHEMA_PATH = Path(__file__).resolve().parent / "flag.schema.json"
@@ -97,6 +103,35 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def build_record(
+    video_id: str,
+    published,
+    model: ModelArtifact,
+    *,
+    threshold: float,
+    explanation: str,
+    watermark: float,
+    detected_at: float,
+) -> dict:
+    """The flag record of a decision (``decision.Published``): new, updated or withdrawn."""
+    rate = model.organic_rate(published.score)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "flag_id": published.flag_id,
+        "video_id": video_id,
+        "score": round(float(published.score), 4),
+        "threshold": round(float(threshold), 4),
+        "severity": published.severity,
+        "status": published.status,
+        "organic_rate": None if rate is None else round(float(rate), 5),
+        "windows": [w.to_dict() for w in published.windows],
+        "explanation": explanation[:500] or "no explanation",
+        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+        "watermark": iso(watermark),
+        "detected_at": iso(detected_at),
+    }
+
+
 def build_flag(
     vs: VideoScore,
     model: ModelArtifact,
@@ -116,6 +151,7 @@ def build_flag(
         "threshold": round(float(vs.threshold), 4),
         "severity": severity(vs.score, vs.threshold),
         "status": status,
+        "organic_rate": model.organic_rate(vs.score),
         "windows": [w.to_dict() for w in windows],
         "explanation": vs.explanation[:500],
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256},

@@ -113,6 +113,19 @@ class Metrics:
             ["severity"],
             registry=r,
         )
+        self.flag_status = Counter(
+            "detector_flag_records_total",
+            "Flag records published, by status: new, updated (a material change), withdrawn (evidence gone)",
+            ["status"],
+            registry=r,
+        )
+        self.hours_closed = Counter(
+            "detector_hours_closed_total",
+            "Event hours closed per partition (each closure re-scores the videos active in it); reason: "
+            "events (the partition's event time moved on) or idle (no events for DETECTOR_IDLE_CLOSE_SECONDS)",
+            ["reason"],
+            registry=r,
+        )
         self.flag_patterns = Counter(
             "detector_flag_patterns_total",
             "Patterns named in published flags",
@@ -212,6 +225,10 @@ class Metrics:
             self.flags.labels(severity=sev)
         for p in PATTERNS:
             self.flag_patterns.labels(pattern=p)
+        for status in ("new", "updated", "withdrawn"):
+            self.flag_status.labels(status=status)
+        for reason in ("events", "idle"):
+            self.hours_closed.labels(reason=reason)
         for op in REDIS_OPERATIONS:
             self.redis_errors.labels(operation=op)
             self.redis_latency.labels(operation=op)

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from stream_detector.features import CHANNELS, FEATURE_VERSION
+from stream_detector.operating_points import DEFAULT_TARGET_FPR, OperatingCurve, OperatingPointError
 from stream_detector.patterns import PATTERNS
 
 REQUIRED_METADATA: tuple[str, ...] = (
@@ -88,11 +89,32 @@ class ModelArtifact:
     architecture: str
     window_hours: int
     threshold: float
-    stream_threshold: float  # publish threshold in the stream (>= threshold; see training/calibrate.py)
+    stream_threshold: float  # publish threshold in the stream at the default target (see operating_points.py)
     normalization: dict
     combiner: Combiner
     metadata: dict[str, str] = field(repr=False)
     session: ort.InferenceSession = field(repr=False)
+    stream_curve: OperatingCurve | None = field(default=None, repr=False)  # stream process, per video ever
+    offline_curve: OperatingCurve | None = field(default=None, repr=False)  # one decision per series
+    decision: dict = field(default_factory=dict, repr=False)  # decision parameters calibrated with the curve
+    default_target_fpr: float = DEFAULT_TARGET_FPR
+
+    def publish_threshold(self, target_fpr: float | None = None) -> float:
+        """The stream's publish threshold for an organic flag rate (None: the model's default)."""
+        if self.stream_curve is None:
+            return self.stream_threshold
+        return self.stream_curve.threshold_for(target_fpr or self.default_target_fpr)
+
+    def offline_threshold(self, target_fpr: float | None = None) -> float:
+        """The offline CLI's threshold for a target rate (None: the calibrated ``threshold``)."""
+        if target_fpr is None or self.offline_curve is None:
+            return self.threshold
+        return self.offline_curve.threshold_for(target_fpr)
+
+    def organic_rate(self, score: float, *, stream: bool = True) -> float | None:
+        """Estimated share of organic videos flagged at a threshold equal to ``score``."""
+        curve = self.stream_curve if stream else self.offline_curve
+        return None if curve is None else curve.rate_at(score)
 
     @classmethod
     def load(cls, path: str | Path) -> ModelArtifact:
@@ -127,6 +149,19 @@ class ModelArtifact:
             feature_version = int(meta["feature_version"])
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"model metadata is malformed: {exc}") from None
+        stream_curve = offline_curve = None
+        decision: dict = {}
+        default_target = DEFAULT_TARGET_FPR
+        if "operating_points" in meta:
+            try:
+                ops = json.loads(meta["operating_points"])
+                stream_curve = OperatingCurve.from_points(ops["stream"])
+                offline_curve = OperatingCurve.from_points(ops["offline"]) if ops.get("offline") else None
+                decision = dict(ops.get("decision", {}))
+                default_target = float(ops.get("default_target_fpr", DEFAULT_TARGET_FPR))
+                stream_curve.threshold_for(default_target)
+            except (ValueError, KeyError, TypeError, OperatingPointError) as exc:
+                raise ModelError(f"model metadata 'operating_points' is malformed: {exc}") from None
         if feature_version != FEATURE_VERSION or list(channels) != list(CHANNELS):
             raise ModelError(
                 f"model was trained on feature version {feature_version} with channels {channels}; "
@@ -153,11 +188,16 @@ class ModelArtifact:
             architecture=meta["architecture"],
             window_hours=window,
             threshold=threshold,
-            stream_threshold=max(threshold, float(meta.get("stream_threshold", threshold))),
+            stream_threshold=(stream_curve.threshold_for(default_target) if stream_curve is not None
+                              else max(threshold, float(meta.get("stream_threshold", threshold)))),
             normalization=normalization,
             combiner=combiner,
             metadata=meta,
             session=session,
+            stream_curve=stream_curve,
+            offline_curve=offline_curve,
+            decision=decision,
+            default_target_fpr=default_target,
         )
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -314,16 +314,23 @@ class BurstDetector:
     """Bots deliver bought engagement in a few minutes; a real audience, even a news surge,
     spreads over the hour. Evidence when a single minute of the minute ring holds more events
     of a metric than the video usually gets in ``hour_share`` hours, far beyond the other
-    minutes of the ring. An all-metric surge can only be told from organic this way."""
+    minutes of the ring, *and* either the other metrics of that minute did not follow (one
+    metric moving alone) or the minute holds ``extreme_hours`` usual hours. The second
+    condition matters because events may be pre-aggregated (one event per video and 10
+    minutes, say): such chunks concentrate a real surge into single minutes too, but they
+    carry every metric in the video's own mix, and never dozens of usual hours at once."""
 
     name = "spike"
     min_history_hours = 3  # closed observed hours before the usual hour means anything
     hour_share = 2.0  # the peak minute must exceed this many usual hours
+    extreme_hours = 40.0  # ... or this many, whatever the mix
     min_peak = 30
 
-    def evidence(self, minute_counts: np.ndarray, usual_hour: np.ndarray, minute_head: int) -> Burst:
+    def evidence(self, minute_counts: np.ndarray, usual_hour: np.ndarray, minute_head: int,
+                 mix: np.ndarray | None = None) -> Burst:
         """``minute_counts`` (4, M) oldest first ending at ``minute_head``; ``usual_hour`` (4,)
-        the video's usual hourly count per metric (from closed hours)."""
+        the video's usual hourly count per metric and ``mix`` (4,) its recent totals per metric
+        (both from closed hours; the mix defaults to the usual hour)."""
         ring = np.asarray(minute_counts, dtype=np.float64)
         if ring.size == 0 or ring.max() < self.min_peak:
             return Burst(0.0, (), -1, 0, 0.0)
@@ -337,7 +344,19 @@ class BurstDetector:
         usual = np.maximum(np.asarray(usual_hour, dtype=np.float64), 1.0)
         share = np.log(peak + 1.0) - np.log(self.hour_share * usual + 1.0)
         vs_rest = np.log(peak + 1.0) - np.log(10.0 * rest + 1.0)
-        per_metric = _sigmoid(4.0 * share) * _sigmoid(4.0 * vs_rest) * (peak >= self.min_peak)
+        extreme = _sigmoid(4.0 * (np.log(peak + 1.0) - np.log(self.extreme_hours * usual + 1.0)))
+        alone = np.zeros(ring.shape[0])
+        mix = np.asarray(usual_hour if mix is None else mix, dtype=np.float64) + 0.5
+        for m in range(ring.shape[0]):
+            same_minute = ring[:, peak_at[m]]
+            for o in range(ring.shape[0]):
+                if o == m:
+                    continue
+                expected = peak[m] * mix[o] / mix[m]  # the other metric, at the video's own mix
+                if expected >= 20:
+                    gap = np.log1p(expected) - np.log1p(same_minute[o])
+                    alone[m] = max(alone[m], float(_sigmoid(4.0 * (gap - np.log(5.0)))))
+        per_metric = _sigmoid(4.0 * share) * _sigmoid(4.0 * vs_rest) * np.maximum(alone, extreme) * (peak >= self.min_peak)
         m = int(per_metric.argmax())
         if per_metric[m] < 0.05:
             return Burst(0.0, (), -1, 0, 0.0)
@@ -348,11 +367,13 @@ class BurstDetector:
                      int(peak[m]), float(usual_hour[m]))
 
 
-def usual_hour(closed_counts: np.ndarray, hours: int = 24) -> tuple[np.ndarray, int]:
-    """(4,) the median of the last ``hours`` observed closed hours, and the observed hours
-    available (observation starts at the first activity)."""
+def usual_hour(closed_counts: np.ndarray, hours: int = 24) -> tuple[np.ndarray, int, np.ndarray]:
+    """(4,) the median of the last ``hours`` observed closed hours, the observed hours available
+    (observation starts at the first activity), and (4,) the totals of those hours (the mix)."""
     active = np.flatnonzero(closed_counts.sum(axis=0) > 0)
     if active.size == 0:
-        return np.zeros(closed_counts.shape[0]), 0
+        zeros = np.zeros(closed_counts.shape[0])
+        return zeros, 0, zeros
     seen = closed_counts[:, active[0] :]
-    return np.median(seen[:, -hours:], axis=1), int(seen.shape[1])
+    recent = seen[:, -hours:]
+    return np.median(recent, axis=1), int(seen.shape[1]), recent.sum(axis=1)

@@ -545,6 +545,11 @@ class ModelFollower:
         if model.version != ref.version:
             self._refuse(ref, role, f"metadata says version {model.version}, the registry says {ref.version}")
             return None
+        try:
+            self.detector.decision_for(model)  # this deployment's target FPR must be reachable
+        except ModelError as exc:
+            self._refuse(ref, role, str(exc))
+            return None
         if model.version == self.baseline.version:
             self._refuse(ref, role, f"version {model.version} is this worker's built-in model with other bytes "
                                     f"(sha256 {self.baseline.sha256[:12]}); give the new model its own version")

@@ -111,27 +111,61 @@ class VideoScore:
             t = u
         return out
 
+    def relabel(self, window: FlaggedWindow) -> FlaggedWindow:
+        """A window published earlier, named and scored again with what this scoring knows
+        about its hours (e.g. a burst that has since recurred every night); unchanged when its
+        hours are no longer in this window."""
+        assert self.detail is not None
+        t = window.start_hour - self.start_hour
+        u = window.end_hour - self.start_hour
+        if t < 0 or u > len(self.hour_probability) or u <= t:
+            return window
+        fresh = _window(self.detail, t, u, self.hour_probability)
+        return FlaggedWindow(window.start_hour, window.end_hour, max(window.score, fresh.score),
+                             fresh.metrics, fresh.patterns)
+
     def explain(self, windows: list[FlaggedWindow], threshold: float) -> str:
         return _explain(self.detail, windows, self.score, threshold)
 
 
+# How specific each pattern's evidence is of its own cause (several detectors react to one
+# bought cause: a one-metric spike shifts that hour's mix, a step is also a plateau, a nightly
+# burst is also a jump), and how plausible a window's length is for it.
+_SPECIFICITY = {"lockstep": 1.3, "offpeak_burst": 1.2, "spike": 1.0, "decay_violation": 1.0, "ratio_anomaly": 0.9}
+_SIDE_EFFECTS = {
+    "spike": {"ratio_anomaly"},
+    "offpeak_burst": {"spike", "ratio_anomaly"},
+    "lockstep": {"ratio_anomaly", "decay_violation", "spike"},
+    "decay_violation": {"ratio_anomaly", "spike"},
+    "ratio_anomaly": {"spike", "decay_violation"},
+}
+
+
+def _length_fit(pattern: str, length: int) -> float:
+    if pattern == "spike":
+        return 1.0 if length <= 3 else 0.5
+    if pattern == "offpeak_burst":
+        return 1.0 if length <= 4 else 0.6
+    if pattern in ("decay_violation", "lockstep"):
+        return 1.0 if length >= 6 else 0.6
+    return 1.0 if length >= 4 else 0.7  # ratio_anomaly: a mix that stays off (one odd hour is a spike's)
+
+
 def _names(d: HourDetail, seg: slice, length: int) -> list[str]:
-    """The patterns that drove a window: those whose push on the logit is at least half the
-    strongest one's (and clearly positive); the strongest evidence when the model alone did."""
-    push = d.contribution[:, seg].max(axis=1)
+    """The pattern(s) that caused a window: the evidence that is there (>= 0.3), weighed by how
+    specific it is and how well the window's length fits it; a second pattern only when it is
+    as strong and not a known side effect of the first. With no evidence (the model alone
+    flagged it), the strongest evidence there is."""
     strength = d.evidence[:, seg].max(axis=1)
-    top = int(push.argmax())
-    if push[top] < 0.5:  # the model alone: name the evidence that is there, if any
+    if strength.max() < 0.3:
         return [PATTERNS[int(strength.argmax())]]
-    names = {PATTERNS[p] for p in range(len(PATTERNS)) if push[p] >= max(0.5, 0.5 * push[top]) and strength[p] >= 0.3}
-    names.add(PATTERNS[top])
-    # one bought cause moves several detectors; name the cause, not its side effects
-    if "offpeak_burst" in names:
-        names.discard("spike")  # a burst at night is a spike too: recurrence at quiet hours is the cause
-    if "spike" in names and length <= 2:
-        names.discard("ratio_anomaly")  # a one-metric spike shifts that hour's mix
-    if "lockstep" in names and push[PATTERNS.index("lockstep")] >= push[top] * 0.8:
-        names.discard("ratio_anomaly")  # a locked ratio is a (steady) ratio too
+    rank = {p: strength[k] * _SPECIFICITY[p] * _length_fit(p, length) for k, p in enumerate(PATTERNS)
+            if strength[k] >= 0.3}
+    top = max(rank, key=rank.get)
+    names = {top}
+    for p, r in rank.items():
+        if p != top and p not in _SIDE_EFFECTS[top] and strength[PATTERNS.index(p)] >= 0.9 and r >= 0.9 * rank[top]:
+            names.add(p)
     return [p for p in PATTERNS if p in names]
 
 
@@ -176,9 +210,10 @@ class HourScores:
 class Scorer:
     """Scores batches of hourly windows with one model (see module docstring)."""
 
-    def __init__(self, model: HourModel) -> None:
+    def __init__(self, model: HourModel, threshold: float | None = None) -> None:
         self.model = model
         self.window = model.window_hours
+        self.threshold = model.threshold if threshold is None else float(threshold)  # the offline verdict
 
     # -- the per-hour core, shared by training and serving ---------------------------------
     def components(self, counts: np.ndarray, starts: np.ndarray, pubs: np.ndarray) -> HourScores:
@@ -211,7 +246,7 @@ class Scorer:
         metrics = h.evidence.hour_metrics()
         history = h.evidence.signals.history if h.evidence.signals is not None else np.zeros_like(h.mask)
         results = []
-        threshold = self.model.threshold
+        threshold = self.threshold
         for i, chunk in enumerate(chunks):
             detail = HourDetail(int(starts[i]), counts[i], h.evidence.evidence[i], contribution[i], model_push[i],
                                 metrics[i], h.evidence.baseline[i], history[i])
@@ -226,25 +261,29 @@ class Scorer:
         return results
 
     def score_full(self, series: Sequence[HourlySeries]) -> list[VideoScore]:
-        """Score whole series of any length in consecutive windows ending at the last hour."""
+        """Score whole series of any length: consecutive windows ending at the last hour; the
+        first (shortest) piece of a series longer than a window is scored on the series' first
+        full window instead, so every hour is judged with a window's context, and each piece
+        speaks only for its own hours."""
         w = self.window
         pieces: list[HourlySeries] = []
-        owner: list[int] = []
+        owner: list[tuple[int, int, int]] = []  # (series index, first owned hour, end owned hour)
         for i, s in enumerate(series):
             end = s.hours
             while True:
-                begin = max(0, end - w)
-                piece = HourlySeries(
-                    s.video_id, s.start_hour + begin, s.counts[:, begin:end], s.published_hour, s.meta
-                )
-                pieces.append(piece)
-                owner.append(i)
-                if begin == 0:
+                begin = end - w
+                if begin <= 0:
+                    lo, hi = 0, min(w, s.hours)
+                    pieces.append(HourlySeries(s.video_id, s.start_hour, s.counts[:, lo:hi], s.published_hour, s.meta))
+                    owner.append((i, s.start_hour, s.start_hour + end))
                     break
+                pieces.append(HourlySeries(s.video_id, s.start_hour + begin, s.counts[:, begin:end], s.published_hour, s.meta))
+                owner.append((i, s.start_hour + begin, s.start_hour + end))
                 end = begin
         scored = self.score(pieces)
         merged: dict[int, VideoScore] = {}
-        for i, vs in zip(owner, scored, strict=True):
+        for (i, lo, hi), vs in zip(owner, scored, strict=True):
+            vs = self._own(vs, lo, hi)
             prev = merged.get(i)
             if prev is None:
                 merged[i] = vs
@@ -263,3 +302,19 @@ class Scorer:
                 best.detail,
             )
         return [merged[i] for i in range(len(series))]
+
+    def _own(self, vs: VideoScore, lo: int, hi: int) -> VideoScore:
+        """``vs`` restricted to the absolute hours [lo, hi) (a piece's own hours)."""
+        hours = vs.start_hour + np.arange(len(vs.hour_probability))
+        own = (hours >= lo) & (hours < hi)
+        if own.all():
+            return vs
+        p = np.where(own, vs.hour_probability, 0.0)
+        score = float(p.max()) if p.size else 0.0
+        out = VideoScore(vs.video_id, score, score >= self.threshold, vs.threshold, vs.end_hour, [], "",
+                         vs.hour_probability, vs.detail)
+        if out.flagged:
+            hot = ((p >= min(self.model.combiner.hour_threshold, self.threshold)) | (p >= self.threshold)) & own
+            out.windows = out.windows_where(hot)
+        out.explanation = out.explain(out.windows, self.threshold)
+        return out

@@ -26,6 +26,7 @@ from stream_detector.embedded import ensure_topics
 from stream_detector.replay import produce
 
 ROOT = Path(__file__).resolve().parent.parent
+IDLE_CLOSE_S = 1.0  # a replay that stopped gets its last hours closed (and judged) after this
 
 
 def free_port() -> int:
@@ -79,6 +80,7 @@ class Deployment:
             DETECTOR_KEY_PREFIX=self.run_id,
             DETECTOR_WEB_PORT=str(port),
             DETECTOR_SCORE_INTERVAL_SECONDS="0.3",
+            DETECTOR_IDLE_CLOSE_SECONDS=str(IDLE_CLOSE_S),
             DETECTOR_TOPIC_PARTITIONS=str(self.partitions),
         )
         env.update(self.extra_env)
@@ -156,11 +158,17 @@ class WorkerProcess:
         """Until the group committed every record of the events topic and no video is still
         due for scoring (the durable re-score schedule is empty): all of it is reflected."""
         t0 = time.monotonic()
+        idle_waited = False
         while time.monotonic() - t0 < timeout_s:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited {self.proc.returncode}:\n{self.log_tail()}")
-            if asyncio.run(committed_all(self.deployment)) and asyncio.run(nothing_due(self.deployment)):
-                return
+            if asyncio.run(committed_all(self.deployment)):
+                if not idle_waited:  # the stream stopped: its last event hours close after the idle time
+                    time.sleep(IDLE_CLOSE_S + 1.0)
+                    idle_waited = True
+                    continue
+                if asyncio.run(nothing_due(self.deployment)):
+                    return
             time.sleep(0.3)
         raise AssertionError(f"worker did not drain in {timeout_s}s: {self.metrics()}\n{self.log_tail()}")
 

@@ -99,7 +99,7 @@ BAD_MODELS = {
     "not_onnx": (lambda v: b"this is not an onnx model" * 10, "not a valid ONNX model"),
     "missing_field": (lambda v: make_model(v, drop=("threshold",)), "missing contract field(s): threshold"),
     "window_mismatch": (lambda v: make_model(v, meta={"window_hours": 24}), "does not match [batch, 12, 24]"),
-    "feature_mismatch": (lambda v: make_model(v, meta={"feature_version": 2}), "feature version 2"),
+    "feature_mismatch": (lambda v: make_model(v, meta={"feature_version": 1}), "feature version 1"),
     "output_shape": (lambda v: make_model(v, output_hours=24), "output shape"),
     "nan_output": (lambda v: make_model(v, tail="nan"), "NaN/inf on the canary batch"),
     "inf_output": (lambda v: make_model(v, tail="inf"), "NaN/inf on the canary batch"),

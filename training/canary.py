@@ -26,14 +26,17 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "stream_detector" / "can
 
 
 def build_canary(videos: int = CANARY_VIDEOS, seed: int = CANARY_SEED) -> dict:
-    data = simulate(videos, seed=seed, id_prefix="canary-")
+    from training.texture import RealTexture
+
+    # organic curves with real texture (the test pool: the canary is held-out data for every model)
+    data = simulate(videos, seed=seed, id_prefix="canary-", texture=RealTexture("test"))
     counts = np.round(data.counts).astype("<u4")
     if not np.array_equal(counts, data.counts):
         raise ValueError("simulated counts do not fit uint32")
     return {
         "format": "stream-detector canary set",
-        "version": 1,
-        "generated_by": f"detector-train canary --videos {videos} --seed {seed}",
+        "version": 2,
+        "generated_by": f"detector-train canary --videos {videos} --seed {seed} (real texture, test pool)",
         "seed": seed,
         "start_hour": int(data.start_hour),
         "video_ids": list(data.video_ids),

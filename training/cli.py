@@ -26,6 +26,16 @@ def _positive(value: str) -> int:
     return n
 
 
+def _rate(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 < x < 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be in (0, 1)")
+    return x
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="detector-train", description="Offline training of the fake-engagement model")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -46,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--report-dir", default="reports")
         a.add_argument("--version", default="1.0.0")
         a.add_argument("--threads", type=_positive, default=2)
+        a.add_argument("--stream-videos", type=_positive, default=800,
+                       help="videos of the validation / test week replayed through the stream process")
+        a.add_argument("--target-fpr", type=_rate, default=0.02,
+                       help="default operating point: organic videos ever flagged in the stream")
+        a.add_argument("--no-texture", action="store_true",
+                       help="plain simulated organics only (not evidence: for comparison)")
 
     s = sub.add_parser("simulate", help="write a simulated engagement CSV (+ truth JSONL)")
     s.add_argument("--videos", type=_positive, default=1000)
@@ -91,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=args.version,
             threads=args.threads,
             name=f"fake-engagement-{args.arch}",
+            stream_videos=args.stream_videos,
+            target_fpr=args.target_fpr,
+            texture=not args.no_texture,
         )
         result = run(cfg)
         m = result["metrics"]

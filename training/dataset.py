@@ -54,13 +54,16 @@ def week_seed(seed: int, week: int) -> int:
     return seed * 1000 + week
 
 
-def simulate_week(seed: int, week: int, videos: int) -> SimulatedDataset:
+def simulate_week(seed: int, week: int, videos: int, texture=None) -> SimulatedDataset:
+    """One week of its own seed; ``texture`` (``training.texture.RealTexture``) gives organic
+    curves real-world texture (training uses the train pool, the held-out week the test pool)."""
     return simulate(
         videos,
         seed=week_seed(seed, week),
         hours=WEEK_HOURS,
         start_hour=BASE_HOUR + week * WEEK_HOURS,
         id_prefix=f"w{week}-",
+        texture=texture,
     )
 
 

@@ -238,10 +238,12 @@ class SimulatedDataset:
             out[:, t, :] = rng.multinomial(n[:, t], pb / pb.sum())
         return out
 
-    def minute_counts(self) -> np.ndarray:
+    def minute_counts(self, chunk_minutes: int = 1) -> np.ndarray:
         """(N, 4, T, 60) int32 counts per minute: organic counts spread over their hour (from
         the publication or news-onset minute on), injected extras at their exact minutes. The
-        same placement as ``write_csv(granularity="minute")``."""
+        same placement as ``write_csv(granularity="minute")``. ``chunk_minutes`` > 1: organic
+        counts pre-aggregated into one event per chunk (at its first minute), as a producer
+        sending 10-minute counters would."""
         T, N = self.hours, len(self)
         rng = np.random.default_rng([self.seed, 7])
         extras, onsets = self._minute_index()
@@ -254,6 +256,11 @@ class SimulatedDataset:
             if ex is not None:
                 np.subtract.at(org, (ex[:, 2], ex[:, 1]), ex[:, 4])
             per_min = self._split_minutes(rng, org, onsets.get(i, {}), bins)
+            if chunk_minutes > 1:
+                chunked = np.zeros_like(per_min)
+                for c0 in range(0, 60, chunk_minutes):
+                    chunked[:, :, c0] = per_min[:, :, c0 : c0 + chunk_minutes].sum(axis=-1)
+                per_min = chunked
             if ex is not None:
                 np.add.at(per_min, (ex[:, 2], ex[:, 1], ex[:, 3]), ex[:, 4])
             out[i] = per_min

@@ -73,7 +73,7 @@ def _windows(data, cum: np.ndarray, idx: np.ndarray, minute: int, window: int,
     return out
 
 
-def _usual_hour(counts: np.ndarray, head: int) -> tuple[np.ndarray, int]:
+def _usual_hour(counts: np.ndarray, head: int) -> tuple[np.ndarray, int, np.ndarray]:
     """(4,) median of the video's last 24 closed observed hours before ``head`` and how many
     observed hours there are (the burst path's "usual hour"; the worker takes the same from
     the window it reads)."""
@@ -83,19 +83,20 @@ def _usual_hour(counts: np.ndarray, head: int) -> tuple[np.ndarray, int]:
 
 
 def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int = 512,
-           progress: Callable[[str], None] | None = None) -> StreamRun:
+           chunk_minutes: int = 1, progress: Callable[[str], None] | None = None) -> StreamRun:
     """Replay ``data`` minute by minute, as a worker would see it.
 
     Every ``step_minutes`` (the cadence, in event minutes): videos with new events are checked
     by the immediate path (minute ring); when the event hour advances, every video whose head
     hour (or the hour after it) just closed is scored on its closed window and the decision
-    process runs, exactly as in the worker (``decision.closed_window``)."""
+    process runs, exactly as in the worker (``decision.closed_window``). ``chunk_minutes``:
+    organic counts arrive pre-aggregated in chunks of that many minutes."""
     from stream_detector.decision import closed_window
     from stream_detector.patterns import BurstDetector
 
     t0 = time.perf_counter()
     n, _, hours = data.counts.shape
-    per_minute = data.minute_counts()  # (N, 4, T, 60)
+    per_minute = data.minute_counts(chunk_minutes)  # (N, 4, T, 60)
     cum = np.cumsum(per_minute, axis=-1, dtype=np.int64)
     active_minute = per_minute.any(axis=1).reshape(n, hours * MINUTES_PER_HOUR)
     hour_active = data.counts.sum(axis=1) > 0
@@ -162,10 +163,10 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
             ring = per[:, -MINUTE_SLOTS:]
             if ring.max(initial=0) < bursts.min_peak:
                 continue
-            usual, observed = _usual_hour(data.counts[i], head)
+            usual, observed, mix = _usual_hour(data.counts[i], head)
             if observed < bursts.min_history_hours:
                 continue
-            burst = bursts.evidence(ring, usual, (base + head) * MINUTES_PER_HOUR + m_in)
+            burst = bursts.evidence(ring, usual, (base + head) * MINUTES_PER_HOUR + m_in, mix)
             if burst.evidence >= getattr(getattr(decision, "thresholds", None), "burst", 1.0):
                 fired[i] = burst
         if fired:

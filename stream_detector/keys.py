@@ -1,0 +1,47 @@
+"""Every Redis key the worker writes, in one place.
+
+Per-video keys are hash-tagged by video (``{<video_id>}``) so one video's keys share a Redis
+Cluster slot; per-partition keys are hash-tagged by partition. ``prefix`` is
+``DETECTOR_KEY_PREFIX`` (one deployment, or one test, per prefix).
+"""
+
+from __future__ import annotations
+
+
+def window(prefix: str, video_id: str) -> str:
+    """The video's rolling window (windows.py / windows.lua)."""
+    return f"{prefix}:w:{{{video_id}}}"
+
+
+def flag_state(prefix: str, video_id: str) -> str:
+    """The decision process's memory of the video (decision.VideoDecisionState, JSON)."""
+    return f"{prefix}:f:{{{video_id}}}"
+
+
+def shadow_flag_state(prefix: str, video_id: str, sha256: str) -> str:
+    """The same for a shadow model, per model."""
+    return f"{prefix}:fs:{sha256[:16]}:{{{video_id}}}"
+
+
+def score(prefix: str, video_id: str) -> str:
+    """The latest scoring of the video (the /score/{video_id} document)."""
+    return f"{prefix}:s:{{{video_id}}}"
+
+
+def due(prefix: str, topic: str, partition: int) -> str:
+    """The durable re-score schedule of a partition (schedule.py)."""
+    return f"{{{prefix}:due:{topic}:{partition}}}"
+
+
+def active_hours(prefix: str, topic: str, partition: int) -> str:
+    """Videos of a partition by their newest event hour: who to re-score when an hour closes."""
+    return f"{{{prefix}:act:{topic}:{partition}}}"
+
+
+def watermark(prefix: str, topic: str, partition: int) -> str:
+    return f"{prefix}:wm:{topic}:{partition}"
+
+
+def active_videos(prefix: str, hour: int) -> str:
+    """HyperLogLog of the videos updated in one wall-clock hour (all workers)."""
+    return f"{{{prefix}-active}}:{hour}"

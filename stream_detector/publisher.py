@@ -1,0 +1,126 @@
+"""Publishes what the decision process decides, and owns its per-video memory in Redis.
+
+For a batch of scored videos: read their decision states (one MGET), run the decision
+(``decision.StreamDecision``), send the records (new / updated / withdrawn) to the flags
+topic, wait for the broker's acknowledgements, then write the new states (one pipeline).
+State is written after the send, never before: a crash in between re-sends the same record
+with the same ``flag_id`` (consumers de-duplicate on it) instead of losing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from stream_detector.decision import Published, StreamDecision, VideoDecisionState
+from stream_detector.flags import build_record
+from stream_detector.metrics import Metrics
+from stream_detector.models import ModelArtifact
+from stream_detector.patterns import Burst
+from stream_detector.scoring import VideoScore
+from stream_detector.series import hour_start_iso
+
+log = logging.getLogger("stream_detector.publisher")
+
+
+@dataclass
+class Scored:
+    """One video's scoring, ready for a decision."""
+
+    score: VideoScore
+    now_hour: int
+    burst: Burst | None = None
+    arrival_ms: float = 0.0
+
+
+def explanation(rec: Published, scored: Scored, decision: StreamDecision) -> str:
+    """One line for moderators: why this record."""
+    vs, th = scored.score, decision.thresholds
+    if rec.status == "withdrawn":
+        first = min(w.start_hour for w in rec.windows)
+        return (f"withdrawn: the evidence no longer holds; no flagged hour is above {th.withdraw:.2f} any more "
+                f"(highest now {vs.score:.2f}); first flagged hour {hour_start_iso(first)}")
+    burst = scored.burst
+    if burst is not None and burst.evidence >= th.burst:
+        minute = hour_start_iso(burst.minute // 60)[:-6] + f"{burst.minute % 60:02d}:00Z"
+        line = (f"spike at {minute}: {'/'.join(burst.metrics)} {burst.peak:,} in one minute vs usual "
+                f"~{burst.usual_hour:,.0f} per hour; burst evidence {burst.evidence:.2f}")
+        others = [w for w in rec.windows if not (w.start_hour <= burst.minute // 60 < w.end_hour)]
+        return line + (f"; {len(others)} more window(s)" if others else "")
+    return vs.explain([w for w in rec.windows if w.start_hour >= vs.start_hour] or list(rec.windows),
+                      th.publish)
+
+
+class FlagPublisher:
+    """Decision + publication for one model (the serving one, or a shadow)."""
+
+    def __init__(self, redis: aioredis.Redis, producer: AIOKafkaProducer, metrics: Metrics, *, topic: str,
+                 state_key: Callable[[str], str], state_ttl_s: int, shadow: bool = False) -> None:
+        self.redis = redis
+        self.producer = producer
+        self.metrics = metrics
+        self.topic = topic
+        self.state_key = state_key
+        self.state_ttl_s = state_ttl_s
+        self.shadow = shadow
+        self.published = 0
+
+    async def run(self, batch: list[Scored], decision: StreamDecision, model: ModelArtifact, *,
+                  watermark: float) -> list[tuple[Scored, dict]]:
+        """Decide for every video of the batch; publish and remember. Returns what was sent."""
+        if not batch:
+            return []
+        keys = [self.state_key(s.score.video_id) for s in batch]
+        raw = await self.metrics.timed_redis("flag_state", self.redis.mget(keys))
+        now = time.time()
+        sends, states = [], {}
+        for scored, key, prev in zip(batch, keys, raw, strict=True):
+            old = VideoDecisionState.from_dict(json.loads(prev)) if prev else None
+            state, rec = decision.decide(old, scored.score, now_hour=scored.now_hour, burst=scored.burst)
+            if old is None or state != old:
+                states[key] = json.dumps(state.to_dict(), separators=(",", ":"))
+            if rec is None:
+                continue
+            doc = build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,
+                               explanation=explanation(rec, scored, decision), watermark=watermark, detected_at=now)
+            body = json.dumps(doc, separators=(",", ":")).encode()
+            fut = await self.producer.send(self.topic, value=body, key=scored.score.video_id.encode())
+            sends.append((scored, doc, fut))
+        for _, _, fut in sends:
+            await fut
+        done = time.time()
+        self._count(sends, done)
+        if states:
+            pipe = self.redis.pipeline(transaction=False)
+            for k, v in states.items():
+                pipe.set(k, v, ex=self.state_ttl_s)
+            await self.metrics.timed_redis("flag_state", pipe.execute())
+        return [(s, d) for s, d, _ in sends]
+
+    def _count(self, sends: list, done: float) -> None:
+        m = self.metrics
+        self.published += len(sends)
+        if self.shadow:
+            for _, doc, _ in sends:
+                m.shadow_flags.labels(severity=doc["severity"]).inc()
+            if sends:
+                log.info("shadow flags published=%d topic=%s", len(sends), self.topic)
+            return
+        for scored, doc, _ in sends:
+            m.flag_status.labels(status=doc["status"]).inc()
+            if doc["status"] == "withdrawn":
+                log.info("flag withdrawn video=%s flag_id=%s", doc["video_id"], doc["flag_id"])
+                continue
+            m.flags.labels(severity=doc["severity"]).inc()
+            for p in {p for w in doc["windows"] for p in w["patterns"]}:
+                m.flag_patterns.labels(pattern=p).inc()
+            if scored.arrival_ms:
+                m.end_to_end_latency.observe(max(0.0, done - scored.arrival_ms / 1000.0))
+            log.info("flag video=%s flag_id=%s status=%s score=%.3f severity=%s windows=%d", doc["video_id"],
+                     doc["flag_id"], doc["status"], doc["score"], doc["severity"], len(doc["windows"]))

@@ -1,0 +1,179 @@
+"""The stream decision process: closed hours, confirmation, hysteresis, withdrawal, material
+updates, the immediate path; and the operating points that pick its threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_detector.decision import (
+    StreamDecision,
+    Thresholds,
+    VideoDecisionState,
+    closed_window,
+)
+from stream_detector.operating_points import OperatingCurve, OperatingPointError
+from stream_detector.patterns import PATTERNS, Burst
+from stream_detector.scoring import HourDetail, VideoScore
+from stream_detector.series import HourlySeries
+
+W = 168
+END = 500_000  # epoch hour of the window's last (closed) hour
+TH = Thresholds(publish=0.8, withdraw=0.4, extent=0.4, burst=0.5, confirm_hours=1, withdraw_after_hours=6)
+
+
+def scored(p: np.ndarray, pattern: str = "spike", end: int = END) -> VideoScore:
+    """A scored closed window with hour probabilities ``p`` driven by one pattern's evidence."""
+    p = np.asarray(p, dtype=float)
+    ev = np.zeros((5, W))
+    ev[PATTERNS.index(pattern)] = p
+    metrics = np.zeros((4, W), dtype=bool)
+    metrics[1] = p > 0.3
+    detail = HourDetail(end - W + 1, np.ones((4, W)), ev, 3.0 * ev, np.zeros(W), metrics, np.ones((4, W)),
+                        np.arange(W, dtype=float))
+    return VideoScore("v", float(p.max()), False, 0.5, end, [], "", p, detail)
+
+
+def hours(*pairs: tuple[int, float]) -> np.ndarray:
+    p = np.zeros(W)
+    for t, v in pairs:
+        p[t] = v
+    return p
+
+
+def test_an_hour_needs_a_closed_hour_after_it_before_it_can_flag():
+    d = StreamDecision(TH)
+    edge = scored(hours((W - 1, 0.99)))  # the newest closed hour, nothing after it yet
+    state, rec = d.decide(None, edge, now_hour=END + 1)
+    assert rec is None and d.statistic(edge) == 0.0
+    confirmed = scored(hours((W - 2, 0.99)), end=END)  # one closed hour after it
+    state, rec = d.decide(state, confirmed, now_hour=END + 1)
+    assert rec is not None and rec.status == "new"
+    assert [(w.start_hour, w.end_hour) for w in rec.windows] == [(END - 1, END)]
+
+
+def test_rescoring_the_same_closed_hours_never_publishes_twice():
+    d = StreamDecision(TH)
+    vs = scored(hours((100, 0.95)))
+    state, first = d.decide(None, vs, now_hour=END + 1)
+    assert first is not None
+    for _ in range(50):  # a worker re-scoring every few seconds sees the same closed hours
+        state, again = d.decide(state, vs, now_hour=END + 1)
+        assert again is None
+
+
+def test_updates_only_on_a_material_change():
+    d = StreamDecision(TH)
+    state, rec = d.decide(None, scored(hours((100, 0.95))), now_hour=END + 1)
+    assert rec.status == "new"
+    # the window grows by one neighbouring hour: folded into the state, not published
+    state, rec = d.decide(state, scored(hours((100, 0.95), (101, 0.9))), now_hour=END + 1)
+    assert rec is None and state.windows[0].end_hour - state.windows[0].start_hour == 2
+    # a separate window elsewhere is material
+    state, rec = d.decide(state, scored(hours((100, 0.95), (101, 0.9), (140, 0.9))), now_hour=END + 1)
+    assert rec is not None and rec.status == "updated" and len(rec.windows) == 2
+    # a new pattern named on a grown window is material (the id follows the hours: a pattern
+    # change on exactly the same hours would repeat the id, so it waits for the next change)
+    p = hours((100, 0.95), (101, 0.9), *((t, 0.9) for t in range(140, 147)))
+    vs = scored(p)
+    vs.detail.evidence[:, 140:147] = 0.0
+    vs.detail.evidence[PATTERNS.index("lockstep"), 140:147] = 0.95
+    state, rec = d.decide(state, vs, now_hour=END + 1)
+    assert rec is not None and "lockstep" in {p_ for w in rec.windows for p_ in w.patterns}
+
+
+def test_flags_are_cumulative_while_they_stand():
+    d = StreamDecision(TH)
+    state, _ = d.decide(None, scored(hours((100, 0.95))), now_hour=END + 1)
+    state, rec = d.decide(state, scored(hours((130, 0.95), (100, 0.5))), now_hour=END + 1)
+    assert rec is not None
+    assert {(w.start_hour - (END - W + 1)) for w in rec.windows} == {100, 130}, "the first hour stays flagged"
+
+
+def test_withdrawn_only_with_context_and_below_the_lower_threshold_then_a_new_id():
+    d = StreamDecision(TH)
+    state, first = d.decide(None, scored(hours((150, 0.95))), now_hour=END + 1)
+    # hysteresis: between withdraw (0.4) and publish (0.8) the flag stands
+    state, rec = d.decide(state, scored(hours((150, 0.6))), now_hour=END + 1)
+    assert rec is None and state.active
+    # below withdraw but with too little context after the hour (17 h here is enough; 3 h is not)
+    shifted = scored(hours((W - 4, 0.1)), end=END)  # the flagged hour is now only 3 h from the edge
+    state_b, rec = d.decide(VideoDecisionState(list(first.windows), first.flag_id, "new"),
+                            _moved(shifted, first), now_hour=END + 1)
+    assert rec is None
+    state, rec = d.decide(state, scored(hours((150, 0.1))), now_hour=END + 1)
+    assert rec is not None and rec.status == "withdrawn" and rec.flag_id != first.flag_id
+    assert list(rec.windows) == list(first.windows), "a withdrawal names what it withdraws"
+    assert not state.active
+    state, again = d.decide(state, scored(hours((150, 0.1))), now_hour=END + 1)
+    assert again is None, "withdrawn once"
+    state, back = d.decide(state, scored(hours((150, 0.95))), now_hour=END + 1)
+    assert back.status == "new" and back.flag_id not in (first.flag_id, rec.flag_id), "a flag id never comes back"
+
+
+def _moved(vs: VideoScore, first) -> VideoScore:
+    """``vs`` re-based so that the first flag's hour sits 3 h before its window's end."""
+    hour = first.windows[0].start_hour
+    end = hour + 3
+    p = np.zeros(W)
+    p[W - 4] = 0.1
+    return scored(p, end=end)
+
+
+def test_the_immediate_path_flags_at_once_and_is_not_withdrawn_by_hourly_scores():
+    d = StreamDecision(TH)
+    burst = Burst(0.97, ("likes",), (END + 1) * 60 + 7, 9000, 120.0)
+    state, rec = d.decide(None, scored(np.zeros(W)), now_hour=END + 1, burst=burst)
+    assert rec is not None and rec.status == "new"
+    assert rec.windows[0].start_hour == END + 1 and rec.windows[0].patterns == ("spike",)
+    for k in range(10):  # hours later, hourly evidence is flat: the burst's flag stands
+        state, rec = d.decide(state, scored(np.zeros(W), end=END + 10 + k), now_hour=END + 11 + k)
+        assert rec is None and state.active
+    weak = Burst(0.3, ("likes",), (END + 1) * 60 + 7, 40, 120.0)
+    _, rec = d.decide(None, scored(np.zeros(W)), now_hour=END + 1, burst=weak)
+    assert rec is None
+
+
+def test_severity_is_relative_to_the_publish_threshold():
+    d = StreamDecision(TH)
+    _, just = d.decide(None, scored(hours((100, 0.81))), now_hour=END + 1)
+    _, far = d.decide(None, scored(hours((100, 0.999))), now_hour=END + 1)
+    assert just.severity == "low" and far.severity == "critical"
+
+
+def test_state_round_trips_through_json():
+    import json
+
+    d = StreamDecision(TH)
+    state, _ = d.decide(None, scored(hours((100, 0.95), (120, 0.9))), now_hour=END + 1)
+    again = VideoDecisionState.from_dict(json.loads(json.dumps(state.to_dict())))
+    assert again == state
+
+
+def test_closed_window_drops_the_open_hour_and_pads_a_quiet_video():
+    counts = np.arange(4 * 10, dtype=float).reshape(4, 10) + 1
+    s = HourlySeries("v", 1000, counts, None)
+    open_now = closed_window(s, now_hour=1009)  # hour 1009 is still filling
+    assert open_now.end_hour == 1008 and np.array_equal(open_now.counts, counts[:, :9])
+    quiet = closed_window(s, now_hour=1015, confirm_hours=1)  # quiet since 1009: one closed empty hour
+    assert quiet.end_hour == 1010 and quiet.counts[:, -1].sum() == 0
+    assert np.array_equal(quiet.counts[:, :10], counts)
+    assert closed_window(s, now_hour=1010).end_hour == 1009
+
+
+def test_operating_curve_maps_rates_to_thresholds_and_back():
+    rng = np.random.default_rng(0)
+    organic = rng.beta(1, 12, 5000)
+    fakes = rng.beta(8, 1, 500)
+    curve = OperatingCurve.measure(organic, fakes)
+    t2 = curve.threshold_for(0.02)
+    assert (organic >= t2).mean() <= 0.02 + 1e-9
+    assert curve.threshold_for(0.05) <= t2 <= curve.threshold_for(0.01)
+    assert curve.rate_at(t2) == pytest.approx(0.02, abs=0.006)
+    again = OperatingCurve.from_points(curve.to_points())
+    assert again.threshold_for(0.02) == pytest.approx(t2, abs=1e-5)
+    floored = OperatingCurve.measure(organic, fakes, floor=0.01)  # e.g. the immediate path's own rate
+    with pytest.raises(OperatingPointError):
+        floored.threshold_for(0.005)
+    with pytest.raises(OperatingPointError):
+        OperatingCurve.from_points([{"threshold": 0.5}])
