@@ -64,6 +64,8 @@ class HourDetail:
     metrics: np.ndarray  # (4, W) bool, metrics implicated
     baseline: np.ndarray  # (4, W)
     history: np.ndarray  # (W,) observed hours before each hour
+    age: np.ndarray | None = None  # (W,) hours since publication
+    quiet: np.ndarray | None = None  # (W,) how far below its daily peak the video usually is
 
     @property
     def hours(self) -> int:
@@ -157,16 +159,38 @@ def _names(d: HourDetail, seg: slice, length: int) -> list[str]:
     as strong and not a known side effect of the first. With no evidence (the model alone
     flagged it), the strongest evidence there is."""
     strength = d.evidence[:, seg].max(axis=1)
-    if strength.max() < 0.3:
+    if strength.max() < 0.3:  # the model alone flagged it: name it by its shape
+        if _revival(d, seg, length):
+            return ["decay_violation"]
+        if length <= 3:
+            return ["spike"]
         return [PATTERNS[int(strength.argmax())]]
     rank = {p: strength[k] * _SPECIFICITY[p] * _length_fit(p, length) for k, p in enumerate(PATTERNS)
             if strength[k] >= 0.3}
     top = max(rank, key=rank.get)
+    if top == "ratio_anomaly" and _revival(d, seg, length) and not _impossible_mix(d, seg):
+        top = "decay_violation"  # a one-sided comeback days after publication: the mix shift is its side effect
     names = {top}
     for p, r in rank.items():
         if p != top and p not in _SIDE_EFFECTS[top] and strength[PATTERNS.index(p)] >= 0.9 and r >= 0.9 * rank[top]:
             names.add(p)
     return [p for p in PATTERNS if p in names]
+
+
+def _revival(d: HourDetail, seg: slice, length: int) -> bool:
+    """A long stretch, two days or more after publication, well above the same hours a day
+    earlier: engagement that came back or stopped decaying (DESIGN's decay violation)."""
+    if d.age is None or length < 8 or seg.start < 24 or d.age[seg.start] < 48:
+        return False
+    now = d.counts[:, seg].sum()
+    before = d.counts[:, seg.start - 24 : seg.stop - 24].sum()
+    return bool(now >= 1.5 * before + 10)
+
+
+def _impossible_mix(d: HourDetail, seg: slice) -> bool:
+    """More likes, comments or shares than views over the window: a ratio anomaly whatever else."""
+    sums = d.counts[:, seg].sum(axis=1)
+    return bool((sums[1:] > 1.2 * sums[0] + 20).any())
 
 
 def _window(d: HourDetail, t: int, u: int, hour_p: np.ndarray) -> FlaggedWindow:
@@ -244,12 +268,14 @@ class Scorer:
         contribution = np.asarray(comb.pattern_weights)[None, :, None] * h.evidence.evidence
         model_push = comb.model_weight * h.model_score
         metrics = h.evidence.hour_metrics()
-        history = h.evidence.signals.history if h.evidence.signals is not None else np.zeros_like(h.mask)
+        sg = h.evidence.signals
+        history = sg.history if sg is not None else np.zeros_like(h.mask)
         results = []
         threshold = self.threshold
         for i, chunk in enumerate(chunks):
             detail = HourDetail(int(starts[i]), counts[i], h.evidence.evidence[i], contribution[i], model_push[i],
-                                metrics[i], h.evidence.baseline[i], history[i])
+                                metrics[i], h.evidence.baseline[i], history[i],
+                                sg.age[i] if sg is not None else None, sg.quiet[i] if sg is not None else None)
             p = h.probability[i]
             score = float(p.max()) if p.size else 0.0
             vs = VideoScore(chunk.video_id, score, score >= threshold, threshold, chunk.end_hour, [], "", p, detail)

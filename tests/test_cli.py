@@ -96,12 +96,30 @@ def test_bad_input_file_is_one_line_and_exit_2(tmp_path, content, needle):
         ["frobnicate"],
         ["demo", "--videos", "3"],
         ["replay"],
+        ["score", "--input", "x.csv", "--output", "o.jsonl", "--target-fpr", "1.5"],
+        ["score", "--input", "x.csv", "--output", "o.jsonl", "--target-fpr", "many"],
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args):
     proc = run([*CLI, *args])
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_target_fpr_picks_the_offline_operating_point(week):
+    """A looser target: a lower threshold, at least as many videos flagged."""
+    _, hourly, _, d = week
+    counts, used = [], []
+    for target in ("0.005", "0.2"):
+        out = d / f"t{target}.jsonl"
+        proc = run([*CLI, "score", "--input", str(hourly), "--output", str(out), "--target-fpr", target, "--explain"])
+        assert proc.returncode == 0, proc.stderr
+        lines = [json.loads(x) for x in out.read_text().splitlines()]
+        counts.append(sum(x["flagged"] for x in lines))
+        thresholds = {x["threshold"] for x in lines}
+        assert len(thresholds) == 1
+        used.append(thresholds.pop())
+    assert counts[0] <= counts[1] and used[0] > used[1]
 
 
 @pytest.mark.parametrize("args", [["all", "--epochs", "0"], ["all", "--compare", "tcn,bogus"], ["nope"]])

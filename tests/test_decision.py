@@ -177,3 +177,14 @@ def test_operating_curve_maps_rates_to_thresholds_and_back():
         floored.threshold_for(0.005)
     with pytest.raises(OperatingPointError):
         OperatingCurve.from_points([{"threshold": 0.5}])
+
+
+def test_short_windows_recurring_at_the_same_quiet_hour_are_named_offpeak():
+    d = StreamDecision(TH)
+    vs = scored(hours((27, 0.95), (51, 0.95), (100, 0.95)))
+    vs.detail.quiet = np.zeros(W)
+    vs.detail.quiet[[27, 51]] = 2.0  # the audience is usually asleep at that hour
+    _, rec = d.decide(None, vs, now_hour=END + 1)
+    names = {(w.start_hour - vs.start_hour): w.patterns for w in rec.windows}
+    assert names[27] == names[51] == ("offpeak_burst",)
+    assert names[100] == ("spike",), "a lone window at another hour keeps its own name"

@@ -52,9 +52,24 @@ def test_metadata_carries_the_contract():
     assert DEFAULT_MODEL_PATH.stat().st_size < 4 * 1024 * 1024
 
 
+def test_operating_points_map_a_target_to_a_threshold_and_scores_to_rates():
+    model = ModelArtifact.load(DEFAULT_MODEL_PATH)
+    assert model.stream_curve is not None and model.offline_curve is not None
+    assert model.decision["confirm_hours"] >= 1
+    loose, default, strict = (model.publish_threshold(t) for t in (0.05, None, 0.01))
+    assert 0 < loose <= default <= strict < 1
+    assert model.publish_threshold() == pytest.approx(model.stream_threshold)
+    rates = [model.organic_rate(s) for s in (0.1, 0.5, 0.9, 0.999)]
+    assert all(a >= b for a, b in zip(rates[:-1], rates[1:], strict=True)), rates
+    assert model.organic_rate(default) <= model.default_target_fpr + 1e-9
+
+
 @pytest.fixture(scope="module")
 def unseen():
-    data = simulate(1200, seed=UNSEEN_SEED)
+    from training.texture import RealTexture
+
+    # held-out texture pool: real-world organic texture the model never trained on
+    data = simulate(1200, seed=UNSEEN_SEED, texture=RealTexture("test"))
     scorer = Scorer(ModelArtifact.load(DEFAULT_MODEL_PATH))
     scores = scorer.score(list(data.iter_series()))
     return data, scores, scorer
