@@ -160,8 +160,8 @@ def _recurring(vs: VideoScore, windows: list[FlaggedWindow]) -> list[FlaggedWind
     for a in short:
         for b in short:
             same_hour = min((hod[a] - hod[b]) % 24, (hod[b] - hod[a]) % 24) <= 1
-            if a is not b and abs(a.start_hour - b.start_hour) >= 20 and same_hour and (is_quiet(a) or is_quiet(b)):
-                recurring |= {a, b}
+            if a is not b and abs(a.start_hour - b.start_hour) >= 20 and same_hour and is_quiet(a):
+                recurring.add(a)
     if not recurring:
         return windows
     return [FlaggedWindow(w.start_hour, w.end_hour, w.score, w.metrics, ("offpeak_burst",)) if w in recurring else w
