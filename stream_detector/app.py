@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.app.base import BootStrategy
 from mode import Service
 
@@ -91,6 +93,7 @@ def create_app(
     *,
     follow_registry: bool = True,
     canary_report: dict | None = None,
+    datadir: str | None = None,
 ) -> tuple[faust.App, Detector]:
     """``model`` is the built-in model (``DETECTOR_MODEL_PATH``); with ``follow_registry`` the
     worker serves what the control topic says (``stream_detector.registry``)."""
@@ -108,11 +111,12 @@ def create_app(
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_host=settings.web_host,
-        datadir=os.path.join(tempfile.gettempdir(), f"stream-detector-{os.getpid()}"),
+        datadir=datadir or os.path.join(tempfile.gettempdir(), f"stream-detector-{os.getpid()}"),
         topic_disable_leader=True,
     )
     service = DetectorService(detector, follower)
     app.service(service)
+    app.detector_service = service  # type: ignore[attr-defined]  # the entry point reads its failure
     started = time.time()
 
     @app.page("/metrics")
@@ -147,7 +151,7 @@ def create_app(
             status["registry"] = follower.status()
         return web.json(status)
 
-    @app.page("/score/{video_id}")
+    @app.page("/score/{video_id:[^/]+}")  # any id, braces included (aiohttp defaults exclude them)
     async def score_view(web: Any, request: Any, video_id: str) -> Any:
         doc = await detector.current_score(video_id)
         if doc is None:
@@ -198,24 +202,46 @@ def run_worker() -> int:
     except ModelError as exc:
         sys.stderr.write(f"stream-detector: error: model {settings.model_path}: {exc}\n")
         return 2
+    missing = [n for n, v in (("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
+                              ("REDIS_URL", settings.redis_url)) if not v]
+    if missing and not settings.embedded:
+        sys.stderr.write(f"stream-detector: error: {' and '.join(missing)} not set; point them at the broker and "
+                         f"Redis, or set DETECTOR_EMBEDDED=true to start embedded servers for a local trial\n")
+        return 2
     stack, settings = resolve_endpoints(settings)
+    datadir = tempfile.mkdtemp(prefix="stream-detector-")
     try:
-        asyncio.run(
-            ensure_topics(
+        quiet = logging.getLogger("aiokafka")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # the one line below says it; no connection-retry noise
+        try:
+            asyncio.run(asyncio.wait_for(ensure_topics(
                 settings.kafka_bootstrap_servers,
                 {settings.events_topic: settings.topic_partitions, settings.flags_topic: settings.topic_partitions,
                  settings.dlq_topic: settings.topic_partitions, settings.shadow_flags_topic: settings.topic_partitions},
-            )
-        )
-        app, _ = create_app(settings, model, canary_report=report.to_dict())
+            ), timeout=settings.startup_timeout_seconds))
+        except (TimeoutError, OSError, KafkaError) as exc:
+            why = str(exc).splitlines()[0][:200] if str(exc) else f"no answer within {settings.startup_timeout_seconds:g} s"
+            sys.stderr.write(f"stream-detector: error: broker {settings.kafka_bootstrap_servers} unreachable "
+                             f"({type(exc).__name__}: {why})\n")
+            return 1
+        finally:
+            quiet.setLevel(level)
+        app, detector = create_app(settings, model, canary_report=report.to_dict(), datadir=datadir)
         log.info("worker starting web=%s:%d broker=%s redis=%s", settings.web_host, settings.web_port,
                  settings.kafka_bootstrap_servers, settings.redis_url)
         worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
+        code = 0
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:
-            return int(exc.code or 0)
-        return 0
+            code = int(exc.code or 0)
+        failed = app.detector_service.failed  # type: ignore[attr-defined]
+        if failed is not None:
+            sys.stderr.write(f"stream-detector: error: the worker stopped after a failure: {failed}\n")
+            return code or 1
+        return code
     finally:
+        shutil.rmtree(datadir, ignore_errors=True)
         if stack is not None:
             stack.stop()

@@ -2,7 +2,9 @@
 
 Every field maps to ``DETECTOR_<FIELD>`` (upper case), except the two connection URLs,
 which use the names the ecosystem already knows: ``KAFKA_BOOTSTRAP_SERVERS`` and
-``REDIS_URL``. Empty connection URLs mean "start the embedded broker / redis-server".
+``REDIS_URL``. A worker refuses to start without both unless ``DETECTOR_EMBEDDED=true``
+asks for the embedded broker / redis-server explicitly (the demo and the tests start their
+own): an empty variable in production must not quietly become an in-memory broker.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ class SettingsError(ValueError):
 class Settings:
     kafka_bootstrap_servers: str = ""
     redis_url: str = ""
+    embedded: bool = False  # start embedded servers for the endpoints not configured (trials only)
+    startup_timeout_seconds: float = 30.0  # the broker must answer within this at startup
+    # a Redis or broker outage longer than this ends the worker (non-zero exit); shorter ones
+    # pause consumption and are retried with backoff (below max.poll.interval, 300 s)
+    dependency_timeout_seconds: float = 240.0
     events_topic: str = "engagement-events"
     flags_topic: str = "engagement-flags"
     dlq_topic: str = "engagement-events-dlq"
@@ -91,6 +98,13 @@ class Settings:
 
 def _convert(name: str, raw: str, type_name: object) -> object:
     kind = type_name if isinstance(type_name, str) else getattr(type_name, "__name__", "str")
+    if kind == "bool":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={raw!r} is not a valid bool (true/false)")
     try:
         if kind == "int":
             return int(raw)

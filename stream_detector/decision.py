@@ -19,7 +19,7 @@ by the worker). The design, and why:
   in the window has had ``withdraw_after_hours`` closed hours of context and none stays above
   ``withdraw`` (below ``publish``), so a flag does not flap.
 - **Material changes only.** An update is published when a new pattern is named, the
-  severity rises by two levels (or to critical), or the flag doubled (in windows, or in hours by at least 6); growth in
+  flag becomes critical from low or medium, or it doubled (in windows, or in hours by at least 6); growth in
   between is folded into the state and shown with the next record.
 - **Severity** is relative to the publish threshold, the one that decides.
 """
@@ -127,16 +127,17 @@ def closed_window(series: HourlySeries, now_hour: int, confirm_hours: int = 1) -
 
 
 def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str) -> bool:
-    """Worth telling moderators again: a new pattern named, a severity two levels higher (or
-    critical), or a flag that doubled (in windows, or in hours by at least 6). Growth in between is kept in the state
-    and shown with the next record, so updates grow logarithmically, not hour by hour."""
+    """Worth telling moderators again: a new pattern named, a flag that became critical from low
+    or medium, or a flag that doubled (in windows, or in hours by at least 6). Growth in
+    between is kept in the state and shown with the next record, so updates grow
+    logarithmically, not hour by hour."""
     hours = sum(w.end_hour - w.start_hour for w in windows)
     patterns = {p for w in windows for p in w.patterns}
-    rank, was = SEVERITY_ORDER.index(sev), SEVERITY_ORDER.index(state.published_severity)
+    was = SEVERITY_ORDER.index(state.published_severity)
     return (
         not set(patterns) <= set(state.published_patterns)
         or len(windows) >= 2 * max(state.published_windows, 1)
-        or rank >= was + 2 or (sev == "critical" and rank > was)
+        or (sev == "critical" and was < SEVERITY_ORDER.index("high"))
         or hours >= max(2 * state.published_hours, state.published_hours + 6)
     )
 

@@ -16,6 +16,7 @@ One ``Detector`` per worker process, two tasks:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -30,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stream_detector import keys
 from stream_detector.config import Settings
 from stream_detector.decision import StreamDecision, Thresholds, closed_window
+from stream_detector.dependencies import TRANSIENT, DependencyGuard
 from stream_detector.events import Event, Rejection, dead_letter_headers, parse_event
 from stream_detector.flags import iso
 from stream_detector.metrics import Metrics
@@ -50,6 +52,10 @@ URGENT_DUE_MS = 0  # the spike path: due before any cadence mark
 CADENCE_BATCH = 128  # videos per cadence scoring call: bounds how long a spike can wait
 SCORE_POLL_S = 0.05
 MAX_TRACKED_VIDEOS = 1_000_000
+WATERMARK_EVENTS = 2048  # recent event times per partition behind its watermark
+WATERMARK_QUANTILE = 0.99  # one in a hundred of them may run ahead without moving it
+BROKER_PROBE_S = 5.0
+BROKER_PROBE_TIMEOUT_S = 3.0
 MAX_DLQ_KEY_BYTES = 1024  # a dead-letter copy's key beyond this is cut (its partition does not matter)  # bound of the in-memory arrival-time map (~100 MB)
 
 
@@ -58,10 +64,13 @@ class _Rebalance(ConsumerRebalanceListener):
         self.detector = detector
 
     async def on_partitions_revoked(self, revoked) -> None:
-        if revoked:
-            await self.detector.commit("rebalance")  # the new owner takes over the due schedule
-        for tp in revoked:
-            self.detector.forget_partition(tp)
+        # aiokafka calls this while the consume loop may be writing a fetched batch: wait for
+        # it, so that what is committed is exactly what is written
+        async with self.detector.batch_lock:
+            if revoked:
+                await self.detector.commit("rebalance")  # the new owner takes over the due schedule
+            for tp in revoked:
+                self.detector.forget_partition(tp)
 
     async def on_partitions_assigned(self, assigned) -> None:
         await self.detector.load_watermarks(assigned)
@@ -94,14 +103,20 @@ class Detector:
         self._score_task: asyncio.Task | None = None
         self._next_partition = 0
         self._watermark: dict[int, float] = {}
-        self._event_high: dict[int, float] = {}  # newest event time seen, per partition
+        self._event_high: dict[int, float] = {}  # robust newest event time, per partition
+        self._recent_ts: dict[int, collections.deque] = {}
         self._clock: dict[int, int] = {}  # per partition: its open event hour (hours before it are closed)
         self._last_events: dict[int, float] = {}  # monotonic time of a partition's last valid event
         self._idle_closed: set[int] = set()
         self._decisions: dict[str, StreamDecision] = {}
         self.bursts = BurstDetector()
+        self.guard = DependencyGuard(self.metrics, limit_s=settings.dependency_timeout_seconds)
+        self._saved: set[int] = set()  # partitions whose state marker this worker wrote or found
+        self._lost: set[TopicPartition] = set()  # partitions whose windows Redis lost: to rebuild
+        self._probed = 0.0
         self.publisher: FlagPublisher | None = None
-        self._positions: dict[TopicPartition, int] = {}
+        self._positions: dict[TopicPartition, int] = {}  # next offset to commit: all before it is written
+        self.batch_lock = asyncio.Lock()  # held while a fetched batch is being written
         self._active_refreshed = 0.0
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -113,8 +128,8 @@ class Detector:
     # lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self.redis = aioredis.from_url(s.redis_url, socket_timeout=10, socket_connect_timeout=10)
-        await self.redis.ping()
+        self.redis = aioredis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        await self.guard.call("redis", "startup ping", self.redis.ping)  # a worker may start while Redis is down
         self.windows = WindowStore(
             self.redis,
             window_hours=s.window_hours,
@@ -219,7 +234,9 @@ class Detector:
 
     @property
     def ready(self) -> bool:
-        return self._task is not None and not self._task.done() and self._assigned
+        """Consuming (loop alive, partitions assigned) and both dependencies answering."""
+        return (self._task is not None and not self._task.done() and self._assigned
+                and self.guard.up("redis") and self.guard.up("broker"))
 
     # model ---------------------------------------------------------------------
     def swap_model(self, model: ModelArtifact) -> None:
@@ -308,17 +325,21 @@ class Detector:
         s = self.settings
         try:
             while not self._stopping.is_set():
+                if self._lost:  # found at assignment: rebuild before consuming
+                    async with self.batch_lock:
+                        await self.guard.call("redis", "state rebuild", lambda: self._check_state(set()), self._stopping)
                 batches = await self.consumer.getmany(timeout_ms=s.consume_timeout_ms, max_records=s.consume_max_records)
                 if self.consumer.assignment():
                     self._assigned = True
-                    self.metrics.ready.set(1)
                 if batches:
-                    await self._process(batches)
+                    async with self.batch_lock:
+                        await self._process(batches)
                     self._uncommitted = True
                 if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
                     await self.commit("interval")
-                await self._close_idle_partitions()
-                self._update_lag()
+                await self.guard.call("redis", "idle close", self._close_idle_partitions, self._stopping)
+                await self._probe_broker()
+                self.metrics.ready.set(1 if self.ready else 0)
             await self.commit("shutdown")
         except asyncio.CancelledError:
             raise
@@ -336,10 +357,11 @@ class Detector:
         sources: list[tuple] = []  # (record, tp) of each valid event, for its dead-letter copy
         arrival: dict[str, float] = {}
         dead: list[tuple] = []  # (record, tp, rejection)
+        fetched: dict[TopicPartition, int] = {}
         n = 0
         for tp, records in batches.items():
-            wm = self._watermark.get(tp.partition, 0.0)
-            high = wm + s.allowed_lateness_seconds
+            p = tp.partition
+            parsed_ok: list[tuple] = []
             for rec in records:
                 n += 1
                 try:
@@ -357,30 +379,43 @@ class Detector:
                 if isinstance(parsed, Rejection):
                     dead.append((rec, tp, parsed))
                     continue
-                if parsed.ts > high:
-                    high = parsed.ts
-                elif parsed.ts < high - s.allowed_lateness_seconds:
-                    dead.append((rec, tp, Rejection("late", f"ts {parsed.ts:.0f} < watermark {high - s.allowed_lateness_seconds:.0f}")))
+                parsed_ok.append((rec, parsed))
+            # the partition's event time: a high quantile of its recent event times, so one event
+            # from a fast clock cannot move it (and with it the lateness allowance of every video).
+            # Events are judged against the event time before their batch (a replayed batch can
+            # span hours of event time: its own events must not make each other late).
+            low = self._robust_high(p, []) - s.allowed_lateness_seconds
+            high = self._robust_high(p, [e.ts for _, e in parsed_ok])
+            for rec, parsed in parsed_ok:
+                if parsed.ts < low:
+                    dead.append((rec, tp, Rejection("late", f"ts {parsed.ts:.0f} < watermark {low:.0f}")))
                     self.metrics.events_late.inc()
                     continue
                 events.append(parsed)
                 offsets.append(rec.offset)
-                partitions.append(tp.partition)
+                partitions.append(p)
                 sources.append((rec, tp))
-                self._last_events[tp.partition] = time.monotonic()
+                if rec.key is not None and rec.key != parsed.video_id.encode():
+                    self.metrics.key_mismatch.inc()
+                self._last_events[p] = time.monotonic()
                 if rec.timestamp > arrival.get(parsed.video_id, 0.0):
                     arrival[parsed.video_id] = rec.timestamp
-            self._watermark[tp.partition] = high - s.allowed_lateness_seconds
-            self._event_high[tp.partition] = max(self._event_high.get(tp.partition, 0.0), high)
+            self._watermark[p] = max(self._watermark.get(p, 0.0), high - s.allowed_lateness_seconds)
+            self._event_high[p] = max(self._event_high.get(p, 0.0), high)
             if records:
-                self._positions[tp] = records[-1].offset + 1
+                self._check_continuity(tp, records[0].offset)
+                fetched[tp] = records[-1].offset + 1
         self.consumed += n
         self.metrics.consume_batch_size.observe(n)
         if self._watermark:
             self.metrics.watermark.set(max(self._watermark.values()))
         if events:
             assert self.windows is not None
-            result, poisoned = await self._apply_isolating(events, offsets, partitions)
+            async def write_windows():
+                await self._check_state(set(partitions))
+                return await self._apply_isolating(events, offsets, partitions)
+
+            result, poisoned = await self.guard.call("redis", "windows", write_windows, self._stopping)
             if poisoned:
                 bad = set(poisoned)
                 for idx, reason in poisoned.items():
@@ -397,11 +432,45 @@ class Detector:
             for idx in late:
                 rec, tp = sources[idx]
                 dead.append((rec, tp, Rejection("late", f"ts {events[idx].ts:.0f} older than the {s.window_hours} h window")))
+            await self.guard.call("redis", "schedule", lambda: self._mark_due(events, partitions, arrival, result.spikes),
+                                  self._stopping)
+            await self.guard.call("redis", "active videos", lambda: self._track_active({e.video_id for e in events}),
+                                  self._stopping)
             self._count_consumed(events)  # replayed events are counted by the window store
-            await self._mark_due(events, partitions, arrival, result.spikes)
-            await self._track_active({e.video_id for e in events})
         if dead:
-            await self._dead_letter(dead)
+            await self.guard.call("broker", "dead letters", lambda: self._dead_letter(dead), self._stopping)
+        self._positions.update(fetched)  # committable: windows, marks and dead letters are written
+
+    def _check_continuity(self, tp: TopicPartition, first_offset: int) -> None:
+        """A fetch that does not start where the last one ended means the log moved under us:
+        records deleted or truncated (a gap: those events were never seen) or the position
+        reset backwards (a topic re-created, an offset reset: events replay)."""
+        expected = self._positions.get(tp)
+        if expected is None or first_offset == expected:
+            return
+        if first_offset > expected:
+            self.metrics.log_discontinuities.labels(kind="gap").inc()
+            self.metrics.log_records_skipped.inc(first_offset - expected)
+            log.error("partition %s[%d]: offsets %d..%d are gone from the log (retention, truncation or a "
+                      "re-created topic); their events were never applied", tp.topic, tp.partition, expected,
+                      first_offset - 1)
+        else:
+            self.metrics.log_discontinuities.labels(kind="rewind").inc()
+            log.error("partition %s[%d]: the log position went back from %d to %d (offset reset or re-created "
+                      "topic); windows skip what they hold only for the same offsets", tp.topic, tp.partition,
+                      expected, first_offset)
+
+    def _robust_high(self, partition: int, batch_ts: list[float]) -> float:
+        """The partition's event-time high mark: the ``WATERMARK_QUANTILE`` of its last
+        ``WATERMARK_EVENTS`` accepted-or-candidate event times, never below the persisted one."""
+        ring = self._recent_ts.get(partition)
+        if ring is None:
+            ring = self._recent_ts[partition] = collections.deque(maxlen=WATERMARK_EVENTS)
+        ring.extend(batch_ts)
+        floor = self._watermark.get(partition, 0.0) + self.settings.allowed_lateness_seconds
+        if not ring:
+            return floor
+        return max(floor, float(np.quantile(np.fromiter(ring, dtype=np.float64, count=len(ring)), WATERMARK_QUANTILE)))
 
     def _count_consumed(self, events: list[Event]) -> None:
         totals = [0, 0, 0, 0]
@@ -447,6 +516,8 @@ class Detector:
             merged.changed |= part.changed
             merged.spikes |= part.spikes
             merged.no_dedup += part.no_dedup
+            if part.no_dedup:
+                self.metrics.no_dedup.inc(part.no_dedup)
 
         await run(list(range(len(events))))
         merged.late.sort()
@@ -469,9 +540,10 @@ class Detector:
             if key is not None and len(key) > MAX_DLQ_KEY_BYTES:
                 headers += [("dlq.key_truncated", b"true"), ("dlq.original_key_size", str(len(key)).encode())]
                 key = key[:MAX_DLQ_KEY_BYTES]
-            self.metrics.events_invalid.labels(reason=rejection.reason).inc()
             futures.append(await self.producer.send(self.settings.dlq_topic, value=value, key=key, headers=headers))
         await asyncio.gather(*futures)
+        for _, _, rejection in dead:  # counted once delivered (a retried send is not counted twice)
+            self.metrics.events_invalid.labels(reason=rejection.reason).inc()
 
     async def _mark_due(self, events: list[Event], partitions: list[int], arrival: dict[str, float],
                         spikes: set[str]) -> None:
@@ -576,22 +648,43 @@ class Detector:
         self._last_commit = time.monotonic()
         if self.consumer is None or not self.consumer.assignment() or not self._uncommitted:
             return
+        owned = self.consumer.assignment()
+        offsets = {tp: pos for tp, pos in self._positions.items() if tp in owned}
+        if not offsets:
+            return
         try:
-            await self.consumer.commit()
+            await self.consumer.commit(offsets)  # exactly what is written, not the fetch positions
+        except TRANSIENT["broker"] as exc:
+            self.guard.mark_down("broker", f"commit: {type(exc).__name__}")
+            self.guard.check_limit("broker")
+            return
         except Exception as exc:  # CommitFailedError during a rebalance: the events replay
             log.warning("commit (%s) failed (%s); events since the last commit will replay", reason, exc)
             return
+        self.guard.mark_up("broker")
         self._uncommitted = False
         # After the commit, never before: a watermark ahead of the committed offsets would
         # make replayed events look late after a crash. Behind it is only more lenient.
-        await self.save_watermarks()
+        await self.guard.call("redis", "watermarks", self.save_watermarks, self._stopping)
 
     # scoring -------------------------------------------------------------------
     async def _score_loop(self) -> None:
         """Claim due videos of the owned partitions, score, flag, release; until stopped."""
+        backoff = 0.2
         try:
             while not self._stopping.is_set():
-                worked = await self.score_due()
+                try:
+                    worked = await self.score_due()
+                except TRANSIENT["redis"] + TRANSIENT["broker"] as exc:
+                    # leased videos stay due (the lease expires); a flag sent but not yet
+                    # remembered is sent again with the same id
+                    dep = "broker" if isinstance(exc, TRANSIENT["broker"]) and not isinstance(exc, OSError) else "redis"
+                    self.guard.mark_down(dep, f"scoring: {type(exc).__name__}: {str(exc)[:120]}")
+                    self.guard.check_limit(dep)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.2
                 if not worked:
                     await asyncio.sleep(SCORE_POLL_S)
         except asyncio.CancelledError:
@@ -783,12 +876,23 @@ class Detector:
         return keys.active_hours(self.settings.key_prefix, self.settings.events_topic, partition)
 
     async def load_watermarks(self, assigned) -> None:
-        """Resume event-time watermarks so a restarted worker judges lateness as before."""
+        """Resume event-time watermarks so a restarted worker judges lateness as before. A
+        partition whose group has committed offsets but whose watermark key is gone lost its
+        state while nobody owned it (Redis restarted empty): it is rebuilt before consuming."""
         if self.redis is None or not assigned:
             return
         parts = sorted(tp.partition for tp in assigned)
-        values = await self.metrics.timed_redis("watermark", self.redis.mget([self.watermark_key(p) for p in parts]))
+        values = await self.guard.call("redis", "watermarks", lambda: self.metrics.timed_redis(
+            "watermark", self.redis.mget([self.watermark_key(p) for p in parts])))
         for p, v in zip(parts, values, strict=True):
+            if v is None:
+                tp = TopicPartition(self.settings.events_topic, p)
+                committed = await self.consumer.committed(tp) if self.consumer is not None else None
+                if committed:
+                    self._lost.add(tp)
+                    self._positions[tp] = committed
+                continue
+            self._saved.add(p)
             if v is not None:
                 self._watermark[p] = max(self._watermark.get(p, 0.0), float(v))
                 high = self._watermark[p] + self.settings.allowed_lateness_seconds
@@ -796,32 +900,129 @@ class Detector:
                 self._clock.setdefault(p, int(high // 3600))
 
     async def save_watermarks(self) -> None:
+        """Also the marker of a partition's state: a worker that saved it and later finds it
+        gone knows that Redis lost the partition's windows."""
         if self.redis is None or not self._watermark:
             return
         await self.metrics.timed_redis("watermark", self.redis.mset({self.watermark_key(p): str(v) for p, v in self._watermark.items()}))
+        self._saved.update(self._watermark)
+
+    async def _check_state(self, partitions: set[int]) -> None:
+        """Before a batch is written: are the state markers of its partitions still there? A
+        missing one means Redis lost their windows (restart, failover to an empty replica):
+        rebuild them first, so that no new event lands in a window the old ones cannot join."""
+        if self.redis is None or self.consumer is None:
+            return
+        owned = [tp for tp in self.consumer.assignment() if tp.partition in self._saved and tp.partition in partitions]
+        if owned:
+            values = await self.metrics.timed_redis("watermark", self.redis.mget([self.watermark_key(tp.partition)
+                                                                                 for tp in owned]))
+            self._lost.update(tp for tp, v in zip(owned, values, strict=True) if v is None)
+        for tp in sorted(self._lost, key=lambda t: t.partition):
+            if tp in self.consumer.assignment():
+                await self._rebuild(tp)
+        self._lost.clear()
+
+    async def _rebuild(self, tp: TopicPartition) -> None:
+        """Re-apply the retained last window (168 h, located by record time) of a partition whose
+        windows Redis lost, up to what this worker had written, then re-judge every video in it.
+        The input topic's retention must cover the window (README: "State in Redis")."""
+        s = self.settings
+        upto = self._positions.get(tp)
+        if upto is None:
+            committed = await self.consumer.committed(tp) if self.consumer is not None else None
+            upto = committed or 0
+        if upto <= 0:
+            return
+        t0 = time.monotonic()
+        since_ms = int((time.time() - s.window_hours * 3600 - s.allowed_lateness_seconds) * 1000)
+        reader = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
+                                  max_partition_fetch_bytes=4 * 1024 * 1024)
+        await reader.start()
+        applied = 0
+        videos: set[str] = set()
+        try:
+            reader.assign([tp])
+            found = await reader.offsets_for_times({tp: max(since_ms, 0)})
+            start = found[tp].offset if found.get(tp) is not None else (await reader.beginning_offsets([tp]))[tp]
+            first = (await reader.beginning_offsets([tp]))[tp]
+            if start > first:
+                log.warning("partition %s[%d]: rebuilding from offset %d (the last %d h); older retained records "
+                            "are outside the window", tp.topic, tp.partition, start, s.window_hours)
+            reader.seek(tp, start)
+            now = time.time()
+            while True:
+                pos = await reader.position(tp)
+                if pos >= upto:
+                    break
+                got = await reader.getmany(tp, timeout_ms=2000, max_records=s.consume_max_records)
+                recs = [r for r in got.get(tp, []) if r.offset < upto]
+                if not recs and not got:
+                    break  # nothing more retained
+                evs, offs = [], []
+                for rec in recs:
+                    e = parse_event(rec.value, now=now, max_bytes=s.max_event_bytes, max_count=s.max_count_per_event,
+                                    max_future_s=s.max_future_seconds)
+                    if isinstance(e, Event):
+                        evs.append(e)
+                        offs.append(rec.offset)
+                if evs:
+                    await self.guard.call("redis", "rebuild", lambda evs=evs, offs=offs: self.windows.apply(
+                        evs, offs, [tp.partition] * len(evs)))
+                    applied += len(evs)
+                    videos.update(e.video_id for e in evs)
+        finally:
+            await reader.stop()
+        if videos:  # every rebuilt video is judged again (its decision state went with Redis)
+            due = {tp.partition: dict.fromkeys(videos, now_ms())}
+            await self.schedule.mark(due)
+            await self.redis.zadd(self.active_key(tp.partition), {v: self._clock.get(tp.partition, 0) - 1 for v in videos},
+                                  gt=True)
+        await self.save_watermarks()
+        self.metrics.state_rebuilds.inc()
+        self.metrics.state_rebuilt_events.inc(applied)
+        log.error("partition %s[%d]: Redis had lost its windows; rebuilt %d events of %d videos from the input topic "
+                  "in %.1f s", tp.topic, tp.partition, applied, len(videos), time.monotonic() - t0)
 
     def forget_partition(self, tp: TopicPartition) -> None:
         """Drop per-partition state of a partition this worker no longer owns."""
         self._positions.pop(tp, None)
         self._watermark.pop(tp.partition, None)
         self._event_high.pop(tp.partition, None)
+        self._recent_ts.pop(tp.partition, None)
         self._clock.pop(tp.partition, None)
         self._last_events.pop(tp.partition, None)
         self._idle_closed.discard(tp.partition)
+        self._saved.discard(tp.partition)
+        self._lost.discard(tp)
         with contextlib.suppress(KeyError):
             self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
-    def _update_lag(self) -> None:
+    async def _probe_broker(self) -> None:
+        """Every few seconds: the end offsets of the assigned partitions (the lag gauge) and,
+        with them, whether the broker answers at all (a frozen broker must not look healthy)."""
         c = self.consumer
-        if c is None:
+        now = time.monotonic()
+        if c is None or now - self._probed < BROKER_PROBE_S:
             return
-        for tp in c.assignment():
-            high = c.highwater(tp)
-            if high is None:
-                continue
+        self._probed = now
+        assigned = list(c.assignment())
+        if not assigned:
+            return
+        try:
+            ends = await asyncio.wait_for(c.end_offsets(assigned), timeout=BROKER_PROBE_TIMEOUT_S)
+        except TRANSIENT["broker"] as exc:
+            self.guard.mark_down("broker", f"end offsets: {type(exc).__name__}")
+            self.guard.check_limit("broker")
+            return
+        self.guard.mark_up("broker")
+        for tp, high in ends.items():
             pos = self._positions.get(tp)
             if pos is None:
-                continue
+                committed = None
+                with contextlib.suppress(Exception):
+                    committed = await asyncio.wait_for(c.committed(tp), timeout=BROKER_PROBE_TIMEOUT_S)
+                pos = committed if committed is not None else 0
             self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
 
     async def current_score(self, video_id: str) -> dict | None:

@@ -13,7 +13,17 @@ value and :func:`dead_letter_headers` as headers, and counts them by reason.
 Leniencies (documented, deliberate): a metric that is ``null`` counts as absent (0); a
 float count with no fractional part (``3.0``) is accepted as 3; ``category`` / ``region``
 that are not strings are dropped (set to ``None``) rather than rejecting the engagement;
-ISO timestamps without a zone are UTC. Unknown fields are ignored.
+ISO timestamps without a zone are UTC. Unknown fields are ignored. Ids are opaque: leading or
+trailing spaces are part of the id.
+
+Strict on purpose: JSON must be UTF-8 (UTF-16/32 and byte-order marks are ``not_json``: the
+contract is UTF-8, and accepting them would make the same id two different byte strings);
+a field given twice (``{"likes": 1, "likes": 900}``: which one did the producer mean?) is
+``duplicate_field``; an id of only whitespace is ``bad_video_id``; a ``published_at`` later
+than the event's own ``ts`` (beyond ``max_future_s`` of clock skew) is ``bad_published_at``.
+A record key that differs from ``video_id`` is accepted but counted by the worker
+(``detector_events_key_mismatch_total``): it breaks the producer contract and switches off
+replay de-duplication for that video.
 """
 
 from __future__ import annotations
@@ -28,8 +38,9 @@ from .series import METRICS
 
 REASONS: dict[str, str] = {
     "oversized": "record value larger than max_event_bytes",
-    "not_json": "value is not valid JSON (including bad UTF-8 or excessive nesting)",
+    "not_json": "value is not valid UTF-8 JSON (bad UTF-8, UTF-16/32 or a byte-order mark, excessive nesting)",
     "not_object": "JSON value is not an object",
+    "duplicate_field": "a field appears twice in the object (the value meant is ambiguous)",
     "missing_video_id": "no video_id field (or null)",
     "bad_video_id": "video_id is not a non-empty string of at most 256 characters that encodes as "
     "UTF-8 (a lone surrogate such as \\ud800 is valid JSON but no valid key)",
@@ -110,14 +121,38 @@ def _check_counts(obj: dict, max_count: int) -> tuple[int, int, int, int] | Reje
     return (out[0], out[1], out[2], out[3])
 
 
+_FIELDS = tuple(f'"{k}"'.encode() for k in ("video_id", "ts", *METRICS, "published_at", "category", "region"))
+
+
+def _duplicate_field(raw: bytes) -> str | None:
+    """A known field given twice. Cheap byte counts first; only a suspicious record is parsed
+    again with a hook that sees every key (a value may contain the key's text)."""
+    if not any(raw.count(f) > 1 for f in _FIELDS):
+        return None
+    seen: list[str] = []
+
+    def hook(pairs):
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            seen.extend(k for k in keys if keys.count(k) > 1)
+        return dict(pairs)
+
+    json.loads(raw, object_pairs_hook=hook)
+    return seen[0] if seen else None
+
+
 def parse_event(
     raw: bytes, *, now: float, max_bytes: int, max_count: int, max_future_s: float
 ) -> Event | Rejection:
     """Decode and validate one record value. Never raises on bad input."""
     if raw is None:
         return Rejection("not_json", "record has no value (tombstone)")
+    if type(raw) is not bytes and type(raw) is not bytearray:
+        return Rejection("not_json", f"record value is {type(raw).__name__}, not bytes")
     if len(raw) > max_bytes:
         return Rejection("oversized", f"{len(raw)} bytes > {max_bytes}")
+    if raw[:3] == b"\xef\xbb\xbf" or raw[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in raw[:4]:
+        return Rejection("not_json", "not UTF-8 JSON (byte-order mark or UTF-16/32)")
     try:
         obj = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
@@ -126,6 +161,9 @@ def parse_event(
         return Rejection("not_json", str(exc)[:_DETAIL_MAX])
     if type(obj) is not dict:
         return Rejection("not_object", f"JSON {type(obj).__name__}")
+    dup = _duplicate_field(raw)
+    if dup is not None:
+        return Rejection("duplicate_field", f"{dup!r} appears more than once")
     get = obj.get
 
     vid = get("video_id")
@@ -133,6 +171,8 @@ def parse_event(
         if vid is None:
             return Rejection("missing_video_id", "no video_id")
         return Rejection("bad_video_id", f"video_id={_short(vid)}")
+    if vid.isspace():
+        return Rejection("bad_video_id", "video_id is only whitespace")
     if not vid.isascii():
         try:
             vid.encode("utf-8")
@@ -179,6 +219,8 @@ def parse_event(
         pub = _parse_time(pub_raw)
         if pub is None or not MIN_TS <= pub <= limit:
             return Rejection("bad_published_at", f"published_at={_short(pub_raw)}")
+        if pub > ts + max_future_s:
+            return Rejection("bad_published_at", f"published_at={_short(pub_raw)} is after the event's ts")
 
     cat = get("category")
     reg = get("region")

@@ -198,6 +198,52 @@ class Metrics:
             buckets=DELTA_BUCKETS,
             registry=r,
         )
+        self.key_mismatch = Counter(
+            "detector_events_key_mismatch_total",
+            "Valid events whose record key is not their video_id (producer contract broken: the video "
+            "may land in several partitions, and replay de-duplication is off for it)",
+            registry=r,
+        )
+        self.no_dedup = Counter(
+            "detector_window_no_dedup_total",
+            "Video batches applied without replay de-duplication (events of one video from several partitions)",
+            registry=r,
+        )
+        self.log_discontinuities = Counter(
+            "detector_log_discontinuities_total",
+            "Fetches that did not start where the previous one ended: gap (records gone from the log: "
+            "retention, truncation, a re-created topic) or rewind (offset reset)",
+            ["kind"],
+            registry=r,
+        )
+        self.log_records_skipped = Counter(
+            "detector_log_records_skipped_total",
+            "Offsets skipped by gaps in the log: events this worker never saw",
+            registry=r,
+        )
+        self.state_rebuilds = Counter(
+            "detector_state_rebuilds_total",
+            "Partitions whose windows Redis had lost (restart or failover to an empty replica), rebuilt "
+            "from the input topic",
+            registry=r,
+        )
+        self.state_rebuilt_events = Counter(
+            "detector_state_rebuilt_events_total",
+            "Events re-applied to windows by state rebuilds",
+            registry=r,
+        )
+        self.dependency_up = Gauge(
+            "detector_dependency_up",
+            "1 while the dependency (redis, broker) answers, 0 during an outage",
+            ["dependency"],
+            registry=r,
+        )
+        self.dependency_outages = Counter(
+            "detector_dependency_outages_total",
+            "Outages of a dependency (redis, broker) the worker rode out or died of",
+            ["dependency"],
+            registry=r,
+        )
         self.ready = Gauge(
             "detector_ready",
             "1 when broker, Redis and model are ready",
@@ -229,6 +275,11 @@ class Metrics:
             self.flag_status.labels(status=status)
         for reason in ("events", "idle"):
             self.hours_closed.labels(reason=reason)
+        for kind in ("gap", "rewind"):
+            self.log_discontinuities.labels(kind=kind)
+        for dep in ("redis", "broker"):
+            self.dependency_up.labels(dependency=dep).set(1)
+            self.dependency_outages.labels(dependency=dep)
         for op in REDIS_OPERATIONS:
             self.redis_errors.labels(operation=op)
             self.redis_latency.labels(operation=op)

@@ -42,6 +42,13 @@ def ok(**fields: object) -> dict:
         (ok(video_id="x" * 257), "bad_video_id"),
         (b'{"video_id": "\\ud800", "ts": 1764039800}', "bad_video_id"),  # lone surrogate: no valid key
         (b'{"video_id": "a\\udfffb", "ts": 1764039800}', "bad_video_id"),
+        (ok(video_id="   "), "bad_video_id"),
+        (b'{"video_id": "v1", "ts": 1764039800, "likes": 1, "likes": 900}', "duplicate_field"),
+        (b'{"video_id": "v1", "video_id": "v2", "ts": 1764039800}', "duplicate_field"),
+        (b"\xef\xbb\xbf" + json.dumps(ok(likes=1)).encode(), "not_json"),  # byte-order mark
+        (json.dumps(ok(likes=1)).encode("utf-16"), "not_json"),
+        (json.dumps(ok(likes=1)).encode("utf-32-le"), "not_json"),
+        (ok(published_at=NOW + 1800, ts=NOW - 7200), "bad_published_at"),  # published after its own event
         (ok(likes=-1), "bad_count"),
         (ok(likes="5"), "bad_count"),
         (ok(likes=True), "bad_count"),
@@ -87,6 +94,7 @@ def test_every_reason_is_documented_and_late_and_internal_error_are_not_assigned
         "bad_published_at",
         "late",
         "internal_error",
+        "duplicate_field",
     }
     old = parse(ok(ts="2001-01-01T00:00:00Z", likes=1))
     assert isinstance(old, Event)  # lateness is the worker's watermark decision
@@ -176,3 +184,8 @@ def test_dead_letter_detail_is_bounded_and_utf8() -> None:
     h = dict(dead_letter_headers(rej, "t", 0, 0))
     assert len(h["dlq.detail"]) <= 800
     h["dlq.detail"].decode("utf-8")
+
+
+def test_a_field_name_inside_a_value_is_not_a_duplicate() -> None:
+    e = parse(ok(likes=2, category='"likes" and "likes"'))
+    assert isinstance(e, Event) and e.counts[1] == 2

@@ -106,3 +106,240 @@ async def test_a_batch_that_fails_is_bisected_to_the_failing_record(redis_client
     assert sorted(windows) == [f"b{k}" for k in range(9) if k != 5]
     assert all(w.counts.sum() == 1 for w in windows.values()), "each record applied exactly once"
     assert detector.metrics.internal_errors.labels(stage="windows")._value.get() == 1
+
+
+def _worker_env(**extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "DETECTOR_EMBEDDED")}
+    env.update(extra)
+    return env
+
+
+def _run_worker(env: dict[str, str], timeout: float = 90.0):
+    import subprocess
+    import sys
+
+    from tests.harness import ROOT
+
+    return subprocess.run([sys.executable, "-m", "stream_detector.cli", "worker"], env=env, cwd=str(ROOT),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_missing_endpoints_are_refused_unless_embedded_is_asked_for():
+    proc = _run_worker(_worker_env(REDIS_URL="redis://127.0.0.1:6379/0"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "KAFKA_BOOTSTRAP_SERVERS" in lines[0] and "DETECTOR_EMBEDDED" in lines[0], proc.stderr
+
+
+def test_an_unreachable_broker_at_startup_is_one_line_and_a_non_zero_exit():
+    from tests.harness import free_port
+
+    env = _worker_env(KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}", REDIS_URL="redis://127.0.0.1:1/0",
+                      DETECTOR_STARTUP_TIMEOUT_SECONDS="3")
+    proc = _run_worker(env)
+    assert proc.returncode == 1, proc.stderr
+    lines = [x for x in proc.stderr.strip().splitlines() if x]
+    assert len(lines) == 1 and "unreachable" in lines[0], proc.stderr
+
+
+# --- dependencies come and go ------------------------------------------------------------------
+
+
+def _assert_exact(windows, data, when: str) -> None:
+    """Every video's window holds exactly the simulated counts, hour by hour (absolute hours)."""
+    for i, vid in enumerate(data.video_ids):
+        got = windows[vid]
+        want = data.counts[i]
+        aligned = np.zeros_like(want)
+        offset = data.start_hour - got.start_hour
+        for t in range(want.shape[1]):
+            if 0 <= offset + t < got.hours:
+                aligned[:, t] = got.counts[:, offset + t]
+        diff = np.argwhere(aligned != want)
+        assert diff.size == 0, f"{vid}: counts differ {when} at (metric, hour) {diff[:5].tolist()}"
+
+
+def _ready(worker) -> bool:
+    try:
+        return worker.get("/readyz")[0] == 200
+    except OSError:
+        return False
+
+
+def _until(pred, timeout_s: float, step: float = 0.1) -> float | None:
+    import time
+
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if pred():
+            return time.monotonic() - t0
+        time.sleep(step)
+    return None
+
+
+def test_redis_frozen_20s_pauses_the_worker_and_nothing_is_lost(kafka_bootstrap, tmp_path):
+    """SIGSTOP on the worker's redis-server for 20 s, mid-stream: not ready within 2 s, ready
+    within 5 s of its return, no exit, window counts exact."""
+    import os
+    import signal as sig
+
+    from stream_detector.embedded import EmbeddedStack
+    from tests.test_service import _event_items
+    from training.simulate import simulate
+
+    data = simulate(30, seed=77)
+    items = list(_event_items(data))
+    with EmbeddedStack(kafka=False, redis=True) as own:
+        dep = Deployment(kafka_bootstrap, own.redis_url, extra_env={"DETECTOR_DEPENDENCY_TIMEOUT_SECONDS": "90"})
+        dep.create_topics()
+        worker = WorkerProcess(dep, tmp_path)
+        try:
+            worker.wait_ready()
+            dep.produce(items[: len(items) // 2])
+            redis_pid = own.pids[0]
+            os.kill(redis_pid, sig.SIGSTOP)
+            try:
+                unready = _until(lambda: not _ready(worker), 10)
+                dep.produce(items[len(items) // 2 :])  # traffic goes on while Redis is frozen
+                import time
+
+                time.sleep(20)
+                assert worker.proc.poll() is None, f"the worker exited during the outage:\n{worker.log_tail()}"
+                assert not _ready(worker)
+            finally:
+                os.kill(redis_pid, sig.SIGCONT)
+            back = _until(lambda: _ready(worker), 30)
+            worker.wait_drained(timeout_s=120)
+            _assert_exact(_windows(own.redis_url, dep.run_id, data.video_ids), data, "after the outage")
+            m = worker.metrics()
+            assert m['detector_dependency_outages_total{dependency="redis"}'] >= 1
+            assert m['detector_dependency_up{dependency="redis"}'] == 1
+        finally:
+            worker.terminate()
+    assert unready is not None and unready <= 2.0, f"still ready {unready} s into the outage"
+    assert back is not None and back <= 5.0, f"ready again only after {back} s"
+
+
+def test_an_outage_beyond_the_limit_ends_the_worker_with_a_non_zero_code(kafka_bootstrap, tmp_path):
+    import os
+    import signal as sig
+
+    from stream_detector.embedded import EmbeddedStack
+
+    with EmbeddedStack(kafka=False, redis=True) as own:
+        dep = Deployment(kafka_bootstrap, own.redis_url, extra_env={"DETECTOR_DEPENDENCY_TIMEOUT_SECONDS": "4"})
+        dep.create_topics()
+        worker = WorkerProcess(dep, tmp_path)
+        try:
+            worker.wait_ready()
+            dep.produce([("v1", json.dumps({"video_id": "v1", "ts": BASE_TS, "views": 1}).encode())])
+            os.kill(own.pids[0], sig.SIGSTOP)
+            try:
+                dep.produce([("v1", json.dumps({"video_id": "v1", "ts": BASE_TS + 60, "views": 1}).encode())])
+                exited = _until(lambda: worker.proc.poll() is not None, 60, step=0.5)
+            finally:
+                os.kill(own.pids[0], sig.SIGCONT)
+            assert exited is not None, "the worker outlived the documented limit"
+            assert worker.proc.returncode not in (0, None), worker.log_tail()
+            assert "unreachable for more than 4 s" in worker.log_tail(60)
+        finally:
+            worker.terminate()
+
+
+def test_one_event_from_a_fast_clock_does_not_poison_the_watermark(kafka_bootstrap, redis_url, tmp_path):
+    """An event 58 min ahead (inside the future limit) must not shrink every other video's
+    lateness allowance: events 30 min behind the partition's real event time stay accepted."""
+    import time
+
+    t = int(time.time()) - 2 * 3600
+    dep = Deployment(kafka_bootstrap, redis_url, partitions=1)
+    dep.create_topics()
+    worker = WorkerProcess(dep, tmp_path)
+    try:
+        worker.wait_ready()
+        steady = [("a", json.dumps({"video_id": "a", "ts": t + k, "views": 1}).encode()) for k in range(300)]
+        poison = [("b", json.dumps({"video_id": "b", "ts": t + 58 * 60, "views": 1}).encode())]
+        behind = [("c", json.dumps({"video_id": "c", "ts": t - 30 * 60 + k, "views": 1}).encode()) for k in range(50)]
+        dep.produce(steady + poison + behind)
+        worker.wait_drained(timeout_s=60)
+        m = worker.metrics()
+        assert m.get('detector_events_invalid_total{reason="late"}', 0) == 0, "legitimate events dead-lettered as late"
+        windows = _windows(redis_url, dep.run_id, ["a", "b", "c"])
+        assert windows["c"].counts[0].sum() == 50 and windows["a"].counts[0].sum() == 300
+    finally:
+        worker.terminate()
+
+
+class _RestartableRedis:
+    """A redis-server on a fixed loopback port that a test can kill and start again empty."""
+
+    def __init__(self, tmp_path) -> None:
+        from tests.harness import free_port
+
+        self.port = free_port()
+        self.dir = tmp_path
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        import redis
+
+        from stream_detector.embedded import redis_server_bin
+
+        self.proc = subprocess.Popen([redis_server_bin(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.dir)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                if redis.Redis(port=self.port, socket_timeout=0.5).ping():
+                    return
+            except redis.exceptions.ConnectionError:
+                time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_redis_restarted_empty_windows_are_rebuilt_from_the_topic(kafka_bootstrap, tmp_path):
+    """Redis killed and started again with no data (no persistence) mid-stream: the worker
+    notices before writing, rebuilds the partition's windows from the input topic, and the
+    counts end exact."""
+    from tests.test_service import _event_items
+    from training.simulate import simulate
+
+    data = simulate(30, seed=91)
+    items = list(_event_items(data))
+    red = _RestartableRedis(tmp_path)
+    red.start()
+    dep = Deployment(kafka_bootstrap, red.url, partitions=2)
+    dep.create_topics()
+    worker = WorkerProcess(dep, tmp_path)
+    try:
+        worker.wait_ready()
+        dep.produce(items[: len(items) // 2])
+        worker.wait_drained(timeout_s=90)
+        red.kill()
+        red.start()  # empty
+        dep.produce(items[len(items) // 2 :])
+        worker.wait_drained(timeout_s=120)
+        assert worker.proc.poll() is None, worker.log_tail()
+        _assert_exact(_windows(red.url, dep.run_id, data.video_ids), data, "after the rebuild")
+        m = worker.metrics()
+        assert m["detector_state_rebuilds_total"] >= 1
+        assert m["detector_state_rebuilt_events_total"] > 0
+        flags = [json.loads(r.value) for r in dep.read_topic(dep.flags, idle_s=2.0)]
+        assert flags, "scoring goes on after the rebuild"
+    finally:
+        worker.terminate()
+        red.kill()

@@ -306,7 +306,7 @@ def test_push_mid_stream_reaches_every_worker_loses_nothing_and_rollback_restore
     dep.create_topics()
     new = tmp_path / "candidate.onnx"
     new.write_bytes(make_model("2.0.0"))
-    stream = simulate(40, seed=11)
+    stream = simulate(80, seed=11)  # ~48k events at 2,000/s: the stream outlasts the push on a busy machine
     later = simulate(24, seed=12, start_hour=stream.start_hour + 168)  # the week after: not late
     workers = [WorkerProcess(dep, tmp_path), WorkerProcess(dep, tmp_path)]
     late = None
@@ -314,7 +314,7 @@ def test_push_mid_stream_reaches_every_worker_loses_nothing_and_rollback_restore
         for w in workers:
             w.wait_ready()
         _wait_model(workers, _serving(BUILT_IN), "the built-in model")
-        producer = threading.Thread(target=dep.produce, args=(list(_items(stream)),), kwargs={"rate": 2500.0})
+        producer = threading.Thread(target=dep.produce, args=(list(_items(stream)),), kwargs={"rate": 2000.0})
         producer.start()
         t0 = time.monotonic()
         while sum(w.metrics().get("detector_consume_batch_size_sum", 0.0) for w in workers) < 3000:

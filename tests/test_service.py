@@ -214,12 +214,16 @@ def test_each_invalid_event_lands_in_the_dead_letter_topic_with_its_reason(kafka
     worker = WorkerProcess(dep, tmp_path)
     try:
         worker.wait_ready()
+        # the stream reaches a day later (many events, so that one fast clock cannot move it) ...
         good = [("ok", json.dumps({"video_id": "ok", "ts": 1767600000 + i * 60, "views": 5}).encode()) for i in range(20)]
-        # one late event: a day behind the partition's watermark
-        late = [("ok", json.dumps({"video_id": "ok", "ts": 1767600000 + 20 * 60 + 86400, "views": 1}).encode()),
-                ("ok", json.dumps({"video_id": "ok", "ts": 1767600000, "views": 1}).encode())]
+        good += [("ok", json.dumps({"video_id": "ok", "ts": 1767600000 + 86400 + i, "views": 1}).encode())
+                 for i in range(200)]
         bad = [(None, raw) for raw in BAD_EVENTS.values()]
-        dep.produce(good + bad + late)
+        dep.produce(good + bad)
+        worker.wait_drained()
+        # ... then an event a day behind the partition's event time arrives: late
+        late = [("ok", json.dumps({"video_id": "ok", "ts": 1767600000, "views": 1}).encode())]
+        dep.produce(late)
         worker.wait_drained()
         dead = dep.read_topic(dep.dlq, expect=len(BAD_EVENTS) + 1, timeout_s=30)
         reasons = Counter()

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--version", default="1.0.0")
         a.add_argument("--threads", type=_positive, default=2)
         a.add_argument("--stream-videos", type=_positive, default=800,
-                       help="videos of the validation / test week replayed through the stream process")
+                       help="videos of the test week replayed through the stream process (validation: all)")
         a.add_argument("--target-fpr", type=_rate, default=0.02,
                        help="default operating point: organic videos ever flagged in the stream")
         a.add_argument("--no-texture", action="store_true",

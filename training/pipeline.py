@@ -95,7 +95,7 @@ class TrainConfig:
     version: str = "1.0.0"
     name: str = "fake-engagement-tcn"
     texture: bool = True  # organic curves with real-world texture (train pool; the test week: test pool)
-    stream_videos: int = 800  # videos of the validation / test week replayed through the stream process
+    stream_videos: int = 800  # videos of the test week replayed through the stream process (validation: all)
     stream_step_minutes: int = 10  # immediate-path cadence of the replay, in event minutes
     target_fpr: float = DEFAULT_TARGET_FPR  # default operating point stored in the artifact
 
@@ -290,7 +290,7 @@ def calibrate_stream(cfg: TrainConfig, scorer: Scorer, week, primary: Calibrated
     minute by minute, its decision statistic (highest confirmed hour probability; 1 when the
     immediate path fired) over the whole process -> organic ever-flagged rate per threshold.
     The offline curve (one decision per video over its whole week) comes with it."""
-    data = week.subset(np.arange(min(cfg.stream_videos, len(week))))
+    data = week  # all of it: the chosen threshold rests on the upper bound of a rate measured here
     _log(f"stream replay of the validation week ({len(data)} videos) for the operating points")
     probe = StreamDecision(decision_thresholds(0.5))  # the statistic does not depend on the threshold
     run_ = replay(scorer, probe, data, step_minutes=cfg.stream_step_minutes)
