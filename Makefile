@@ -43,6 +43,7 @@ evaluate: $(STAMP_TRAIN)
 bench: $(STAMP_RUN)
 	$(PY) bench/throughput.py
 	$(PY) bench/score_cli.py
+	$(PY) bench/stream_quality.py
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .
