@@ -8,7 +8,7 @@ STAMP_RUN   := $(VENV)/.stamp-runtime
 STAMP_DEV   := $(VENV)/.stamp-dev
 STAMP_TRAIN := $(VENV)/.stamp-train
 
-.PHONY: demo test train evaluate bench lint score-example clean
+.PHONY: demo test faults train evaluate bench lint score-example clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(STAMP_RUN)
 
 test: $(STAMP_DEV) $(STAMP_TRAIN)
 	$(PY) -m pytest -q
+
+# the long fault scenarios (broker frozen 60 s, 5 random SIGKILLs, ...) on real servers
+faults: $(STAMP_DEV) $(STAMP_TRAIN)
+	$(PY) -m pytest -q -m slow tests/test_faults.py
 
 # SOURCE_DATE_EPOCH pins the artifact's created_at so the rebuilt model is byte-identical.
 train: $(STAMP_TRAIN)

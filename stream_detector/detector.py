@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from stream_detector import keys
 from stream_detector.config import Settings
 from stream_detector.decision import StreamDecision, Thresholds, closed_window
-from stream_detector.dependencies import TRANSIENT, DependencyGuard
+from stream_detector.dependencies import TRANSIENT, DependencyGuard, DependencyLost
 from stream_detector.events import Event, Rejection, dead_letter_headers, parse_event
 from stream_detector.flags import iso
 from stream_detector.metrics import Metrics
@@ -54,8 +54,9 @@ SCORE_POLL_S = 0.05
 MAX_TRACKED_VIDEOS = 1_000_000
 WATERMARK_EVENTS = 2048  # recent event times per partition behind its watermark
 WATERMARK_QUANTILE = 0.99  # one in a hundred of them may run ahead without moving it
-BROKER_PROBE_S = 5.0
-BROKER_PROBE_TIMEOUT_S = 3.0
+BROKER_PROBE_S = 1.0
+COMMIT_TIMEOUT_S = 5.0
+BROKER_PROBE_TIMEOUT_S = 1.5
 MAX_DLQ_KEY_BYTES = 1024  # a dead-letter copy's key beyond this is cut (its partition does not matter)  # bound of the in-memory arrival-time map (~100 MB)
 
 
@@ -101,6 +102,7 @@ class Detector:
         self._last_commit = 0.0
         self._uncommitted = False
         self._score_task: asyncio.Task | None = None
+        self._probe_task: asyncio.Task | None = None
         self._next_partition = 0
         self._watermark: dict[int, float] = {}
         self._event_high: dict[int, float] = {}  # robust newest event time, per partition
@@ -164,13 +166,15 @@ class Detector:
         self.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         self._task = asyncio.create_task(self._run(), name="detector-loop")
         self._score_task = asyncio.create_task(self._score_loop(), name="detector-scoring")
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="detector-broker-probe")
         log.info("detector started group=%s topic=%s model=%s", s.consumer_group, s.events_topic, self.scorer.model.version)
 
     async def stop(self) -> None:
         """Finish the in-flight batch and scoring batch, commit, close. What is still due stays
         in the durable schedule for the next owner of the partitions."""
         self._stopping.set()
-        for task, name in ((self._task, "detector loop"), (self._score_task, "scoring loop")):
+        for task, name in ((self._task, "detector loop"), (self._score_task, "scoring loop"),
+                           (self._probe_task, "broker probe")):
             if task is None:
                 continue
             try:
@@ -226,7 +230,7 @@ class Detector:
 
     async def wait(self) -> None:
         """Until a loop ends (which, outside stop(), means it failed)."""
-        tasks = [t for t in (self._task, self._score_task) if t is not None]
+        tasks = [t for t in (self._task, self._score_task, self._probe_task) if t is not None]
         if tasks:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -338,7 +342,6 @@ class Detector:
                 if self._uncommitted and time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
                     await self.commit("interval")
                 await self.guard.call("redis", "idle close", self._close_idle_partitions, self._stopping)
-                await self._probe_broker()
                 self.metrics.ready.set(1 if self.ready else 0)
             await self.commit("shutdown")
         except asyncio.CancelledError:
@@ -652,8 +655,8 @@ class Detector:
         offsets = {tp: pos for tp, pos in self._positions.items() if tp in owned}
         if not offsets:
             return
-        try:
-            await self.consumer.commit(offsets)  # exactly what is written, not the fetch positions
+        try:  # exactly what is written, not the fetch positions; a frozen coordinator must not hang the loop
+            await asyncio.wait_for(self.consumer.commit(offsets), timeout=COMMIT_TIMEOUT_S)
         except TRANSIENT["broker"] as exc:
             self.guard.mark_down("broker", f"commit: {type(exc).__name__}")
             self.guard.check_limit("broker")
@@ -997,6 +1000,18 @@ class Detector:
         self._lost.discard(tp)
         with contextlib.suppress(KeyError):
             self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+
+    async def _probe_loop(self) -> None:
+        """Its own task, so that a consume loop blocked on a frozen broker cannot delay the news."""
+        while not self._stopping.is_set():
+            try:
+                await self._probe_broker()
+            except DependencyLost:
+                raise  # the outage outlasted the limit: the worker ends (wait() sees this task fail)
+            except Exception as exc:  # noqa: BLE001 - any other probe failure is only a missed sample
+                log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
+            self.metrics.ready.set(1 if self.ready else 0)
+            await asyncio.sleep(BROKER_PROBE_S / 2)
 
     async def _probe_broker(self) -> None:
         """Every few seconds: the end offsets of the assigned partitions (the lag gauge) and,

@@ -343,3 +343,185 @@ def test_redis_restarted_empty_windows_are_rebuilt_from_the_topic(kafka_bootstra
     finally:
         worker.terminate()
         red.kill()
+
+
+# --- a hostile corpus ----------------------------------------------------------------------------
+
+
+def _hostile_corpus() -> list[tuple[str, bytes | None, bytes | None]]:
+    """(expected reason, key, value): at least 60 kinds of bad record a producer sends."""
+    ts = BASE_TS
+    ok = {"video_id": "h", "ts": ts, "likes": 1}
+
+    def j(obj) -> bytes:
+        return json.dumps(obj).encode()
+
+    def with_(**kw) -> bytes:
+        return j({**ok, **kw})
+
+    c: list[tuple[str, bytes | None, bytes | None]] = []
+    for raw in (b"", b"{", b"not json", b"{'video_id': 'h'}", b"\xff\xfe\xfd", b'{"video_id": "v\xff"}',
+                b"[" * 1500 + b"]" * 1500, b"\xef\xbb\xbf" + j(ok), j(ok).decode().encode("utf-16"),
+                j(ok).decode().encode("utf-32-le"), b'{"video_id": "h", "ts": 1767600000,}',
+                b'{"video_id": "h" "ts": 1}', b"\x00\x01\x02"):
+        c.append(("not_json", b"h", raw))
+    c.append(("not_json", b"h", None))  # tombstone
+    for raw in (b"[1, 2]", b"42", b'"a string"', b"null", b"true", b"[]", b"3.5"):
+        c.append(("not_object", b"h", raw))
+    for raw in (j({"ts": ts, "likes": 1}), with_(video_id=None), j({"VIDEO_ID": "h", "ts": ts})):
+        c.append(("missing_video_id", None, raw))
+    for vid in ("", "   ", "\t\n", 17, 1.5, True, ["h"], {"id": "h"}, "x" * 257):
+        c.append(("bad_video_id", None, with_(video_id=vid)))
+    for raw in (b'{"video_id": "\\ud800", "ts": 1767600000}', b'{"video_id": "a\\udfff", "ts": 1767600000}'):
+        c.append(("bad_video_id", b"h", raw))
+    for m, v in (("likes", -1), ("views", "3"), ("comments", 2.5), ("shares", True), ("likes", [1]),
+                 ("views", {"n": 1}), ("likes", -0.5), ("views", "NaN")):
+        c.append(("bad_count", b"h", with_(**{m: v})))
+    for m in ("views", "likes", "comments", "shares"):
+        c.append(("absurd_count", b"h", with_(**{m: 10**12})))
+    for v in (None, "yesterday", "", [ts], {"t": ts}, True, 12.0, "2026-13-45T00:00:00Z", "1999-12-31T23:59:59Z"):
+        c.append(("bad_timestamp", b"h", j({"video_id": "h", "ts": v, "likes": 1}) if v is not None
+                  else j({"video_id": "h", "likes": 1})))
+    c.append(("bad_timestamp", b"h", b'{"video_id": "h", "ts": 1e400, "likes": 1}'))  # inf
+    for v in (4102444800, "2099-01-01T00:00:00Z", 1767600000000):  # far future, milliseconds
+        c.append(("future_timestamp", b"h", with_(ts=v)))
+    for v in ("soon", 123, False, "2099-01-01T00:00:00Z", ts + 3 * 86400):
+        c.append(("bad_published_at", b"h", with_(published_at=v)))
+    for raw in (b'{"video_id": "h", "ts": 1767600000, "likes": 1, "likes": 900}',
+                b'{"video_id": "h", "video_id": "i", "ts": 1767600000}',
+                b'{"video_id": "h", "ts": 1767600000, "ts": 1767603600}'):
+        c.append(("duplicate_field", b"h", raw))
+    c.append(("oversized", b"h", with_(pad="x" * 5000)))
+    return c
+
+
+def test_a_hostile_corpus_is_dead_lettered_record_by_record_with_reasons_and_original_bytes(
+        kafka_bootstrap, redis_url, tmp_path):
+    corpus = _hostile_corpus()
+    assert len(corpus) >= 60
+    dep = Deployment(kafka_bootstrap, redis_url, partitions=1)
+    dep.create_topics()
+    worker = WorkerProcess(dep, tmp_path)
+    try:
+        worker.wait_ready()
+        good = [(b"g", json.dumps({"video_id": "g", "ts": BASE_TS + k, "views": 1}).encode()) for k in range(10)]
+        asyncio.run(_produce_raw(dep.bootstrap, dep.events, good[:5] + [(k, v) for _, k, v in corpus] + good[5:]))
+        worker.wait_drained(timeout_s=60)
+        dead = dep.read_topic(dep.dlq, expect=len(corpus), timeout_s=30)
+        assert len(dead) == len(corpus), f"{len(dead)} dead-lettered of {len(corpus)}"
+        for rec, (reason, _, value) in zip(sorted(dead, key=lambda r: int(dict(r.headers)["dlq.offset"])), corpus,
+                                          strict=True):
+            headers = dict(rec.headers)
+            assert headers["dlq.reason"].decode() == reason, (reason, value[:80] if value else value, headers)
+            assert rec.value == value, f"{reason}: original bytes not kept"
+            assert headers["dlq.detail"]
+        assert worker.proc.poll() is None
+        assert _windows(redis_url, dep.run_id, ["g"])["g"].counts[0].sum() == 10, "valid traffic around it applied"
+    finally:
+        worker.terminate()
+
+
+def test_score_view_serves_ids_with_braces_and_slashes_encoded(kafka_bootstrap, redis_url, tmp_path):
+    from urllib.parse import quote
+
+    dep = Deployment(kafka_bootstrap, redis_url, partitions=1)
+    dep.create_topics()
+    worker = WorkerProcess(dep, tmp_path)
+    try:
+        worker.wait_ready()
+        vid = "a{b}c"
+        items = [(vid.encode(), json.dumps({"video_id": vid, "ts": BASE_TS + 60 * k, "views": 3}).encode())
+                 for k in range(180)]
+        asyncio.run(_produce_raw(dep.bootstrap, dep.events, items))
+        worker.wait_drained(timeout_s=60)
+        status, doc = worker.get_json("/score/" + quote(vid, safe=""))
+        assert status == 200 and doc["video_id"] == vid, doc
+    finally:
+        worker.terminate()
+
+
+# --- long scenarios: `make faults` ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_broker_frozen_60s_is_reported_and_ridden_out(tmp_path):
+    """SIGSTOP on the broker for 60 s mid-stream: not ready (and the broker reported down)
+    within a few seconds, no exit, ready again after it returns, counts exact."""
+    import os
+    import signal as sig
+    import time
+
+    from stream_detector.embedded import EmbeddedStack
+    from tests.test_service import _event_items
+    from training.simulate import simulate
+
+    data = simulate(24, seed=78)
+    items = list(_event_items(data))
+    with EmbeddedStack(kafka=True, redis=True) as own:
+        dep = Deployment(own.bootstrap_servers, own.redis_url, extra_env={"DETECTOR_DEPENDENCY_TIMEOUT_SECONDS": "200"})
+        dep.create_topics()
+        worker = WorkerProcess(dep, tmp_path)
+        try:
+            worker.wait_ready()
+            dep.produce(items[: len(items) // 2])
+            broker_pid = own.pids[-1]  # redis first, then the broker
+            os.kill(broker_pid, sig.SIGSTOP)
+            try:
+                unready = _until(lambda: not _ready(worker), 20)
+                time.sleep(60)
+                assert worker.proc.poll() is None, f"the worker exited during the freeze:\n{worker.log_tail()}"
+                down = worker.metrics()['detector_dependency_up{dependency="broker"}']
+            finally:
+                os.kill(broker_pid, sig.SIGCONT)
+            back = _until(lambda: _ready(worker), 60)
+            dep.produce(items[len(items) // 2 :])
+            worker.wait_drained(timeout_s=120)
+            _assert_exact(_windows(own.redis_url, dep.run_id, data.video_ids), data, "after the broker freeze")
+            assert worker.metrics()['detector_dependency_outages_total{dependency="broker"}'] >= 1
+        finally:
+            worker.terminate()
+    assert down == 0
+    assert unready is not None and unready <= 5.0, f"still ready {unready} s into the freeze"
+    assert back is not None, "never ready again"
+    print(f"broker frozen 60 s: unready after {unready:.1f} s, ready {back:.1f} s after its return")
+
+
+@pytest.mark.slow
+def test_five_random_sigkills_in_a_two_worker_group_lose_nothing_and_repeat_no_flag(kafka_bootstrap, redis_url,
+                                                                                   tmp_path):
+    import random
+    import signal as sig
+    import threading
+    import time
+
+    from tests.test_service import _event_items
+    from training.simulate import simulate
+
+    data = simulate(40, seed=79)
+    items = list(_event_items(data))
+    dep = Deployment(kafka_bootstrap, redis_url)
+    dep.create_topics()
+    workers = [WorkerProcess(dep, tmp_path), WorkerProcess(dep, tmp_path)]
+    rng = random.Random(5)
+    recoveries = []
+    try:
+        for w in workers:
+            w.wait_ready()
+        producer = threading.Thread(target=dep.produce, args=(items,), kwargs={"rate": 1500.0})
+        producer.start()
+        for _ in range(5):
+            time.sleep(rng.uniform(2.0, 5.0))
+            k = rng.randrange(2)
+            workers[k].terminate(sig.SIGKILL)
+            workers[k] = WorkerProcess(dep, tmp_path)
+            recoveries.append(workers[k].wait_ready(timeout_s=90))
+        producer.join()
+        workers[0].wait_drained(timeout_s=180)
+        _assert_exact(_windows(redis_url, dep.run_id, data.video_ids), data, "after 5 SIGKILLs")
+        flags = [json.loads(r.value) for r in dep.read_topic(dep.flags, idle_s=2.0)]
+        ids = [f["flag_id"] for f in flags]
+        assert len(ids) - len(set(ids)) <= 2, "flag ids repeated beyond the documented ack/state window"
+    finally:
+        for w in workers:
+            w.terminate()
+    print(f"5 SIGKILLs: replacement ready in {min(recoveries):.1f}-{max(recoveries):.1f} s")
