@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from stream_detector import keys
+from stream_detector import keys, redis_client
 from stream_detector.config import Settings
 from stream_detector.decision import StreamDecision, Thresholds, closed_window
 from stream_detector.dependencies import TRANSIENT, DependencyGuard, DependencyLost
@@ -130,7 +130,7 @@ class Detector:
     # lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         s = self.settings
-        self.redis = aioredis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.redis = redis_client.connect(s.redis_url)
         await self.guard.call("redis", "startup ping", self.redis.ping)  # a worker may start while Redis is down
         self.windows = WindowStore(
             self.redis,
@@ -886,7 +886,7 @@ class Detector:
             return
         parts = sorted(tp.partition for tp in assigned)
         values = await self.guard.call("redis", "watermarks", lambda: self.metrics.timed_redis(
-            "watermark", self.redis.mget([self.watermark_key(p) for p in parts])))
+            "watermark", redis_client.mget(self.redis, [self.watermark_key(p) for p in parts])))
         for p, v in zip(parts, values, strict=True):
             if v is None:
                 tp = TopicPartition(self.settings.events_topic, p)
@@ -907,7 +907,8 @@ class Detector:
         gone knows that Redis lost the partition's windows."""
         if self.redis is None or not self._watermark:
             return
-        await self.metrics.timed_redis("watermark", self.redis.mset({self.watermark_key(p): str(v) for p, v in self._watermark.items()}))
+        await self.metrics.timed_redis("watermark", redis_client.mset(
+            self.redis, {self.watermark_key(p): str(v) for p, v in self._watermark.items()}))
         self._saved.update(self._watermark)
 
     async def _check_state(self, partitions: set[int]) -> None:
@@ -918,8 +919,8 @@ class Detector:
             return
         owned = [tp for tp in self.consumer.assignment() if tp.partition in self._saved and tp.partition in partitions]
         if owned:
-            values = await self.metrics.timed_redis("watermark", self.redis.mget([self.watermark_key(tp.partition)
-                                                                                 for tp in owned]))
+            values = await self.metrics.timed_redis("watermark", redis_client.mget(
+                self.redis, [self.watermark_key(tp.partition) for tp in owned]))
             self._lost.update(tp for tp, v in zip(owned, values, strict=True) if v is None)
         for tp in sorted(self._lost, key=lambda t: t.partition):
             if tp in self.consumer.assignment():

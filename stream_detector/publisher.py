@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from stream_detector import redis_client
 from stream_detector.decision import Published, StreamDecision, VideoDecisionState
 from stream_detector.flags import build_record
 from stream_detector.metrics import Metrics
@@ -77,7 +78,7 @@ class FlagPublisher:
         if not batch:
             return []
         keys = [self.state_key(s.score.video_id) for s in batch]
-        raw = await self.metrics.timed_redis("flag_state", self.redis.mget(keys))
+        raw = await self.metrics.timed_redis("flag_state", redis_client.mget(self.redis, keys))
         now = time.time()
         sends, states = [], {}
         for scored, key, prev in zip(batch, keys, raw, strict=True):

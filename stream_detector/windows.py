@@ -30,7 +30,7 @@ re-created (offsets restart at 0), flush the windows or change ``key_prefix``.
 Redis Cluster: keys are hash-tagged by video and every script call only touches the keys it
 declares. With a ``redis.asyncio.cluster.RedisCluster`` client the batch is split into one
 call per hash slot (correct, but about one call per video: for cluster throughput, tag by
-Kafka partition instead). Only standalone Redis is tested.
+Kafka partition instead). Tested on a real three-master cluster (``tests/test_redis_cluster.py``).
 
 The client must be created with ``decode_responses=False`` (values are binary).
 """
