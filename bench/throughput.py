@@ -237,7 +237,7 @@ async def _send_grouped(producer, topic, wl, values, vids, start, stop, ts_ms):
 
 
 def _consumer_kwargs() -> dict:
-    # The worker's fetch settings (stream_detector/detector.py), for a like-for-like ceiling.
+    # The worker's fetch settings (stream_detector/worker/detector.py), for a like-for-like ceiling.
     return {"max_partition_fetch_bytes": 4 * 1024 * 1024, "fetch_max_bytes": 16 * 1024 * 1024}
 
 

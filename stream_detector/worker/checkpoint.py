@@ -1,0 +1,173 @@
+"""Offsets, event time and commit order: what has been written, and what may be committed.
+
+- ``positions``: per owned partition, the next offset whose predecessors are all written
+  (windows, schedule marks, dead letters); commits carry exactly these, never the consumer's
+  fetch positions.
+- Event time per partition: a robust high mark (``WATERMARK_QUANTILE`` of the last
+  ``WATERMARK_EVENTS`` event times, so one event from a fast clock cannot move it), the
+  watermark (high − allowed lateness), and the event clock (the open event hour; hours before
+  it are closed). Watermarks are persisted after each commit, never before (a watermark ahead
+  of the committed offsets would make replayed events look late after a crash).
+- The persisted watermark doubles as the partition's **state marker**: a worker that wrote it
+  and later finds it gone knows Redis lost the partition's windows (``lost``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+
+import numpy as np
+from aiokafka import TopicPartition
+
+from stream_detector import redis_client
+from stream_detector.dependencies import TRANSIENT
+from stream_detector.worker.context import WorkerContext
+
+log = logging.getLogger("stream_detector.checkpoint")
+
+WATERMARK_EVENTS = 2048  # recent event times per partition behind its watermark
+WATERMARK_QUANTILE = 0.99  # one in a hundred of them may run ahead without moving it
+COMMIT_TIMEOUT_S = 5.0
+
+
+class Checkpoint:
+    def __init__(self, ctx: WorkerContext) -> None:
+        self.ctx = ctx
+        self.positions: dict[TopicPartition, int] = {}
+        self.watermark: dict[int, float] = {}
+        self.event_high: dict[int, float] = {}
+        self.clock: dict[int, int] = {}  # per partition: its open event hour
+        self.last_events: dict[int, float] = {}  # monotonic time of a partition's last valid event
+        self.idle_closed: set[int] = set()
+        self.saved: set[int] = set()  # partitions whose state marker this worker wrote or found
+        self.lost: set[TopicPartition] = set()  # partitions whose windows Redis lost: to rebuild
+        self._recent_ts: dict[int, collections.deque] = {}
+        self.uncommitted = False
+        self.last_commit = 0.0
+
+    # -- event time ------------------------------------------------------------------------
+    def robust_high(self, partition: int, batch_ts: list[float]) -> float:
+        """The partition's event-time high mark after adding ``batch_ts``, never below the
+        persisted watermark + lateness."""
+        ring = self._recent_ts.get(partition)
+        if ring is None:
+            ring = self._recent_ts[partition] = collections.deque(maxlen=WATERMARK_EVENTS)
+        ring.extend(batch_ts)
+        floor = self.watermark.get(partition, 0.0) + self.ctx.settings.allowed_lateness_seconds
+        if not ring:
+            return floor
+        return max(floor, float(np.quantile(np.fromiter(ring, dtype=np.float64, count=len(ring)), WATERMARK_QUANTILE)))
+
+    def advance(self, partition: int, high: float) -> None:
+        lateness = self.ctx.settings.allowed_lateness_seconds
+        self.watermark[partition] = max(self.watermark.get(partition, 0.0), high - lateness)
+        self.event_high[partition] = max(self.event_high.get(partition, 0.0), high)
+
+    def check_continuity(self, tp: TopicPartition, first_offset: int) -> None:
+        """A fetch that does not start where the last one ended means the log moved under us:
+        records deleted or truncated (a gap: those events were never seen) or the position
+        reset backwards (a topic re-created, an offset reset: events replay)."""
+        m = self.ctx.metrics
+        expected = self.positions.get(tp)
+        if expected is None or first_offset == expected:
+            return
+        if first_offset > expected:
+            m.log_discontinuities.labels(kind="gap").inc()
+            m.log_records_skipped.inc(first_offset - expected)
+            log.error("partition %s[%d]: offsets %d..%d are gone from the log (retention, truncation or a "
+                      "re-created topic); their events were never applied", tp.topic, tp.partition, expected,
+                      first_offset - 1)
+        else:
+            m.log_discontinuities.labels(kind="rewind").inc()
+            log.error("partition %s[%d]: the log position went back from %d to %d (offset reset or re-created "
+                      "topic); windows skip what they hold only for the same offsets", tp.topic, tp.partition,
+                      expected, first_offset)
+
+    # -- commit order ------------------------------------------------------------------------
+    def written(self, fetched: dict[TopicPartition, int]) -> None:
+        """Everything before these offsets is written: they may be committed."""
+        self.positions.update(fetched)
+        self.uncommitted = True
+
+    async def commit(self, reason: str) -> None:
+        ctx = self.ctx
+        self.last_commit = time.monotonic()
+        consumer = ctx.consumer
+        if consumer is None or not consumer.assignment() or not self.uncommitted:
+            return
+        owned = consumer.assignment()
+        offsets = {tp: pos for tp, pos in self.positions.items() if tp in owned}
+        if not offsets:
+            return
+        try:  # a frozen coordinator must not hang the consume loop
+            await asyncio.wait_for(consumer.commit(offsets), timeout=COMMIT_TIMEOUT_S)
+        except TRANSIENT["broker"] as exc:
+            ctx.guard.mark_down("broker", f"commit: {type(exc).__name__}")
+            ctx.guard.check_limit("broker")
+            return
+        except Exception as exc:  # CommitFailedError during a rebalance: the events replay
+            log.warning("commit (%s) failed (%s); events since the last commit will replay", reason, exc)
+            return
+        ctx.guard.mark_up("broker")
+        self.uncommitted = False
+        await ctx.guard.call("redis", "watermarks", self.save, ctx.stopping)
+
+    # -- persistence and state markers ------------------------------------------------------
+    async def load(self, assigned) -> None:
+        """Resume event-time watermarks so a restarted worker judges lateness as before. A
+        partition whose group has committed offsets but whose watermark is gone lost its state
+        while nobody owned it (Redis restarted empty): it is marked to be rebuilt."""
+        ctx = self.ctx
+        if ctx.redis is None or not assigned:
+            return
+        parts = sorted(tp.partition for tp in assigned)
+        values = await ctx.guard.call("redis", "watermarks", lambda: ctx.metrics.timed_redis(
+            "watermark", redis_client.mget(ctx.redis, [ctx.watermark_key(p) for p in parts])))
+        for p, v in zip(parts, values, strict=True):
+            if v is None:
+                tp = TopicPartition(ctx.settings.events_topic, p)
+                committed = await ctx.consumer.committed(tp) if ctx.consumer is not None else None
+                if committed:
+                    self.lost.add(tp)
+                    self.positions[tp] = committed
+                continue
+            self.saved.add(p)
+            self.watermark[p] = max(self.watermark.get(p, 0.0), float(v))
+            high = self.watermark[p] + ctx.settings.allowed_lateness_seconds
+            self.event_high[p] = max(self.event_high.get(p, 0.0), high)
+            self.clock.setdefault(p, int(high // 3600))
+
+    async def save(self) -> None:
+        ctx = self.ctx
+        if ctx.redis is None or not self.watermark:
+            return
+        await ctx.metrics.timed_redis("watermark", redis_client.mset(
+            ctx.redis, {ctx.watermark_key(p): str(v) for p, v in self.watermark.items()}))
+        self.saved.update(self.watermark)
+
+    async def find_lost(self, partitions: set[int]) -> set[TopicPartition]:
+        """Owned partitions among ``partitions`` whose state marker this worker wrote and which
+        is gone now, plus those found lost at assignment."""
+        ctx = self.ctx
+        owned = [tp for tp in ctx.owned() if tp.partition in self.saved and tp.partition in partitions]
+        if owned:
+            values = await ctx.metrics.timed_redis("watermark", redis_client.mget(
+                ctx.redis, [ctx.watermark_key(tp.partition) for tp in owned]))
+            self.lost.update(tp for tp, v in zip(owned, values, strict=True) if v is None)
+        return {tp for tp in self.lost if tp in ctx.owned()}
+
+    def forget(self, tp: TopicPartition) -> None:
+        """Drop per-partition state of a partition this worker no longer owns."""
+        p = tp.partition
+        self.positions.pop(tp, None)
+        for d in (self.watermark, self.event_high, self._recent_ts, self.clock, self.last_events):
+            d.pop(p, None)
+        self.idle_closed.discard(p)
+        self.saved.discard(p)
+        self.lost.discard(tp)
+        with contextlib.suppress(KeyError):
+            self.ctx.metrics.consumer_lag.remove(tp.topic, str(p))

@@ -1,0 +1,280 @@
+"""The worker core: its parts composed, with an explicit start/stop lifecycle and three tasks.
+
+- the consume loop: fetch (``getmany``) → ``Ingest.process`` → commit through the
+  ``Checkpoint`` (every ``COMMIT_INTERVAL_S``, only what is written) → idle hour closures;
+- the scoring loop: ``ScoringLoop.score_due`` until stopped; a Redis or broker outage is ridden
+  out with backoff (leased videos stay due; a flag sent but not yet remembered is sent again
+  with the same id);
+- the broker probe: every ``BROKER_PROBE_S``, the end offsets of the owned partitions (the lag
+  gauge, and whether the broker answers at all), in its own task so that a consume loop
+  blocked on a frozen broker cannot delay the news.
+
+Any task ending outside ``stop()`` means the worker failed (``wait()`` raises), and the app
+ends the process with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+
+from stream_detector import redis_client
+from stream_detector.config import Settings
+from stream_detector.dependencies import TRANSIENT, DependencyGuard, DependencyLost
+from stream_detector.metrics import Metrics
+from stream_detector.models import ModelArtifact
+from stream_detector.publisher import FlagPublisher
+from stream_detector.schedule import RescoreSchedule
+from stream_detector.windows import WindowStore
+from stream_detector.worker.checkpoint import Checkpoint
+from stream_detector.worker.context import WorkerContext
+from stream_detector.worker.ingest import Arrivals, Ingest
+from stream_detector.worker.model_slot import ModelSlot
+from stream_detector.worker.scoring import ScoringLoop
+
+log = logging.getLogger("stream_detector.detector")
+
+FLAG_STATE_TTL_S = 30 * 24 * 3600
+COMMIT_INTERVAL_S = 0.5
+SCORE_POLL_S = 0.05
+BROKER_PROBE_S = 1.0
+BROKER_PROBE_TIMEOUT_S = 1.5
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, detector: Detector) -> None:
+        self.detector = detector
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        # aiokafka calls this while the consume loop may be writing a fetched batch: wait for
+        # it, so that what is committed is exactly what is written
+        d = self.detector
+        async with d.batch_lock:
+            if revoked:
+                await d.checkpoint.commit("rebalance")  # the new owner takes over the due schedule
+            for tp in revoked:
+                d.checkpoint.forget(tp)
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        await self.detector.checkpoint.load(assigned)
+        log.info("assigned partitions=%s", sorted(tp.partition for tp in assigned))
+
+
+class Detector:
+    def __init__(self, settings: Settings, model: ModelArtifact, metrics: Metrics | None = None) -> None:
+        metrics = metrics or Metrics()
+        self.ctx = WorkerContext(settings, metrics, DependencyGuard(metrics, limit_s=settings.dependency_timeout_seconds))
+        self.slot = ModelSlot(settings, model, metrics)
+        self.checkpoint = Checkpoint(self.ctx)
+        self.arrivals = Arrivals()
+        self.ingest = Ingest(self.ctx, self.checkpoint, self.arrivals,
+                             confirm_hours=lambda: self.slot.decision.thresholds.confirm_hours)
+        self.scoring: ScoringLoop | None = None
+        self.publisher: FlagPublisher | None = None
+        self.batch_lock = asyncio.Lock()  # held while a fetched batch is being written
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._assigned = False
+        self._probed = 0.0
+
+    # convenient views of the parts -------------------------------------------------------
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.ctx.metrics
+
+    @property
+    def guard(self) -> DependencyGuard:
+        return self.ctx.guard
+
+    @property
+    def redis(self):
+        return self.ctx.redis
+
+    @property
+    def consumed(self) -> int:
+        return self.ingest.consumed
+
+    @property
+    def flags_published(self) -> int:
+        return self.publisher.published if self.publisher is not None else 0
+
+    # lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        ctx, s = self.ctx, self.ctx.settings
+        ctx.redis = redis_client.connect(s.redis_url)
+        await ctx.guard.call("redis", "startup ping", ctx.redis.ping)  # a worker may start while Redis is down
+        ctx.windows = WindowStore(ctx.redis, window_hours=s.window_hours, ttl_seconds=s.idle_ttl_seconds,
+                                  prefix=s.key_prefix, spike_minute_count=s.spike_minute_count, metrics=ctx.metrics)
+        ctx.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap_servers, linger_ms=5, acks="all",
+                                        request_timeout_ms=30000)
+        await ctx.producer.start()
+        ctx.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap_servers,
+            group_id=s.consumer_group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=16 * 1024 * 1024,
+            session_timeout_ms=6000,  # Tansu answers the first JoinGroup after ~session/2
+            heartbeat_interval_ms=1000,
+            rebalance_timeout_ms=30000,
+            max_poll_interval_ms=300000,
+        )
+        await ctx.consumer.start()
+        ctx.schedule = RescoreSchedule(ctx.redis, prefix=s.key_prefix, topic=s.events_topic, metrics=ctx.metrics)
+        self.publisher = FlagPublisher(ctx.redis, ctx.producer, ctx.metrics, topic=s.flags_topic,
+                                       state_key=ctx.flag_key, state_ttl_s=FLAG_STATE_TTL_S)
+        self.scoring = ScoringLoop(ctx, self.slot, self.checkpoint, self.arrivals, self.publisher)
+        ctx.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
+        for name, coro in (("consume", self._consume_loop()), ("scoring", self._score_loop()),
+                           ("broker probe", self._probe_loop())):
+            self._tasks[name] = asyncio.create_task(coro, name=f"detector-{name}")
+        log.info("detector started group=%s topic=%s model=%s", s.consumer_group, s.events_topic,
+                 self.slot.scorer.model.version)
+
+    async def stop(self) -> None:
+        """Finish the in-flight batch and scoring batch, commit, close. What is still due stays
+        in the durable schedule for the next owner of the partitions."""
+        ctx = self.ctx
+        ctx.stopping.set()
+        for name, task in self._tasks.items():
+            try:
+                await asyncio.wait_for(task, timeout=30)
+            except TimeoutError:
+                log.error("%s loop did not finish within 30s; cancelling", name)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            except Exception:  # noqa: BLE001 - already logged by the loop; keep closing the rest
+                pass
+        for client in (ctx.consumer, ctx.producer):
+            if client is not None:
+                await client.stop()
+        if ctx.redis is not None:
+            await ctx.redis.aclose()
+        ctx.metrics.ready.set(0)
+        log.info("detector stopped consumed=%d flags=%d", self.consumed, self.flags_published)
+
+    async def wait(self) -> None:
+        """Until a task ends (which, outside stop(), means it failed)."""
+        if self._tasks:
+            done, _ = await asyncio.wait(self._tasks.values(), return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                t.result()
+
+    @property
+    def ready(self) -> bool:
+        """Consuming (loop alive, partitions assigned) and both dependencies answering."""
+        task = self._tasks.get("consume")
+        return (task is not None and not task.done() and self._assigned
+                and self.guard.up("redis") and self.guard.up("broker"))
+
+    # the three tasks -----------------------------------------------------------------------
+    async def _consume_loop(self) -> None:
+        ctx, cp = self.ctx, self.checkpoint
+        s = ctx.settings
+        assert ctx.consumer is not None
+        try:
+            while not ctx.stopping.is_set():
+                if cp.lost:  # found at assignment: rebuild before consuming
+                    async with self.batch_lock:
+                        await ctx.guard.call("redis", "state rebuild", self._rebuild_lost, ctx.stopping)
+                batches = await ctx.consumer.getmany(timeout_ms=s.consume_timeout_ms, max_records=s.consume_max_records)
+                if ctx.consumer.assignment():
+                    self._assigned = True
+                if batches:
+                    async with self.batch_lock:
+                        await self.ingest.process(batches)
+                if cp.uncommitted and time.monotonic() - cp.last_commit >= COMMIT_INTERVAL_S:
+                    await cp.commit("interval")
+                await ctx.guard.call("redis", "idle close", self.ingest.close_idle_partitions, ctx.stopping)
+                ctx.metrics.ready.set(1 if self.ready else 0)
+            await cp.commit("shutdown")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("detector loop failed")
+            ctx.metrics.ready.set(0)
+            raise
+
+    async def _rebuild_lost(self) -> None:
+        for tp in sorted(self.checkpoint.lost & self.ctx.owned(), key=lambda t: t.partition):
+            await self.ingest.rebuild(tp)
+        self.checkpoint.lost.clear()
+
+    async def _score_loop(self) -> None:
+        """Claim due videos of the owned partitions, score, decide, publish; until stopped."""
+        ctx = self.ctx
+        assert self.scoring is not None
+        backoff = 0.2
+        try:
+            while not ctx.stopping.is_set():
+                try:
+                    worked = await self.scoring.score_due()
+                except TRANSIENT["redis"] + TRANSIENT["broker"] as exc:
+                    dep = "broker" if isinstance(exc, TRANSIENT["broker"]) and not isinstance(exc, OSError) else "redis"
+                    ctx.guard.mark_down(dep, f"scoring: {type(exc).__name__}: {str(exc)[:120]}")
+                    ctx.guard.check_limit(dep)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                backoff = 0.2
+                if not worked:
+                    await asyncio.sleep(SCORE_POLL_S)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scoring loop failed")
+            ctx.metrics.ready.set(0)
+            raise
+
+    async def _probe_loop(self) -> None:
+        while not self.ctx.stopping.is_set():
+            try:
+                await self._probe_broker()
+            except DependencyLost:
+                raise  # the outage outlasted the limit: the worker ends (wait() sees this task fail)
+            except Exception as exc:  # noqa: BLE001 - any other probe failure is only a missed sample
+                log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
+            self.ctx.metrics.ready.set(1 if self.ready else 0)
+            await asyncio.sleep(BROKER_PROBE_S / 2)
+
+    async def _probe_broker(self) -> None:
+        ctx = self.ctx
+        c = ctx.consumer
+        now = time.monotonic()
+        if c is None or now - self._probed < BROKER_PROBE_S:
+            return
+        self._probed = now
+        assigned = list(c.assignment())
+        if not assigned:
+            return
+        try:
+            ends = await asyncio.wait_for(c.end_offsets(assigned), timeout=BROKER_PROBE_TIMEOUT_S)
+        except TRANSIENT["broker"] as exc:
+            ctx.guard.mark_down("broker", f"end offsets: {type(exc).__name__}")
+            ctx.guard.check_limit("broker")
+            return
+        ctx.guard.mark_up("broker")
+        for tp, high in ends.items():
+            pos = self.checkpoint.positions.get(tp)
+            if pos is None:
+                committed = None
+                with contextlib.suppress(Exception):
+                    committed = await asyncio.wait_for(c.committed(tp), timeout=BROKER_PROBE_TIMEOUT_S)
+                pos = committed if committed is not None else 0
+            ctx.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, high - pos))
+
+    # what the web views ask --------------------------------------------------------------
+    def model_status(self) -> dict:
+        return self.slot.status()
+
+    async def current_score(self, video_id: str) -> dict | None:
+        return await self.scoring.current_score(video_id) if self.scoring is not None else None

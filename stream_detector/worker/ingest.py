@@ -1,0 +1,396 @@
+"""The consume side: one fetched batch → parsed events → windows → schedule marks → dead letters.
+
+Every record is parsed on its own (a failure is that record's ``internal_error``); valid
+events are judged late against their partition's event time before the batch, applied to
+the windows in one Lua call (a batch that fails for any reason but the connection is bisected
+down to the failing records), and the videos worth scoring are marked due in the durable
+schedule: when an event hour they were active in closes, at once for a minute spike, at the
+cadence for late events into closed hours. Only then are the batch's offsets handed to the
+checkpoint as committable. Before a partition's batch is written, its state marker is checked:
+a partition whose windows Redis lost is rebuilt from the input topic first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from stream_detector import keys
+from stream_detector.events import Event, Rejection, dead_letter_headers, parse_event
+from stream_detector.flags import iso
+from stream_detector.schedule import now_ms
+from stream_detector.series import METRICS
+from stream_detector.windows import ApplyResult
+from stream_detector.worker.checkpoint import Checkpoint
+from stream_detector.worker.context import WorkerContext
+
+log = logging.getLogger("stream_detector.ingest")
+
+URGENT_DUE_MS = 0  # the immediate path: due before any other mark
+MAX_TRACKED_VIDEOS = 1_000_000  # bound of the in-memory arrival-time map (~100 MB)
+MAX_DLQ_KEY_BYTES = 1024  # a dead-letter copy's key beyond this is cut (its partition does not matter)
+
+
+class Arrivals:
+    """Newest Kafka timestamp per video not yet scored (end-to-end latency), and the videos
+    the immediate path marked: handed from the consume side to the scoring side."""
+
+    def __init__(self) -> None:
+        self.arrival_ms: dict[str, float] = {}
+        self.urgent: set[str] = set()
+
+    def add(self, arrival: Mapping[str, float], spikes: set[str]) -> None:
+        if len(self.arrival_ms) > MAX_TRACKED_VIDEOS:
+            # entries of videos now scored by another worker (after a rebalance) never pop here;
+            # dropping them only loses latency samples and the "immediate" label, not scoring
+            log.warning("dropping %d tracked arrival times (bound %d)", len(self.arrival_ms), MAX_TRACKED_VIDEOS)
+            self.arrival_ms.clear()
+            self.urgent.clear()
+        for vid, t in arrival.items():
+            if t > self.arrival_ms.get(vid, 0.0):
+                self.arrival_ms[vid] = t
+        self.urgent |= spikes
+
+    def take(self, ids: list[str]) -> tuple[dict[str, float], bool]:
+        urgent = any(v in self.urgent for v in ids)
+        self.urgent.difference_update(ids)
+        return {v: self.arrival_ms.pop(v, 0.0) for v in ids}, urgent
+
+
+class Ingest:
+    def __init__(self, ctx: WorkerContext, checkpoint: Checkpoint, arrivals: Arrivals,
+                 confirm_hours) -> None:
+        self.ctx = ctx
+        self.checkpoint = checkpoint
+        self.arrivals = arrivals
+        self.confirm_hours = confirm_hours  # callable: the serving decision's confirm_hours
+        self.consumed = 0
+        self._active_refreshed = 0.0
+
+    # -- one batch ---------------------------------------------------------------------------
+    async def process(self, batches: dict[TopicPartition, list]) -> None:
+        ctx, cp = self.ctx, self.checkpoint
+        s, m = ctx.settings, ctx.metrics
+        now = time.time()
+        events: list[Event] = []
+        offsets: list[int] = []
+        partitions: list[int] = []
+        sources: list[tuple] = []  # (record, tp) of each valid event, for its dead-letter copy
+        arrival: dict[str, float] = {}
+        dead: list[tuple] = []  # (record, tp, rejection)
+        fetched: dict[TopicPartition, int] = {}
+        n = 0
+        for tp, records in batches.items():
+            p = tp.partition
+            parsed_ok: list[tuple] = []
+            for rec in records:
+                n += 1
+                try:
+                    parsed = parse_event(rec.value, now=now, max_bytes=s.max_event_bytes,
+                                         max_count=s.max_count_per_event, max_future_s=s.max_future_seconds)
+                except Exception as exc:  # noqa: BLE001 - one record must never stop its partition
+                    log.exception("parse failed on %s[%d]@%d", tp.topic, tp.partition, rec.offset)
+                    parsed = Rejection("internal_error", f"parse: {type(exc).__name__}: {exc}")
+                    m.internal_errors.labels(stage="parse").inc()
+                if isinstance(parsed, Rejection):
+                    dead.append((rec, tp, parsed))
+                    continue
+                parsed_ok.append((rec, parsed))
+            # judged against the event time before the batch: a replayed batch can span hours
+            # of event time, and its own events must not make each other late
+            low = cp.robust_high(p, []) - s.allowed_lateness_seconds
+            high = cp.robust_high(p, [e.ts for _, e in parsed_ok])
+            for rec, parsed in parsed_ok:
+                if parsed.ts < low:
+                    dead.append((rec, tp, Rejection("late", f"ts {parsed.ts:.0f} < watermark {low:.0f}")))
+                    m.events_late.inc()
+                    continue
+                events.append(parsed)
+                offsets.append(rec.offset)
+                partitions.append(p)
+                sources.append((rec, tp))
+                if rec.key is not None and rec.key != parsed.video_id.encode():
+                    m.key_mismatch.inc()
+                cp.last_events[p] = time.monotonic()
+                if rec.timestamp > arrival.get(parsed.video_id, 0.0):
+                    arrival[parsed.video_id] = rec.timestamp
+            cp.advance(p, high)
+            if records:
+                cp.check_continuity(tp, records[0].offset)
+                fetched[tp] = records[-1].offset + 1
+        self.consumed += n
+        m.consume_batch_size.observe(n)
+        if cp.watermark:
+            m.watermark.set(max(cp.watermark.values()))
+        if events:
+            async def write_windows():
+                for tp in await cp.find_lost(set(partitions)):
+                    await self.rebuild(tp)
+                cp.lost.clear()
+                return await self.apply_isolating(events, offsets, partitions)
+
+            result, poisoned = await ctx.guard.call("redis", "windows", write_windows, ctx.stopping)
+            if poisoned:
+                for idx, reason in poisoned.items():
+                    rec, tp = sources[idx]
+                    dead.append((rec, tp, Rejection("internal_error", reason)))
+                keep = [i for i in range(len(events)) if i not in poisoned]
+                events = [events[i] for i in keep]
+                partitions = [partitions[i] for i in keep]
+                sources = [sources[i] for i in keep]
+                position = {i: k for k, i in enumerate(keep)}
+                late = [position[i] for i in result.late]
+            else:
+                late = result.late
+            for idx in late:
+                rec, tp = sources[idx]
+                dead.append((rec, tp, Rejection("late", f"ts {events[idx].ts:.0f} older than the {s.window_hours} h window")))
+            await ctx.guard.call("redis", "schedule", lambda: self.mark_due(events, partitions, result.spikes),
+                                 ctx.stopping)
+            await ctx.guard.call("redis", "active videos", lambda: self.track_active({e.video_id for e in events}),
+                                 ctx.stopping)
+            self.arrivals.add(arrival, result.spikes)
+            self._count_consumed(events)  # replayed events are counted by the window store
+        if dead:
+            await ctx.guard.call("broker", "dead letters", lambda: self.dead_letter(dead), ctx.stopping)
+        cp.written(fetched)  # committable: windows, marks and dead letters are written
+
+    def _count_consumed(self, events: list[Event]) -> None:
+        totals = [0, 0, 0, 0]
+        for e in events:
+            c = e.counts
+            totals[0] += c[0] > 0
+            totals[1] += c[1] > 0
+            totals[2] += c[2] > 0
+            totals[3] += c[3] > 0
+        for name, k in zip(METRICS, totals, strict=True):
+            if k:
+                self.ctx.metrics.events_consumed.labels(metric=name).inc(k)
+
+    async def apply_isolating(self, events: list[Event], offsets: list[int],
+                              partitions: list[int]) -> tuple[ApplyResult, dict[int, str]]:
+        """Apply a batch to the windows; if it fails for a reason that is not the connection
+        (one record the code cannot handle), bisect down to the failing records so that they
+        alone are dead-lettered and the rest of the partition goes on. Re-applying a half that
+        already landed is safe: the windows skip offsets they hold."""
+        windows, m = self.ctx.windows, self.ctx.metrics
+        assert windows is not None
+        poisoned: dict[int, str] = {}
+        merged = ApplyResult()
+
+        async def run(idx: list[int]) -> None:
+            try:
+                part = await windows.apply([events[i] for i in idx], [offsets[i] for i in idx],
+                                           [partitions[i] for i in idx])
+            except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - isolate the record, never crash-loop on it
+                if len(idx) == 1:
+                    log.error("window update failed for one record (dead-lettered as internal_error): %s: %s",
+                              type(exc).__name__, exc)
+                    poisoned[idx[0]] = f"windows: {type(exc).__name__}: {exc}"
+                    return
+                half = len(idx) // 2
+                await run(idx[:half])
+                await run(idx[half:])
+                return
+            merged.late.extend(idx[j] for j in part.late)
+            merged.replayed += part.replayed
+            merged.changed |= part.changed
+            merged.spikes |= part.spikes
+            merged.no_dedup += part.no_dedup
+            if part.no_dedup:
+                m.no_dedup.inc(part.no_dedup)
+
+        await run(list(range(len(events))))
+        merged.late.sort()
+        if poisoned:
+            m.internal_errors.labels(stage="windows").inc(len(poisoned))
+        return merged, poisoned
+
+    async def dead_letter(self, dead: list[tuple]) -> None:
+        """Send rejected records to the dead-letter topic: their original bytes (truncated, with
+        headers saying so, when the copy would exceed the producer's request limit)."""
+        ctx = self.ctx
+        assert ctx.producer is not None
+        limit = ctx.settings.dlq_max_value_bytes
+        futures = []
+        for rec, tp, rejection in dead:
+            value, key = rec.value, rec.key
+            headers = dead_letter_headers(rejection, tp.topic, tp.partition, rec.offset)
+            if value is not None and len(value) > limit:
+                headers += [("dlq.truncated", b"true"), ("dlq.original_size", str(len(value)).encode())]
+                value = value[:limit]
+            if key is not None and len(key) > MAX_DLQ_KEY_BYTES:
+                headers += [("dlq.key_truncated", b"true"), ("dlq.original_key_size", str(len(key)).encode())]
+                key = key[:MAX_DLQ_KEY_BYTES]
+            futures.append(await ctx.producer.send(ctx.settings.dlq_topic, value=value, key=key, headers=headers))
+        await asyncio.gather(*futures)
+        for _, _, rejection in dead:  # counted once delivered (a retried send is not counted twice)
+            ctx.metrics.events_invalid.labels(reason=rejection.reason).inc()
+
+    # -- the schedule ------------------------------------------------------------------------
+    async def mark_due(self, events: list[Event], partitions: list[int], spikes: set[str]) -> None:
+        """Schedule what the new events make worth scoring (see the module docstring)."""
+        ctx, cp = self.ctx, self.checkpoint
+        assert ctx.schedule is not None and ctx.redis is not None
+        confirm = self.confirm_hours()
+        now = now_ms()
+        cadence = now + int(ctx.settings.score_interval_seconds * 1000)
+        clocks: dict[int, tuple[int, int]] = {}
+        for p in set(partitions):
+            old = cp.clock.get(p)
+            new = int(cp.event_high.get(p, 0.0) // 3600)
+            if old is None:
+                old = new
+            clocks[p] = (old, max(old, new))
+        due: dict[int, dict[str, int]] = {}
+        heads: dict[int, dict[str, int]] = {}
+        for e, p in zip(events, partitions, strict=True):
+            hour = int(e.ts // 3600)
+            vid = e.video_id
+            head = heads.setdefault(p, {})
+            if hour > head.get(vid, -1):
+                head[vid] = hour
+            old, new = clocks[p]
+            marks = due.setdefault(p, {})
+            if vid in spikes:
+                marks[vid] = URGENT_DUE_MS
+            elif hour < old:  # late event into a closed hour: re-judge at the cadence
+                marks[vid] = min(marks.get(vid, cadence), cadence)
+            elif new > old and hour >= old - confirm:  # an hour it was active in just closed
+                marks[vid] = min(marks.get(vid, now), now)
+        pipe = ctx.redis.pipeline(transaction=False)
+        closing = [p for p, (old, new) in clocks.items() if new > old]
+        for p in closing:  # idle videos whose last active hour (or the one after) just closed
+            old, new = clocks[p]
+            pipe.zrangebyscore(ctx.active_key(p), old - confirm, new - 1)
+        for p, head in heads.items():
+            pipe.zadd(ctx.active_key(p), head, gt=True)
+            pipe.zremrangebyscore(ctx.active_key(p), "-inf", clocks[p][1] - confirm - 2)
+        results = await ctx.metrics.timed_redis("schedule", pipe.execute())
+        for p, members in zip(closing, results[: len(closing)], strict=True):
+            marks = due.setdefault(p, {})
+            for raw in members:
+                vid = raw.decode() if isinstance(raw, bytes) else raw
+                marks[vid] = min(marks.get(vid, now), now)
+            old, new = clocks[p]
+            ctx.metrics.hours_closed.labels(reason="events").inc(new - old)
+        for p, (_, new) in clocks.items():
+            cp.clock[p] = new
+            cp.idle_closed.discard(p)
+        await ctx.schedule.mark(due)
+
+    async def close_idle_partitions(self) -> None:
+        """A partition with no events for ``DETECTOR_IDLE_CLOSE_SECONDS`` closes its open event
+        hour (and the ``confirm_hours`` after it), once: the last hours of a stream that
+        stopped are judged too. Events that come later for those hours are late events."""
+        ctx, cp = self.ctx, self.checkpoint
+        if ctx.consumer is None or ctx.schedule is None or ctx.redis is None:
+            return
+        limit = ctx.settings.idle_close_seconds
+        if limit <= 0:
+            return
+        t = time.monotonic()
+        confirm = self.confirm_hours()
+        due: dict[int, dict[str, int]] = {}
+        for tp in ctx.owned():
+            p = tp.partition
+            last = cp.last_events.get(p)
+            if last is None or p in cp.idle_closed or t - last < limit or p not in cp.clock:
+                continue
+            old = cp.clock[p]
+            new = old + 1 + confirm
+            members = await ctx.metrics.timed_redis(
+                "schedule", ctx.redis.zrangebyscore(ctx.active_key(p), old - 1 - confirm, new - 1))
+            now = now_ms()
+            due[p] = {(x.decode() if isinstance(x, bytes) else x): now for x in members}
+            cp.clock[p] = new
+            cp.idle_closed.add(p)
+            ctx.metrics.hours_closed.labels(reason="idle").inc(new - old)
+            log.info("partition %d idle for %.0f s: closed event hours up to %s (%d videos to judge)", p,
+                     t - last, iso(new * 3600), len(members))
+        if due:
+            await ctx.schedule.mark(due)
+
+    async def track_active(self, video_ids: set[str]) -> None:
+        """Distinct videos updated per hour in a HyperLogLog (one PFADD per batch); the gauge
+        is the union of the last 24 hours, across all workers, refreshed every 10 s."""
+        ctx = self.ctx
+        assert ctx.redis is not None
+        hour = int(time.time() // 3600)
+        key = keys.active_videos(ctx.settings.key_prefix, hour)
+        pipe = ctx.redis.pipeline(transaction=False)
+        pipe.pfadd(key, *video_ids)
+        pipe.expire(key, 25 * 3600)
+        await ctx.metrics.timed_redis("active", pipe.execute())
+        now = time.monotonic()
+        if now - self._active_refreshed >= 10.0:
+            self._active_refreshed = now
+            names = [keys.active_videos(ctx.settings.key_prefix, h) for h in range(hour - 23, hour + 1)]
+            ctx.metrics.active_videos.set(await ctx.metrics.timed_redis("active", ctx.redis.pfcount(*names)))
+
+    # -- state loss --------------------------------------------------------------------------
+    async def rebuild(self, tp: TopicPartition) -> None:
+        """Re-apply the retained last window (168 h, located by record time) of a partition whose
+        windows Redis lost, up to what this worker had written, then re-judge every video in it.
+        The input topic's retention must cover the window (README: "State in Redis")."""
+        ctx, cp = self.ctx, self.checkpoint
+        s = ctx.settings
+        upto = cp.positions.get(tp)
+        if upto is None:
+            committed = await ctx.consumer.committed(tp) if ctx.consumer is not None else None
+            upto = committed or 0
+        if upto <= 0:
+            return
+        t0 = time.monotonic()
+        since_ms = int((time.time() - s.window_hours * 3600 - s.allowed_lateness_seconds) * 1000)
+        reader = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap_servers, group_id=None, enable_auto_commit=False,
+                                  max_partition_fetch_bytes=4 * 1024 * 1024)
+        await reader.start()
+        applied = 0
+        videos: set[str] = set()
+        try:
+            reader.assign([tp])
+            found = await reader.offsets_for_times({tp: max(since_ms, 0)})
+            first = (await reader.beginning_offsets([tp]))[tp]
+            start = found[tp].offset if found.get(tp) is not None else first
+            if start > first:
+                log.warning("partition %s[%d]: rebuilding from offset %d (the last %d h); older retained records "
+                            "are outside the window", tp.topic, tp.partition, start, s.window_hours)
+            reader.seek(tp, start)
+            now = time.time()
+            while await reader.position(tp) < upto:
+                got = await reader.getmany(tp, timeout_ms=2000, max_records=s.consume_max_records)
+                recs = [r for r in got.get(tp, []) if r.offset < upto]
+                if not got:
+                    break  # nothing more retained
+                evs, offs = [], []
+                for rec in recs:
+                    e = parse_event(rec.value, now=now, max_bytes=s.max_event_bytes, max_count=s.max_count_per_event,
+                                    max_future_s=s.max_future_seconds)
+                    if isinstance(e, Event):
+                        evs.append(e)
+                        offs.append(rec.offset)
+                if evs:
+                    await ctx.guard.call("redis", "rebuild", lambda evs=evs, offs=offs: ctx.windows.apply(
+                        evs, offs, [tp.partition] * len(evs)))
+                    applied += len(evs)
+                    videos.update(e.video_id for e in evs)
+        finally:
+            await reader.stop()
+        if videos:  # every rebuilt video is judged again (its decision state went with Redis)
+            await ctx.schedule.mark({tp.partition: dict.fromkeys(videos, now_ms())})
+            await ctx.redis.zadd(ctx.active_key(tp.partition),
+                                 {v: cp.clock.get(tp.partition, 0) - 1 for v in videos}, gt=True)
+        await cp.save()
+        ctx.metrics.state_rebuilds.inc()
+        ctx.metrics.state_rebuilt_events.inc(applied)
+        log.error("partition %s[%d]: Redis had lost its windows; rebuilt %d events of %d videos from the input topic "
+                  "in %.1f s", tp.topic, tp.partition, applied, len(videos), time.monotonic() - t0)

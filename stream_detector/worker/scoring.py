@@ -1,0 +1,176 @@
+"""The scoring side: claim due videos → score their closed windows → decide → publish → release.
+
+One pass takes the immediate path first (videos a minute spike made due at once), then one
+bounded batch of videos due at the cadence or after an hour closure, the owned partitions in
+turn, so a spike never waits behind more than one batch. A batch is scored by one model (and
+one shadow) in a thread (numpy and onnxruntime release the GIL: consumption goes on), decided
+and published by the ``FlagPublisher``, then released. A scorer that dies holding a lease
+leaves its videos due again when the lease expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import numpy as np
+
+from stream_detector.decision import StreamDecision, closed_window
+from stream_detector.models import ModelArtifact
+from stream_detector.patterns import Burst, BurstDetector, usual_hour
+from stream_detector.publisher import FlagPublisher, Scored
+from stream_detector.scoring import Scorer, VideoScore
+from stream_detector.series import HourlySeries
+from stream_detector.worker.checkpoint import Checkpoint
+from stream_detector.worker.context import WorkerContext
+from stream_detector.worker.ingest import URGENT_DUE_MS, Arrivals
+from stream_detector.worker.model_slot import ModelSlot
+
+log = logging.getLogger("stream_detector.scoring_loop")
+
+CADENCE_BATCH = 128  # videos per cadence scoring call: bounds how long a spike can wait
+
+
+class ScoringLoop:
+    def __init__(self, ctx: WorkerContext, slot: ModelSlot, checkpoint: Checkpoint, arrivals: Arrivals,
+                 publisher: FlagPublisher) -> None:
+        self.ctx = ctx
+        self.slot = slot
+        self.checkpoint = checkpoint
+        self.arrivals = arrivals
+        self.publisher = publisher
+        self.bursts = BurstDetector()
+        self._next_partition = 0
+        self._shadow_publishers: dict[str, FlagPublisher] = {}
+
+    async def score_due(self) -> int:
+        """One scoring pass (see the module docstring). Returns the number of videos scored."""
+        self.slot.take()  # also when idle, so /model shows a pushed model at once
+        ctx = self.ctx
+        if ctx.consumer is None or ctx.schedule is None:
+            return 0
+        owned = sorted(tp.partition for tp in ctx.owned())
+        if not owned:
+            return 0
+        scored = 0
+        for p in owned:  # immediate path: due time URGENT_DUE_MS sorts ahead of everything
+            scored += await self._score_claimed(p, ctx.settings.score_batch_size, URGENT_DUE_MS, "immediate")
+        self._next_partition = (self._next_partition + 1) % len(owned)
+        for k in range(len(owned)):
+            p = owned[(self._next_partition + k) % len(owned)]
+            n = await self._score_claimed(p, min(CADENCE_BATCH, ctx.settings.score_batch_size), None, "cadence")
+            if n:
+                return scored + n
+        return scored
+
+    async def _score_claimed(self, partition: int, limit: int, at_ms: int | None, path: str) -> int:
+        schedule = self.ctx.schedule
+        assert schedule is not None
+        ids, lease = await schedule.claim(partition, limit, at_ms=at_ms)
+        if not ids:
+            return 0
+        arrival, urgent = self.arrivals.take(ids)
+        await self._score_batch(ids, arrival, "immediate" if urgent else path, partition)
+        await schedule.release(partition, ids, lease)
+        return len(ids)
+
+    def _prepare(self, raw: HourlySeries, now_hour: int, confirm: int) -> tuple[HourlySeries, Burst | None]:
+        """The closed window the hourly decision judges, and the minute ring's burst evidence."""
+        closed = closed_window(raw, now_hour, confirm)
+        burst = None
+        ring = raw.meta.get("minute_counts")
+        if ring is not None and raw.end_hour >= now_hour and int(np.max(ring)) >= self.bursts.min_peak:
+            usual, observed, mix = usual_hour(closed.counts)
+            if observed >= self.bursts.min_history_hours:
+                burst = self.bursts.evidence(ring, usual, int(raw.meta.get("minute_head", 0)), mix)
+        return closed, burst
+
+    async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str, partition: int) -> None:
+        ctx, m = self.ctx, self.ctx.metrics
+        assert ctx.windows is not None
+        scorer, shadow = self.slot.take()  # a pushed model takes over here, between two scoring batches
+        decision = self.slot.decision_for(scorer.model)
+        now_hour = self.checkpoint.clock.get(partition, 0)
+        series = await ctx.windows.read(ids)
+        prepared = [(v, *self._prepare(series[v], now_hour, decision.thresholds.confirm_hours))
+                    for v in ids if v in series]
+        prepared = [x for x in prepared if x[1].hours > 0]
+        if not prepared:
+            return
+        present = [closed for _, closed, _ in prepared]
+
+        def run() -> tuple[list[VideoScore], float, list[VideoScore] | None]:
+            t0 = time.perf_counter()
+            ours = scorer.score(present)
+            spent = time.perf_counter() - t0
+            theirs = self.slot.shadow_score(shadow, present, ours) if shadow is not None else None
+            return ours, spent, theirs
+
+        scores, spent, shadow_scores = await asyncio.to_thread(run)
+        m.inference_latency.observe(spent)
+        m.inference_batch_size.observe(len(present))
+        m.videos_scored.labels(path=path).inc(len(present))
+        batch = [Scored(vs, now_hour, burst, arrival.get(vid, 0.0))
+                 for (vid, _, burst), vs in zip(prepared, scores, strict=True)]
+        wm = max(self.checkpoint.watermark.values()) if self.checkpoint.watermark else 0.0
+        sent = await self.publisher.run(batch, decision, scorer.model, watermark=wm)
+        await self._store_scores(batch, scorer, decision, shadow, shadow_scores, {s.score.video_id: d for s, d in sent})
+        if shadow is not None and shadow_scores:
+            shadow_batch = [Scored(vs, now_hour, b.burst, b.arrival_ms) for b, vs in zip(batch, shadow_scores, strict=True)]
+            published = await self._shadow_publisher(shadow.model).run(
+                shadow_batch, self.slot.decision_for(shadow.model), shadow.model, watermark=wm)
+            st = self.slot.shadow_stats
+            st["flags_published"] = st.get("flags_published", 0) + len(published)
+
+    def _shadow_publisher(self, model: ModelArtifact) -> FlagPublisher:
+        """Shadow flags go to their own topic with their own state per shadow model."""
+        ctx = self.ctx
+        pub = self._shadow_publishers.get(model.sha256)
+        if pub is None:
+            assert ctx.redis is not None and ctx.producer is not None
+            pub = self._shadow_publishers[model.sha256] = FlagPublisher(
+                ctx.redis, ctx.producer, ctx.metrics, topic=ctx.settings.shadow_flags_topic,
+                state_key=lambda v: ctx.shadow_flag_key(v, model.sha256),
+                state_ttl_s=ctx.settings.idle_ttl_seconds, shadow=True)
+        return pub
+
+    async def _store_scores(self, batch: list[Scored], scorer: Scorer, decision: StreamDecision,
+                            shadow: Scorer | None = None, shadow_scores: list[VideoScore] | None = None,
+                            sent: dict[str, dict] | None = None) -> None:
+        """Keep the latest score per video for /score/{video_id} (one pipeline per batch): the
+        scoring of its closed window (the offline verdict, as `stream-detector score` gives it)
+        and, under ``stream``, the last flag record published now."""
+        ctx = self.ctx
+        assert ctx.redis is not None
+        model = scorer.model
+        pipe = ctx.redis.pipeline(transaction=False)
+        for i, item in enumerate(batch):
+            vs = item.score
+            doc = vs.to_dict() | {
+                "threshold": round(vs.threshold, 4),
+                "explanation": vs.explanation,
+                "end_hour": vs.end_hour,
+                "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
+                "scored_at": time.time(),
+                "stream": {"publish_threshold": round(decision.thresholds.publish, 4),
+                           "statistic": round(decision.statistic(vs), 4),
+                           "burst": round(item.burst.evidence, 4) if item.burst is not None else None},
+            }
+            rec = (sent or {}).get(vs.video_id)
+            if rec is not None:
+                doc["stream"]["published"] = {"flag_id": rec["flag_id"], "status": rec["status"]}
+            if shadow is not None and shadow_scores:
+                other = shadow_scores[i]
+                doc["shadow"] = {"score": round(other.score, 4), "flagged": other.flagged,
+                                 "model": {"name": shadow.model.name, "version": shadow.model.version,
+                                           "sha256": shadow.model.sha256}}
+            pipe.set(ctx.score_key(vs.video_id), json.dumps(doc), ex=ctx.settings.idle_ttl_seconds)
+        await ctx.metrics.timed_redis("store_scores", pipe.execute())
+
+    async def current_score(self, video_id: str) -> dict | None:
+        ctx = self.ctx
+        assert ctx.redis is not None
+        raw = await ctx.metrics.timed_redis("score_view", ctx.redis.get(ctx.score_key(video_id)))
+        return json.loads(raw) if raw else None
