@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from training.simulate import simulate
+from stream_detector.dev.simulate import simulate
 
 
 def main() -> int:

@@ -1,7 +1,7 @@
 """Detection quality as deployed: a held-out realistic week replayed through a real worker.
 
 Organic curves carry real-world texture from the held-out pool of real count series
-(``training/texture.py``, test pool; the shipped model never trained on it), 40 % of the
+(``stream_detector/dev/texture.py``, test pool; the shipped model never trained on it), 40 % of the
 videos get fake engagement. Every non-empty video-minute becomes one event (minute-level
 events, keyed by video), produced into a real broker and consumed by a real
 ``stream-detector worker`` process with its real Redis; the flags topic is then read back
@@ -39,12 +39,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from stream_detector.decision import Published  # noqa: E402
-from stream_detector.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.replay import produce  # noqa: E402
+from stream_detector.dev.simulate import simulate  # noqa: E402
+from stream_detector.dev.texture import RealTexture  # noqa: E402
 from stream_detector.flags import window_from_dict  # noqa: E402
-from stream_detector.replay import produce  # noqa: E402
-from training.simulate import simulate  # noqa: E402
 from training.stream_eval import StreamRun, stream_metrics  # noqa: E402
-from training.texture import RealTexture  # noqa: E402
 
 BASE_HOUR = 1767571200 // 3600 + 9 * 168  # a week no training or test week uses
 SEED = 777_001

@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
 
-from stream_detector.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack, ensure_topics  # noqa: E402
 
 TARGETS = {
     "events_per_s": 50_000,
@@ -736,9 +736,9 @@ def measure_redis(redis_url: str, prefix: str, wl: Workload, sample: int, seed: 
 
 def measure_inference(batch: int, reps: int, seed: int) -> dict:
     from stream_detector.config import DEFAULT_MODEL_PATH
+    from stream_detector.dev.simulate import simulate
     from stream_detector.models import ModelArtifact
     from stream_detector.scoring import Scorer
-    from training.simulate import simulate
 
     scorer = Scorer(ModelArtifact.load(str(DEFAULT_MODEL_PATH)))
     data = simulate(batch, seed=seed, hours=WINDOW_HOURS)

@@ -5,7 +5,7 @@ import time
 
 import redis.asyncio as aredis
 
-from stream_detector.embedded import EmbeddedStack
+from stream_detector.dev.embedded import EmbeddedStack
 from stream_detector.events import Event
 from stream_detector.windows import WindowStore
 

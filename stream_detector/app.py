@@ -29,7 +29,7 @@ from mode import Service
 
 from stream_detector.canary import validate_bytes
 from stream_detector.config import Settings, SettingsError
-from stream_detector.embedded import ensure_topics, resolve_endpoints
+from stream_detector.dev.embedded import ensure_topics, resolve_endpoints
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact, ModelError
 from stream_detector.registry import ModelFollower

@@ -275,11 +275,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_worker()
     if args.command == "demo":
-        from stream_detector.demo import run_demo
+        from stream_detector.dev.demo import run_demo
 
         return run_demo(videos=args.videos, duration=args.duration, seed=args.seed)
     if args.command == "replay":
-        from stream_detector.replay import run_replay
+        from stream_detector.dev.replay import run_replay
 
         if not args.file and not args.simulate:
             return _fail("replay needs a FILE or --simulate N")

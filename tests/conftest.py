@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aredis
 
-from stream_detector.embedded import EmbeddedStack
+from stream_detector.dev.embedded import EmbeddedStack
 
 
 @pytest.fixture(scope="session")

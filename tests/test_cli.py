@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
+from stream_detector.dev.simulate import simulate
 from tests.harness import ROOT
-from training.simulate import simulate
 
 CLI = [sys.executable, "-m", "stream_detector.cli"]
 TRAIN_CLI = [sys.executable, "-m", "training.cli"]

@@ -13,9 +13,14 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
 
-from stream_detector import embedded
+from stream_detector.dev import embedded
 from stream_detector.config import Settings
-from stream_detector.embedded import EmbeddedError, EmbeddedStack, ensure_topics, resolve_endpoints
+from stream_detector.dev.embedded import (
+    EmbeddedError,
+    EmbeddedStack,
+    ensure_topics,
+    resolve_endpoints,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,7 +120,7 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys, time
-        from stream_detector.embedded import EmbeddedStack
+        from stream_detector.dev.embedded import EmbeddedStack
         stack = EmbeddedStack(kafka=False, log_dir=sys.argv[1]).start()
         print(" ".join(map(str, stack.pids)), flush=True)
         time.sleep(60)

@@ -186,9 +186,9 @@ def test_redis_frozen_pauses_the_worker_and_nothing_is_lost(kafka_bootstrap, tmp
     import os
     import signal as sig
 
-    from stream_detector.embedded import EmbeddedStack
+    from stream_detector.dev.embedded import EmbeddedStack
+    from stream_detector.dev.simulate import simulate
     from tests.test_service import _event_items
-    from training.simulate import simulate
 
     data = simulate(30, seed=77)
     items = list(_event_items(data))
@@ -228,7 +228,7 @@ def test_an_outage_beyond_the_limit_ends_the_worker_with_a_non_zero_code(kafka_b
     import os
     import signal as sig
 
-    from stream_detector.embedded import EmbeddedStack
+    from stream_detector.dev.embedded import EmbeddedStack
 
     with EmbeddedStack(kafka=False, redis=True) as own:
         dep = Deployment(kafka_bootstrap, own.redis_url, extra_env={"DETECTOR_DEPENDENCY_TIMEOUT_SECONDS": "4"})
@@ -294,7 +294,7 @@ class _RestartableRedis:
 
         import redis
 
-        from stream_detector.embedded import redis_server_bin
+        from stream_detector.dev.embedded import redis_server_bin
 
         self.proc = subprocess.Popen([redis_server_bin(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                       "--appendonly", "no", "--dir", str(self.dir)], stdout=subprocess.DEVNULL,
@@ -317,8 +317,8 @@ def test_redis_restarted_empty_windows_are_rebuilt_from_the_topic(kafka_bootstra
     """Redis killed and started again with no data (no persistence) mid-stream: the worker
     notices before writing, rebuilds the partition's windows from the input topic, and the
     counts end exact."""
+    from stream_detector.dev.simulate import simulate
     from tests.test_service import _event_items
-    from training.simulate import simulate
 
     data = simulate(30, seed=91)
     items = list(_event_items(data))
@@ -453,9 +453,9 @@ def test_broker_frozen_60s_is_reported_and_ridden_out(tmp_path):
     import signal as sig
     import time
 
-    from stream_detector.embedded import EmbeddedStack
+    from stream_detector.dev.embedded import EmbeddedStack
+    from stream_detector.dev.simulate import simulate
     from tests.test_service import _event_items
-    from training.simulate import simulate
 
     data = simulate(24, seed=78)
     items = list(_event_items(data))
@@ -496,8 +496,8 @@ def test_five_random_sigkills_in_a_two_worker_group_lose_nothing_and_repeat_no_f
     import threading
     import time
 
+    from stream_detector.dev.simulate import simulate
     from tests.test_service import _event_items
-    from training.simulate import simulate
 
     data = simulate(40, seed=79)
     items = list(_event_items(data))

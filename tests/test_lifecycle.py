@@ -26,11 +26,11 @@ from onnx import helper, numpy_helper
 from stream_detector.canary import auc, check_model, load_canary, validate_bytes
 from stream_detector.cli import main as cli_main
 from stream_detector.config import DEFAULT_MODEL_PATH
+from stream_detector.dev.simulate import simulate
 from stream_detector.models import ModelArtifact, ModelError
 from stream_detector.registry import ModelRef, Registry, fold
 from stream_detector.windows import WindowStore
 from tests.harness import ROOT, Deployment, WorkerProcess
-from training.simulate import simulate
 
 SHIPPED = Path(DEFAULT_MODEL_PATH)
 BUILT_IN = "1.0.0"  # version of the shipped model the workers start with

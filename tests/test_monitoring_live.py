@@ -39,9 +39,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stream_detector.dev.simulate import simulate
 from tests import deploy_queries as dq
 from tests.harness import ROOT, Deployment, WorkerProcess, free_port
-from training.simulate import simulate
 
 PROMETHEUS_CONFIG = ROOT / "monitoring" / "prometheus.yml"
 SCRAPE_S = 1.0

@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from stream_detector.embedded import redis_server_bin
+from stream_detector.dev.embedded import redis_server_bin
 from tests.harness import free_port
 from tests.test_windows import assert_matches, random_events, store
 
@@ -85,12 +85,12 @@ def test_a_worker_on_the_cluster_keeps_exact_counts_and_flags(cluster, kafka_boo
     and watermarks spread over three masters."""
     import asyncio
 
+    from stream_detector.dev.simulate import simulate
     from stream_detector.redis_client import connect
     from stream_detector.windows import WindowStore
     from tests.harness import Deployment, WorkerProcess, committed_all
     from tests.test_faults import _assert_exact
     from tests.test_service import _event_items
-    from training.simulate import simulate
 
     data = simulate(24, seed=93)
     url = f"redis+cluster://127.0.0.1:{cluster[0]}"

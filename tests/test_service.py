@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
+from stream_detector.dev.simulate import simulate
 from stream_detector.flags import load_schema
 from stream_detector.series import hour_of
 from stream_detector.windows import WindowStore
 from tests.harness import ROOT, Deployment, WorkerProcess
-from training.simulate import simulate
 
 SCHEMA = load_schema()
 VIDEOS = 60

@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 
 from stream_detector.config import DEFAULT_MODEL_PATH
+from stream_detector.dev.simulate import simulate
 from stream_detector.features import CHANNELS, FEATURE_VERSION
 from stream_detector.models import REQUIRED_METADATA, ModelArtifact
 from stream_detector.scoring import Scorer
 from training.calibrate import localisation
 from training.evaluate import classification
-from training.simulate import simulate
 
 UNSEEN_SEED = 8_675_309  # never used by training, validation or the report
 
@@ -24,7 +24,7 @@ UNSEEN_SEED = 8_675_309  # never used by training, validation or the report
 def test_runtime_scores_without_torch():
     code = (
         "import sys; from stream_detector.models import ModelArtifact; from stream_detector.scoring import Scorer;"
-        "from training.simulate import simulate;"
+        "from stream_detector.dev.simulate import simulate;"
         "d = simulate(5, seed=1); s = Scorer(ModelArtifact.load(sys.argv[1])).score(list(d.iter_series()));"
         "assert len(s) == 5; assert 'torch' not in sys.modules, 'torch was imported'"
     )
@@ -66,7 +66,7 @@ def test_operating_points_map_a_target_to_a_threshold_and_scores_to_rates():
 
 @pytest.fixture(scope="module")
 def unseen():
-    from training.texture import RealTexture
+    from stream_detector.dev.texture import RealTexture
 
     # held-out texture pool: real-world organic texture the model never trained on
     data = simulate(1200, seed=UNSEEN_SEED, texture=RealTexture("test"))

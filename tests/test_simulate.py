@@ -9,8 +9,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from stream_detector.series import METRICS, SECONDS_PER_HOUR, HourlySeries
-from training.simulate import (
+from stream_detector.dev.simulate import (
     CATEGORY_RATIOS,
     DEFAULT_START_HOUR,
     ORGANIC_KINDS,
@@ -18,6 +17,7 @@ from training.simulate import (
     SimulatedDataset,
     simulate,
 )
+from stream_detector.series import METRICS, SECONDS_PER_HOUR, HourlySeries
 
 V, L, C, S = 0, 1, 2, 3
 
@@ -414,7 +414,7 @@ def test_custom_window():
 
 # ---------------------------------------------------------------- real texture
 def test_real_texture_is_a_first_class_organic_kind_and_reaches_fakes_too():
-    from training.texture import RealTexture
+    from stream_detector.dev.texture import RealTexture
 
     plain = simulate(400, seed=11)
     textured = simulate(400, seed=11, texture=RealTexture("train"))
@@ -437,7 +437,7 @@ def test_real_texture_is_a_first_class_organic_kind_and_reaches_fakes_too():
 
 
 def test_texture_pools_are_disjoint_in_files_and_time():
-    from training.texture import POOLS, load_pool
+    from stream_detector.dev.texture import POOLS, load_pool
 
     train = dict(load_pool("train"))
     test = dict(load_pool("test"))

@@ -7,11 +7,11 @@ import pytest
 
 from stream_detector.config import DEFAULT_MODEL_PATH
 from stream_detector.decision import LegacyDecision, StreamDecision, Thresholds
+from stream_detector.dev.simulate import simulate
+from stream_detector.dev.texture import RealTexture
 from stream_detector.models import ModelArtifact
 from stream_detector.scoring import Scorer
-from training.simulate import simulate
 from training.stream_eval import replay, stream_metrics
-from training.texture import RealTexture
 
 
 @pytest.fixture(scope="module")

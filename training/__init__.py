@@ -1,5 +1,6 @@
 """Offline training package: simulate, train, evaluate and export ONNX model artifacts.
 
-Uses torch, except ``training.simulate`` (numpy only), which the service's demo and
-``replay --simulate`` also use; the service never imports the torch parts.
+Uses torch; the simulator lives in the runtime (``stream_detector.dev.simulate``, numpy
+only: the demo and ``replay --simulate`` use it too) and is imported from there. The runtime
+never imports this package.
 """

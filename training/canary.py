@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.simulate import simulate
+from stream_detector.dev.simulate import simulate
 
 CANARY_SEED = 31337
 CANARY_VIDEOS = 200
@@ -26,7 +26,7 @@ DEFAULT_PATH = Path(__file__).resolve().parent.parent / "stream_detector" / "can
 
 
 def build_canary(videos: int = CANARY_VIDEOS, seed: int = CANARY_SEED) -> dict:
-    from training.texture import RealTexture
+    from stream_detector.dev.texture import RealTexture
 
     # organic curves with real texture (the test pool: the canary is held-out data for every model)
     data = simulate(videos, seed=seed, id_prefix="canary-", texture=RealTexture("test"))

@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 0
     if args.command == "simulate":
-        from training.simulate import simulate
+        from stream_detector.dev.simulate import simulate
 
         data = simulate(args.videos, seed=args.seed)
         data.write_csv(args.output, granularity=args.granularity)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from stream_detector.dev.simulate import SimulatedDataset, simulate
 from stream_detector.features import build_features
-from training.simulate import SimulatedDataset, simulate
 
 WEEK_HOURS = 168
 # Monday 2026-01-05 00:00 UTC, in epoch hours.
@@ -55,7 +55,7 @@ def week_seed(seed: int, week: int) -> int:
 
 
 def simulate_week(seed: int, week: int, videos: int, texture=None) -> SimulatedDataset:
-    """One week of its own seed; ``texture`` (``training.texture.RealTexture``) gives organic
+    """One week of its own seed; ``texture`` (``stream_detector.dev.texture.RealTexture``) gives organic
     curves real-world texture (training uses the train pool, the held-out week the test pool)."""
     return simulate(
         videos,

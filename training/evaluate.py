@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from stream_detector.dev.simulate import ORGANIC_KINDS, PATTERNS
 from training.calibrate import localisation
-from training.simulate import ORGANIC_KINDS, PATTERNS
 
 
 @dataclass

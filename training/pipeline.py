@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from stream_detector.decision import StreamDecision, Thresholds
+from stream_detector.dev.texture import RealTexture
 from stream_detector.features import (
     CHANNELS,
     FEATURE_VERSION,
@@ -50,7 +51,6 @@ from training.evaluate import (
 from training.models import build_model, is_supervised
 from training.models.fit import fit, predict
 from training.stream_eval import replay, stream_metrics
-from training.texture import RealTexture
 
 DECISION = {"confirm_hours": 1, "withdraw_ratio": 0.35, "burst": 0.5, "withdraw_after_hours": 12}
 
@@ -351,7 +351,7 @@ def write_report(cfg, evals: list[Evaluation], primary: Calibrated, primary_eval
 Held-out test week (simulated, its own seed, later in time than all training weeks):
 {len(test.data)} videos, {int(test.labels.sum())} with fake engagement; organic curves carry real-world
 hourly texture (`real_textured` kind, and mild texture on {int(100 * 0.35)} % of the other kinds) cut
-from real count series the training weeks never saw (`training/texture.py`, test pool).
+from real count series the training weeks never saw (`stream_detector/dev/texture.py`, test pool).
 Offline thresholds calibrated on the validation week (F1-optimal under a validation FPR budget
 of {calibrate.FPR_BUDGET}); the stream's operating points on the validation week's replay.
 Reproduce: `make train` (= `detector-train all --seed {cfg.seed}`), {seconds:.0f} s on this machine.
@@ -426,8 +426,8 @@ def write_model_card(model_path: str, report_path: str) -> str:
   validation week replayed through the stream process (real texture on); default target
   {json.loads(meta['operating_points'])['default_target_fpr'] if isinstance(meta.get('operating_points'), str) else meta.get('operating_points', {}).get('default_target_fpr')}
   -> publish threshold {float(meta['stream_threshold']):.4f} (`DETECTOR_TARGET_FPR` picks another)
-- **Training data**: simulated (`training/simulate.py`) with real-world hourly texture on the organic side
-  (`training/texture.py`, NAB count series, MIT), fingerprint `{meta['training_data_fingerprint']}`;
+- **Training data**: simulated (`stream_detector/dev/simulate.py`) with real-world hourly texture on the organic side
+  (`stream_detector/dev/texture.py`, NAB count series, MIT), fingerprint `{meta['training_data_fingerprint']}`;
   seed {cfg.get('seed')}, {cfg.get('videos_per_week')} videos per week, weeks 0-2 train, week 3 validation, week 4 test
 - **Created**: {meta.get('created_at')}
 - **Reproduce**: `make train` (deterministic on CPU; writes this file, the model and `reports/{meta['architecture']}/report.md`)

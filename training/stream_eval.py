@@ -210,7 +210,7 @@ def stream_metrics(run: StreamRun, data) -> dict:
     counts = [len(p) for p in run.published if p]
     out["flags_per_flagged_video"] = float(np.mean(counts)) if counts else 0.0
     out["max_flags_per_video"] = int(max(counts)) if counts else 0
-    from training.simulate import ORGANIC_KINDS, PATTERNS
+    from stream_detector.dev.simulate import ORGANIC_KINDS, PATTERNS
 
     textured = data.textured
     out["fpr_by_kind"] = {}

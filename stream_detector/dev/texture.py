@@ -3,7 +3,7 @@
 Simulated organic engagement is smooth: Poisson-ish noise around a clean curve. Real
 audiences are not: hour-to-hour swings far beyond counting noise, outages, holidays, bursts
 that move everything together. This module cuts that texture out of real count series
-(``data/real_series/``, the Numenta Anomaly Benchmark, MIT) as hourly log-multipliers the
+(``real_series/`` beside this module, the Numenta Anomaly Benchmark, MIT) as hourly log-multipliers the
 simulator applies to an organic rate.
 
 The files are split into two disjoint pools so the held-out evaluation never sees the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-DATA_DIR = Path(__file__).resolve().parent / "data" / "real_series"
+DATA_DIR = Path(__file__).resolve().parent / "real_series"
 
 # file -> pool; "split" files are cut in time between the two pools
 POOLS: dict[str, str] = {

@@ -24,8 +24,8 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from stream_detector.config import Settings
-from stream_detector.embedded import EmbeddedStack, ensure_topics
-from stream_detector.replay import produce
+from stream_detector.dev.embedded import EmbeddedStack, ensure_topics
+from stream_detector.dev.replay import produce
 from stream_detector.schedule import RescoreSchedule
 
 TRUTH_MARK = {True: "ok", False: "FALSE"}
@@ -82,10 +82,10 @@ def run_demo(videos: int = 120, duration: float = 40.0, seed: int = 2026) -> int
     if duration <= 0:
         sys.stderr.write("stream-detector: error: --duration must be > 0\n")
         return 2
-    from training.simulate import simulate
+    from stream_detector.dev.simulate import simulate
 
-    try:  # organic curves with real-world texture (real count series), when the training data is there
-        from training.texture import RealTexture
+    try:  # organic curves with real-world texture (real count series shipped with the package)
+        from stream_detector.dev.texture import RealTexture
 
         texture = RealTexture("test")
     except (ImportError, OSError):

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 from stream_detector.config import Settings
 from stream_detector.series import METRICS, InputError, parse_time
 
-log = logging.getLogger("stream_detector.replay")
+log = logging.getLogger("stream_detector.dev.replay")
 
 
 def events_from_csv(path: str) -> Iterator[tuple[str, bytes]]:
@@ -69,7 +69,7 @@ def events_from_jsonl(path: str) -> Iterator[tuple[str | None, bytes]]:
 
 
 def events_from_simulation(videos: int, seed: int) -> Iterator[tuple[str, bytes]]:
-    from training.simulate import simulate
+    from stream_detector.dev.simulate import simulate
 
     data = simulate(videos, seed=seed)
     for e in data.iter_events():
@@ -110,7 +110,7 @@ async def produce(
 
 
 def run_replay(path: str | None, *, simulate: int | None = None, rate: float = 0.0, seed: int = 1) -> int:
-    from stream_detector.embedded import ensure_topics
+    from stream_detector.dev.embedded import ensure_topics
 
     settings = Settings.from_env()
     if not settings.kafka_bootstrap_servers:

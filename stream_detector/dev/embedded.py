@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .config import Settings
+from stream_detector.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -987,7 +987,7 @@ def simulate(n_videos: int, seed: int, hours: int = 168, fake_fraction: float = 
     The window starts at ``start_hour`` (default: Monday 2026-01-05 00:00 UTC).
 
     ``texture`` (an object with ``sample(rng, n, hours) -> (log-multipliers, names)``, e.g.
-    ``training.texture.RealTexture``) gives organic curves real-world hourly texture: a share
+    ``stream_detector.dev.texture.RealTexture``) gives organic curves real-world hourly texture: a share
     of regular videos become ``real_textured``, a share of the others carry it mildly, and
     fakes are injected into textured curves as into any other. Its draws come from their own
     generator: without ``texture`` the output is the same as before texture existed.
