@@ -36,7 +36,7 @@ that give organic curves real-world texture (`stream_detector.dev.texture`), eac
 next to its organic look-alike, and the distributions that make the problem hard."""),
     ("code", SETUP),
     ("code", """\
-from stream_detector.dev.simulate import ORGANIC_KINDS, PATTERNS, simulate
+from stream_detector.dev.simulate import ORGANIC_KINDS, simulate
 from stream_detector.dev.texture import RealTexture, load_pool
 
 N = 400 if SMALL else 1500
@@ -48,7 +48,7 @@ for k in ORGANIC_KINDS:
     ("md", "## Organic videos of every kind (log1p views per hour over one week)"),
     ("code", """\
 fig, axes = plt.subplots(len(ORGANIC_KINDS), 1, figsize=(9, 1.4 * len(ORGANIC_KINDS)), sharex=True)
-for ax, k in zip(axes, ORGANIC_KINDS):
+for ax, k in zip(axes, ORGANIC_KINDS, strict=True):
     i = int(np.flatnonzero((kinds == k) & ~labels)[0])
     for m, name in enumerate(("views", "likes")):
         ax.plot(np.log1p(data.counts[i, m]), lw=0.8, label=name)
@@ -61,7 +61,7 @@ Two disjoint pools: `train` (training, validation, calibration) and `test` (the 
 evaluation). The long taxi series is cut in time between them."""),
     ("code", """\
 fig, axes = plt.subplots(2, 1, figsize=(9, 4))
-for ax, pool in zip(axes, ("train", "test")):
+for ax, pool in zip(axes, ("train", "test"), strict=True):
     for name, s in load_pool(pool):
         ax.plot(np.log1p(s[:24 * 14] / max(np.median(s), 1e-9)), lw=0.7, label=name[:24])
     ax.set_title(f"{pool} pool: two weeks of each series (log1p of count / median)")
@@ -73,7 +73,7 @@ pairs = [("spike", "news"), ("offpeak_burst", "other_timezone"), ("lockstep", "r
          ("decay_violation", "viral"), ("ratio_anomaly", "real_textured")]
 pattern = np.array(data.pattern)
 fig, axes = plt.subplots(len(pairs), 2, figsize=(10, 1.6 * len(pairs)), sharex=True)
-for row, (p, k) in zip(axes, pairs):
+for row, (p, k) in zip(axes, pairs, strict=True):
     i = int(np.flatnonzero(pattern == p)[0]); j = int(np.flatnonzero((kinds == k) & ~labels)[0])
     for ax, v, title in ((row[0], i, f"fake: {p}"), (row[1], j, f"organic: {k}")):
         for m in range(4):

@@ -13,8 +13,8 @@ import pytest
 import redis
 from aiokafka import AIOKafkaConsumer
 
-from stream_detector.dev import embedded
 from stream_detector.config import Settings
+from stream_detector.dev import embedded
 from stream_detector.dev.embedded import (
     EmbeddedError,
     EmbeddedStack,
