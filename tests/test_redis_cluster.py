@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import socket
 import subprocess
 import time
 
@@ -14,8 +15,46 @@ import redis
 from redis.asyncio.cluster import RedisCluster
 
 from stream_detector.dev.embedded import redis_server_bin
-from tests.harness import free_port
 from tests.test_windows import assert_matches, random_events, store
+
+
+def _wait(what: str, check, procs, logs, seconds: float = 30.0) -> None:
+    """Bounded wait with a clear failure: a dead server or a timeout says which and shows its log."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        dead = [i for i, proc in enumerate(procs) if proc.poll() is not None]
+        if dead:
+            pytest.fail(f"redis-server {dead[0]} exited while waiting for {what}: {logs[dead[0]].read_text()[-800:]}")
+        try:
+            if check():
+                return
+        except redis.exceptions.RedisError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {seconds:.0f} s waiting for {what}: {logs[0].read_text()[-800:]}")
+
+
+def _cluster_port(rng: random.Random) -> int:
+    """A free port whose cluster bus (port + 10000) is free too: Redis refuses ports above 55535,
+    which an ephemeral port from the kernel often is."""
+    for _ in range(200):
+        port = rng.randrange(20000, 55535)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+    pytest.fail("no free loopback port pair (p, p + 10000) in 20000-65535")
+
+
+def _client(port: int) -> redis.Redis:
+    # no retries and short timeouts: the fixture's own loop is the only retry
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(port=port, socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
 
 
 @pytest.fixture(scope="module")
@@ -27,35 +66,42 @@ def cluster(tmp_path_factory):
     if cli is None:
         pytest.skip("redis-cli (Debian package redis-tools) is needed to create a cluster")
     d = tmp_path_factory.mktemp("cluster")
-    ports = [free_port() for _ in range(3)]
+    rng = random.Random()
+    ports = [_cluster_port(rng) for _ in range(3)]
+    logs = [d / f"redis-{p}.log" for p in ports]
     procs = [subprocess.Popen([redis_server_bin(), "--port", str(p), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                                "--cluster-config-file", f"nodes-{p}.conf", "--save", "", "--appendonly", "no",
-                               "--dir", str(d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for p in ports]
+                               "--dir", str(d), "--logfile", str(log)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for p, log in zip(ports, logs, strict=True)]
+    for log in logs:
+        log.touch()
+    clients = [_client(p) for p in ports]
     try:
-        for p in ports:
-            for _ in range(100):
-                try:
-                    if redis.Redis(port=p, socket_timeout=0.5).ping():
-                        break
-                except redis.exceptions.ConnectionError:
-                    time.sleep(0.05)
-        subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "0",
-                        "--cluster-yes"], check=True, capture_output=True, timeout=60)
-        for _ in range(200):
-            info = redis.Redis(port=ports[0]).cluster("info")
-            if (info.get("cluster_state") if isinstance(info, dict) else "") == "ok":
-                break
-            time.sleep(0.1)
+        for c in clients:
+            _wait("the servers to answer PING", c.ping, procs, logs)
+        created = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                                  "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True,
+                                 timeout=60)
+        if created.returncode != 0:
+            pytest.fail(f"redis-cli --cluster create failed: {created.stdout[-800:]} {created.stderr[-800:]}")
+
+        def cluster_ok() -> bool:
+            return all(c.cluster("info").get("cluster_state") == "ok" for c in clients)
+
+        _wait("cluster_state:ok on every node", cluster_ok, procs, logs)
         yield ports
     finally:
+        for c in clients:
+            c.close()
         for p in procs:
             p.kill()
-            p.wait()
+            p.wait(timeout=10)
 
 
 @pytest.mark.asyncio
 async def test_window_batches_are_split_per_slot_and_exact_on_a_three_master_cluster(cluster):
-    client = RedisCluster(host="127.0.0.1", port=cluster[0], decode_responses=False)
+    client = RedisCluster(host="127.0.0.1", port=cluster[0], decode_responses=False, socket_timeout=5.0,
+                          socket_connect_timeout=2.0)
     try:
         await client.initialize()
         masters = {n.port for n in client.get_primaries()}
