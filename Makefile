@@ -8,7 +8,7 @@ STAMP_RUN   := $(VENV)/.stamp-runtime
 STAMP_DEV   := $(VENV)/.stamp-dev
 STAMP_TRAIN := $(VENV)/.stamp-train
 
-.PHONY: demo test faults train evaluate bench lint score-example clean
+.PHONY: demo test faults container train evaluate bench lint score-example clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: $(STAMP_DEV) $(STAMP_TRAIN)
 # the long fault scenarios (broker frozen 60 s, 5 random SIGKILLs, ...) on real servers
 faults: $(STAMP_DEV) $(STAMP_TRAIN)
 	$(PY) -m pytest -q -m slow tests/test_faults.py
+
+# the image built and run, compose up and down (starts a container engine if none runs; see .ci/container)
+container: $(STAMP_DEV)
+	PY=$(PY) bash .ci/container
 
 # SOURCE_DATE_EPOCH pins the artifact's created_at so the rebuilt model is byte-identical.
 train: $(STAMP_TRAIN)

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "default.onnx"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "models" / "default.onnx"
 
 _ENV_OVERRIDES = {
     "kafka_bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",

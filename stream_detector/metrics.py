@@ -83,6 +83,12 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.schedule_delay = Histogram(
+            "detector_schedule_delay_seconds",
+            "How long a video due for scoring (hour closed, late event) waited past its due time",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.inference_latency = Histogram(
             "detector_inference_latency_seconds",
             "Wall time of one batched scoring call (features, ONNX, patterns)",

@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from stream_detector.metrics import Metrics
 
 _CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, member in ipairs(due) do
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], due[i])
 end
 return due
 """
@@ -80,12 +80,19 @@ class RescoreSchedule:
 
     async def claim(self, partition: int, limit: int, at_ms: int | None = None) -> tuple[list[str], int]:
         """Lease up to ``limit`` videos due at or before ``at_ms`` (default now), earliest first;
-        returns (video_ids, lease deadline in epoch ms)."""
+        returns (video_ids, lease deadline in epoch ms). How long the claimed videos waited
+        past their due time goes to ``detector_schedule_delay_seconds`` (the cadence path's
+        backlog; immediate-path marks carry no due time and are not observed)."""
         now = now_ms()
         at = now if at_ms is None else at_ms
         lease = now + self.lease_ms
         got = await self.metrics.timed_redis("schedule", self._claim(keys=[self.key(partition)], args=[at, lease, limit]))
-        return [v.decode() if isinstance(v, bytes) else v for v in got], lease
+        ids = [v.decode() if isinstance(v, bytes) else v for v in got[0::2]]
+        for due in got[1::2]:
+            due_ms = float(due)
+            if due_ms > 0:
+                self.metrics.schedule_delay.observe(max(0.0, now - due_ms) / 1000.0)
+        return ids, lease
 
     async def release(self, partition: int, video_ids: list[str], lease: int) -> int:
         if not video_ids:

@@ -18,6 +18,7 @@ CI=true, where their absence fails the test.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -717,15 +718,27 @@ def test_dockerfile_env_defaults_are_settings():
     _assert_settings(env, "Dockerfile ENV")
     assert env["DETECTOR_WEB_HOST"] == "0.0.0.0"
     assert env["DETECTOR_WEB_PORT"] == str(WEB_PORT)
-    # The model path points into the copied models/ folder, at the shipped model.
-    copies = {
-        shlex.split(a)[-1].rstrip("/"): shlex.split(a)[0].rstrip("/")
-        for i, a in _dockerfile_stages()[-1]["instructions"]
-        if i == "COPY" and "--from" not in a
-    }
-    model = Path(env["DETECTOR_MODEL_PATH"])
-    assert copies.get(str(model.parent)) == "models", f"{model} is not in a COPY of models/"
-    assert model.name == "default.onnx"
+    # The shipped model is package data: the image must not point elsewhere (a path into a
+    # COPY of the repository's models/ was a symlink target once, dangling in the image).
+    assert "DETECTOR_MODEL_PATH" not in env
+
+
+def test_shipped_model_and_flag_schema_are_package_data():
+    package_data = tomllib.loads(PYPROJECT.read_text())["tool"]["setuptools"]["package-data"]["stream_detector"]
+    package = ROOT / "stream_detector"
+    for path in (package / "models" / "default.onnx", package / "models" / "MODEL_CARD.md",
+                 package / "flag.schema.json"):
+        assert path.is_file() and not path.is_symlink(), path
+        rel = path.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(rel, pat) for pat in package_data), f"{rel} is not package data"
+    from stream_detector.config import DEFAULT_MODEL_PATH
+    from stream_detector.flags import SCHEMA_PATH
+
+    assert (package / "models" / "default.onnx").resolve() == DEFAULT_MODEL_PATH
+    assert (package / "flag.schema.json").resolve() == SCHEMA_PATH
+    # one copy of each: the repository's documented paths are links to the package's files
+    assert (ROOT / "schemas" / "flag.schema.json").resolve() == SCHEMA_PATH
+    assert (ROOT / "models" / "default.onnx").resolve() == DEFAULT_MODEL_PATH
 
 
 def test_dockerfile_copies_exist_and_pass_dockerignore():
@@ -747,7 +760,6 @@ def test_dockerfile_copies_exist_and_pass_dockerignore():
         assert path.exists(), f"Dockerfile copies {src}, which is not in the repo"
         if path.is_dir():
             assert any(path.iterdir()), f"{src}/ is empty (git does not keep empty folders)"
-    assert (ROOT / "models" / "default.onnx").is_file(), "the shipped model models/default.onnx"
     assert not {"training", "tests", ".venv", "bench"} & allowed
 
 

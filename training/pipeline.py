@@ -456,7 +456,9 @@ simulator lacks (coordinated real fan campaigns, outages, regional holidays). Vi
 only a few hours of history are scored, with less certainty (see the report's "partial
 windows" row).
 """
-    path = Path(model_path).with_name("MODEL_CARD.md")
+    # the shipped model's card is MODEL_CARD.md; another model's card never overwrites it
+    name = "MODEL_CARD.md" if Path(model_path).name == "default.onnx" else f"{Path(model_path).stem}.MODEL_CARD.md"
+    path = Path(model_path).with_name(name)
     path.write_text(card)
     return str(path)
 

@@ -1,0 +1,88 @@
+"""Create the stack's topics with their partitions and retention, for brokers without Kafka's
+own scripts (the CI stand-in of compose's kafka-init; docker-compose.yml's kafka-topics.sh
+script creates the same set). Idempotent: existing topics are left as they are.
+
+    python -m stream_detector.dev.topics --bootstrap kafka:19092 [--events-partitions 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from dataclasses import dataclass
+
+from stream_detector.config import Settings
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    configs: dict[str, str]
+
+
+def stack_topics(settings: Settings, events_partitions: int) -> list[TopicSpec]:
+    """The topics a deployment needs; events kept 8 days (the windows' rebuild source)."""
+    return [
+        TopicSpec(settings.events_topic, events_partitions, {"retention.ms": str(8 * DAY_MS)}),
+        TopicSpec(settings.flags_topic, 4, {"retention.ms": str(14 * DAY_MS)}),
+        TopicSpec(settings.dlq_topic, 4, {"retention.ms": str(14 * DAY_MS)}),
+        TopicSpec(settings.shadow_flags_topic, 4, {"retention.ms": str(14 * DAY_MS)}),
+        # one partition: every worker folds the same ordered model log
+        TopicSpec(settings.control_topic, 1, {"cleanup.policy": "compact"}),
+    ]
+
+
+async def create(bootstrap: str, specs: list[TopicSpec], timeout_s: float) -> dict[str, int]:
+    """Create the missing topics; return every topic's partition count as metadata shows it."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in specs if s.name not in existing]
+        if missing:
+            resp = await admin.create_topics(missing)
+            for item in getattr(resp, "topic_errors", []):
+                if item[1] not in (0, 36):  # 36 = TOPIC_ALREADY_EXISTS (a concurrent creator)
+                    raise RuntimeError(f"creating topic {item[0]!r} failed: error code {item[1]}")
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            described = await admin.describe_topics([s.name for s in specs])
+            counts = {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code") == 0}
+            if all(counts.get(s.name, 0) > 0 for s in specs):
+                return counts
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"topics not visible after {timeout_s:.0f} s: {counts}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stream_detector.dev.topics", description=__doc__.split("\n")[0])
+    parser.add_argument("--bootstrap", required=True, help="host:port of the broker")
+    parser.add_argument("--events-partitions", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds for the broker to answer")
+    args = parser.parse_args(argv)
+    if args.events_partitions < 1:
+        parser.error("--events-partitions must be at least 1")
+    from aiokafka.errors import KafkaError
+
+    specs = stack_topics(Settings.from_env(), args.events_partitions)
+    try:
+        counts = asyncio.run(create(args.bootstrap, specs, args.timeout))
+    except (OSError, RuntimeError, TimeoutError, KafkaError) as e:
+        print(f"topics: {e}", file=sys.stderr)
+        return 1
+    for s in specs:
+        print(f"topic {s.name} partitions {counts[s.name]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
