@@ -59,26 +59,32 @@ def _rolling(x: np.ndarray, size: int, fn: str, centred: bool = True) -> np.ndar
     return getattr(np, fn)(view, axis=-1)
 
 
+def _median3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    return np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+
+
 def _neighbour_level(x: np.ndarray, side: int) -> np.ndarray:
     """Median of the 3 hours before (side=-1) or after (side=+1) each hour, within the window:
     at the window's edge only the hours that exist count (none: the hour itself, so an
-    unknown future never makes an hour look like a jump)."""
+    unknown future never makes an hour look like a jump). Min/max arithmetic instead of a
+    sort: the same values, a fraction of the cost (this runs on every scored window)."""
     w = x.shape[-1]
-    cols = []
-    for k in (1, 2, 3):
-        shifted = np.full(x.shape, np.nan)
-        if side < 0:
-            shifted[..., k:] = x[..., : w - k]
-        else:
-            shifted[..., : w - k] = x[..., k:]
-        cols.append(shifted)
-    stack = np.stack(cols, axis=-1)
-    valid = ~np.isnan(stack)
-    k = valid.sum(axis=-1)
-    s = np.sort(np.where(valid, stack, np.inf), axis=-1)
-    lo = np.take_along_axis(s, np.clip((k - 1) // 2, 0, 2)[..., None], axis=-1)[..., 0]
-    hi = np.take_along_axis(s, np.clip(k // 2, 0, 2)[..., None], axis=-1)[..., 0]
-    return np.where(k > 0, 0.5 * (lo + hi), x)
+    out = x.copy()
+    if side < 0:
+        if w > 3:
+            out[..., 3:] = _median3(x[..., 2:-1], x[..., 1:-2], x[..., :-3])
+        if w > 2:
+            out[..., 2] = 0.5 * (x[..., 1] + x[..., 0])
+        if w > 1:
+            out[..., 1] = x[..., 0]
+    else:
+        if w > 3:
+            out[..., :-3] = _median3(x[..., 1:-2], x[..., 2:-1], x[..., 3:])
+        if w > 2:
+            out[..., w - 3] = 0.5 * (x[..., w - 2] + x[..., w - 1])
+        if w > 1:
+            out[..., w - 2] = x[..., w - 1]
+    return out
 
 
 def _spread(flags: np.ndarray, size: int) -> np.ndarray:
@@ -108,21 +114,18 @@ def lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray, phi: np.ndarr
     metric's own noise. A real audience moves all metrics together; bought engagement moves
     the ones paid for. Where no other metric is big enough to tell (expected < 8 for all),
     the answer is ``unknown`` rather than "they followed"."""
-    out = np.zeros(now.shape)
-    for m in range(now.shape[1]):
-        factor = np.exp(np.clip(rise[:, m], 0.0, 8.0))
-        testable = np.zeros(now[:, m].shape, dtype=bool)
-        for o in range(now.shape[1]):
-            if o == m:
-                continue
-            expected = before[:, o] * factor
-            testable |= expected >= 8
-            z = -nb_z(now[:, o], expected, phi[:, o, None])
-            gap = np.log1p(expected) - np.log1p(now[:, o])
-            lag = _sigmoid(2.0 * (z - 3.0)) * _sigmoid(4.0 * (gap - np.log(3.0))) * (expected >= 20)
-            out[:, m] = np.maximum(out[:, m], lag)
-        if unknown:
-            out[:, m] = np.maximum(out[:, m], unknown * ~testable)
+    m = now.shape[1]
+    # every (rising metric r, other metric o) pair at once: (N, r, o, W)
+    factor = np.exp(np.clip(rise, 0.0, 8.0))
+    expected = before[:, None, :, :] * factor[:, :, None, :]
+    other = ~np.eye(m, dtype=bool)[None, :, :, None]
+    z = -nb_z(now[:, None, :, :], expected, phi[:, None, :, None])
+    gap = np.log1p(expected) - np.log1p(now)[:, None, :, :]
+    lag = _sigmoid(2.0 * (z - 3.0)) * _sigmoid(4.0 * (gap - np.log(3.0))) * ((expected >= 20) & other)
+    out = lag.max(axis=2)
+    if unknown:
+        testable = ((expected >= 8) & other).any(axis=2)
+        out = np.maximum(out, unknown * ~testable)
     return out
 
 
@@ -168,11 +171,11 @@ class OffpeakBurst:
         hit = _sigmoid(3.0 * (excess - noise)) * _sigmoid(3.0 * (s.quiet - 1.0)) * significant
         strong = hit >= 0.5
         hod = (s.start_hours[:, None] + np.arange(w)[None, :]) % 24
-        repeats = np.zeros_like(hit)
-        for h in range(24):
-            sel = (hod == h) | (hod == (h + 1) % 24) | (hod == (h - 1) % 24)
-            cnt = (strong & sel).sum(axis=1, keepdims=True)
-            repeats = np.where(hod == h, cnt, repeats)
+        # strong hours at each hour of day, then at the hour and its two neighbours
+        by_hod = np.bincount((np.arange(n)[:, None] * 24 + hod).ravel(), weights=strong.ravel(),
+                             minlength=n * 24).reshape(n, 24)
+        near = by_hod + np.roll(by_hod, 1, axis=1) + np.roll(by_hod, -1, axis=1)
+        repeats = np.take_along_axis(near, hod, axis=1)
         evidence = hit * np.where(repeats >= 2, 1.0, 0.35)
         jump = np.log1p(counts) - np.log1p(s.baseline)
         return evidence, (jump >= np.log(2.0)) & strong[:, None, :]

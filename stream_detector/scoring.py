@@ -243,7 +243,7 @@ class Scorer:
     def components(self, counts: np.ndarray, starts: np.ndarray, pubs: np.ndarray) -> HourScores:
         """(N, 4, W) counts -> model hour scores and pattern evidence, signals computed once."""
         signals = sig.compute(counts, starts, pubs)
-        x, _ = build_features(counts, starts, pubs)
+        x, _ = build_features(counts, starts, pubs, signals)
         model_score = self.model.run(normalize(x, signals.mask, self.model.normalization))
         evidence = detect_signals(signals)
         return HourScores(model_score, evidence, signals.mask)

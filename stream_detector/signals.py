@@ -16,7 +16,6 @@ depends on how much of that behaviour it has seen. Two quantities make this expl
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +73,16 @@ def rolling_median(x: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
     return np.repeat(med, stride, axis=-1)[..., :w].astype(np.float64)
 
 
+def nan_median(x: np.ndarray) -> np.ndarray:
+    """Median over the last axis ignoring NaN (NaN where all are): ``np.nanmedian``'s values by
+    one sort, without its masked-array path (several times slower on small last axes)."""
+    s = np.sort(x, axis=-1)  # NaN sorts last
+    k = np.count_nonzero(~np.isnan(x), axis=-1)
+    lo = np.take_along_axis(s, np.maximum((k - 1) // 2, 0)[..., None], axis=-1)[..., 0]
+    hi = np.take_along_axis(s, np.minimum(k // 2, x.shape[-1] - 1)[..., None], axis=-1)[..., 0]
+    return np.where(k > 0, (lo + hi) / 2, np.nan)
+
+
 def masked_quantile(x: np.ndarray, valid: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
     """Quantile over the last axis of the valid entries only; (values, number valid)."""
     k = valid.sum(axis=-1)
@@ -101,9 +110,7 @@ def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarr
     cols = (offset[:, None, None] + np.arange(24)[None, :, None]) % 24 + 24 * np.arange(days)[None, None, :]
     cols = np.minimum(cols, days * 24 - 1)
     by_day = np.take_along_axis(resid[:, None, :], cols.reshape(n, 1, -1), axis=2).reshape(n, 24, days)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        by_hod = np.nan_to_num(np.nanmedian(by_day, axis=2), nan=0.0)
+    by_hod = np.nan_to_num(nan_median(by_day), nan=0.0)
     neighbours = np.stack([np.roll(by_hod, s, axis=1) for s in (-2, -1, 1, 2)], axis=0)
     return neighbours.mean(axis=0)
 
