@@ -6,7 +6,11 @@ Contract (DESIGN.md): a JSON object
 "category"?: str, "region"?: str}``. Absent metrics are 0.
 
 :func:`parse_event` never raises on bad input: it returns an :class:`Event` or a
-:class:`Rejection` whose ``reason`` is one of the stable strings in :data:`REASONS`. The
+:class:`Rejection` whose ``reason`` is one of the stable strings in :data:`REASONS`. It tries
+a typed decode first (msgspec, into the shape of a valid event: the common case costs less
+than half of ``json.loads`` + checks); whatever that does not accept as it is goes through
+:func:`validate_event`, the full validator, which names the reason. Both paths accept exactly
+the same events (``tests/test_events.py`` compares them on valid and hostile corpora). The
 worker sends rejected records to the dead-letter topic with their original bytes as the
 value and :func:`dead_letter_headers` as headers, and counts them by reason.
 
@@ -33,6 +37,8 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+
+import msgspec
 
 from .series import METRICS
 
@@ -141,10 +147,78 @@ def _duplicate_field(raw: bytes) -> str | None:
     return seen[0] if seen else None
 
 
+class _WireEvent(msgspec.Struct):
+    """A valid event's shape; unknown fields are skipped. Anything else fails to decode."""
+
+    video_id: str
+    ts: float | str
+    views: int = 0
+    likes: int = 0
+    comments: int = 0
+    shares: int = 0
+    published_at: float | str | None = None
+    category: str | None = None
+    region: str | None = None
+
+
+_decode_wire = msgspec.json.Decoder(_WireEvent).decode
+_WIRE_ERRORS = (msgspec.DecodeError, RecursionError)  # ValidationError is a DecodeError
+
+
 def parse_event(
     raw: bytes, *, now: float, max_bytes: int, max_count: int, max_future_s: float
 ) -> Event | Rejection:
     """Decode and validate one record value. Never raises on bad input."""
+    if type(raw) is bytes and len(raw) <= max_bytes:
+        try:
+            wire = _decode_wire(raw)
+        except _WIRE_ERRORS:
+            wire = None
+        if wire is not None:
+            event = _accept(wire, raw, now, max_count, max_future_s)
+            if event is not None:
+                return event
+    return validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
+
+
+def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s: float) -> Event | None:
+    """The typed decode's event if it passes every check; None sends it to the validator."""
+    vid = w.video_id
+    if not vid or len(vid) > MAX_VIDEO_ID_CHARS or vid.isspace():
+        return None
+    if not vid.isascii():
+        try:
+            vid.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+    c = (w.views, w.likes, w.comments, w.shares)
+    if min(c) < 0 or max(c) > max_count:
+        return None
+    ts = w.ts if type(w.ts) is float else _parse_time(w.ts)
+    limit = now + max_future_s
+    if ts is None or not MIN_TS <= ts <= limit:
+        return None
+    pub = w.published_at
+    if pub is not None:
+        if type(pub) is not float:
+            pub = _parse_time(pub)
+        if pub is None or not MIN_TS <= pub <= limit or pub > ts + max_future_s:
+            return None
+    if not raw.isascii():  # msgspec does not check the UTF-8 of values it skips
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if _duplicate_field(raw) is not None:
+        return None
+    return Event(vid, ts, c, pub, w.category, w.region)
+
+
+def validate_event(
+    raw: bytes, *, now: float, max_bytes: int, max_count: int, max_future_s: float
+) -> Event | Rejection:
+    """The full validator: decode with ``json`` and check every rule, naming the reason of a
+    rejection. Never raises on bad input."""
     if raw is None:
         return Rejection("not_json", "record has no value (tombstone)")
     if type(raw) is not bytes and type(raw) is not bytearray:

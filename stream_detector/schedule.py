@@ -73,10 +73,14 @@ class RescoreSchedule:
         if not due:
             return
         pipe = self.redis.pipeline(transaction=False)
+        self.queue_marks(pipe, due)
+        await self.metrics.timed_redis("schedule", pipe.execute())
+
+    def queue_marks(self, pipe, due: dict[int, dict[str, int]]) -> None:
+        """Add ``mark``'s commands to a pipeline the caller executes (one round trip per batch)."""
         for partition, videos in due.items():
             if videos:
                 pipe.zadd(self.key(partition), videos, lt=True)
-        await self.metrics.timed_redis("schedule", pipe.execute())
 
     async def claim(self, partition: int, limit: int, at_ms: int | None = None) -> tuple[list[str], int]:
         """Lease up to ``limit`` videos due at or before ``at_ms`` (default now), earliest first;

@@ -189,3 +189,48 @@ def test_dead_letter_detail_is_bounded_and_utf8() -> None:
 def test_a_field_name_inside_a_value_is_not_a_duplicate() -> None:
     e = parse(ok(likes=2, category='"likes" and "likes"'))
     assert isinstance(e, Event) and e.counts[1] == 2
+
+
+def _corpus() -> list[bytes]:
+    """Valid events of every shape, the rejection cases above, and random byte mutations."""
+    import random
+
+    rng = random.Random(5)
+    valid: list[bytes] = []
+    for i in range(400):
+        ev: dict = {"video_id": rng.choice(["v1", f"vid-{i}", "ünï-ç", " padded ", "x" * 256, "{tag}"]),
+                    "ts": rng.choice([NOW - rng.uniform(0, 9e5), int(NOW) - i, "2025-11-25T03:00:00Z",
+                                      "2025-11-25T03:00:00.123+02:00", "2025-11-25T03:00:00"])}
+        for m in ("views", "likes", "comments", "shares"):
+            if rng.random() < 0.5:
+                ev[m] = rng.choice([0, 1, 7, 10_000_000, 3.0, None])
+        if rng.random() < 0.3:
+            ev["published_at"] = rng.choice([NOW - 86400, "2025-11-20T00:00:00Z", NOW + 3000, None])
+        if rng.random() < 0.3:
+            ev["category"] = rng.choice(["music", 5, None, ["x"]])
+        if rng.random() < 0.2:
+            ev["extra"] = rng.choice([{"nested": [1, 2, {"a": None}]}, "s", 1.5e300])
+        valid.append(json.dumps(ev, ensure_ascii=rng.random() < 0.5).encode())
+    mutated = []
+    for raw in valid[:300]:
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        mutated.append(bytes(b))
+    cases = [r if isinstance(r, bytes) else json.dumps(r).encode() for r, _ in _REJECTION_CASES]
+    return valid + mutated + cases
+
+
+_REJECTION_CASES = test_rejections.pytestmark[0].args[1]
+
+
+def test_typed_fast_path_and_full_validator_agree_on_every_record() -> None:
+    from stream_detector.events import validate_event
+
+    corpus = _corpus()
+    fast = [parse_event(raw, **LIMITS) for raw in corpus]
+    full = [validate_event(raw, **LIMITS) for raw in corpus]
+    assert fast == full
+    kinds = {type(r).__name__ for r in fast}
+    assert kinds == {"Event", "Rejection"}  # the corpus exercises both outcomes
+    assert sum(isinstance(r, Event) for r in fast) > 300

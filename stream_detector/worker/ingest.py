@@ -153,8 +153,7 @@ class Ingest:
                 dead.append((rec, tp, Rejection("late", f"ts {events[idx].ts:.0f} older than the {s.window_hours} h window")))
             await ctx.guard.call("redis", "schedule", lambda: self.mark_due(events, partitions, result.spikes),
                                  ctx.stopping)
-            await ctx.guard.call("redis", "active videos", lambda: self.track_active({e.video_id for e in events}),
-                                 ctx.stopping)
+            await ctx.guard.call("redis", "active videos", self.refresh_active_gauge, ctx.stopping)
             self.arrivals.add(arrival, result.spikes)
             self._count_consumed(events)  # replayed events are counted by the window store
         if dead:
@@ -266,26 +265,32 @@ class Ingest:
                 marks[vid] = min(marks.get(vid, cadence), cadence)
             elif new > old and hour >= old - confirm:  # an hour it was active in just closed
                 marks[vid] = min(marks.get(vid, now), now)
-        pipe = ctx.redis.pipeline(transaction=False)
+        # The closing hours' idle videos are read first (a second round trip, once per event
+        # hour and partition); everything else this batch writes goes in one pipeline.
         closing = [p for p, (old, new) in clocks.items() if new > old]
-        for p in closing:  # idle videos whose last active hour (or the one after) just closed
-            old, new = clocks[p]
-            pipe.zrangebyscore(ctx.active_key(p), old - confirm, new - 1)
+        if closing:
+            pipe = ctx.redis.pipeline(transaction=False)
+            for p in closing:  # idle videos whose last active hour (or the one after) just closed
+                old, new = clocks[p]
+                pipe.zrangebyscore(ctx.active_key(p), old - confirm, new - 1)
+            results = await ctx.metrics.timed_redis("schedule", pipe.execute())
+            for p, members in zip(closing, results, strict=True):
+                marks = due.setdefault(p, {})
+                for raw in members:
+                    vid = raw.decode() if isinstance(raw, bytes) else raw
+                    marks[vid] = min(marks.get(vid, now), now)
+                old, new = clocks[p]
+                ctx.metrics.hours_closed.labels(reason="events").inc(new - old)
+        pipe = ctx.redis.pipeline(transaction=False)
         for p, head in heads.items():
             pipe.zadd(ctx.active_key(p), head, gt=True)
             pipe.zremrangebyscore(ctx.active_key(p), "-inf", clocks[p][1] - confirm - 2)
-        results = await ctx.metrics.timed_redis("schedule", pipe.execute())
-        for p, members in zip(closing, results[: len(closing)], strict=True):
-            marks = due.setdefault(p, {})
-            for raw in members:
-                vid = raw.decode() if isinstance(raw, bytes) else raw
-                marks[vid] = min(marks.get(vid, now), now)
-            old, new = clocks[p]
-            ctx.metrics.hours_closed.labels(reason="events").inc(new - old)
+        ctx.schedule.queue_marks(pipe, due)
+        self.queue_active(pipe, {e.video_id for e in events})
+        await ctx.metrics.timed_redis("schedule", pipe.execute())
         for p, (_, new) in clocks.items():
             cp.clock[p] = new
             cp.idle_closed.discard(p)
-        await ctx.schedule.mark(due)
 
     async def close_idle_partitions(self) -> None:
         """A partition with no events for ``DETECTOR_IDLE_CLOSE_SECONDS`` closes its open event
@@ -319,20 +324,20 @@ class Ingest:
         if due:
             await ctx.schedule.mark(due)
 
-    async def track_active(self, video_ids: set[str]) -> None:
-        """Distinct videos updated per hour in a HyperLogLog (one PFADD per batch); the gauge
-        is the union of the last 24 hours, across all workers, refreshed every 10 s."""
-        ctx = self.ctx
-        assert ctx.redis is not None
-        hour = int(time.time() // 3600)
-        key = keys.active_videos(ctx.settings.key_prefix, hour)
-        pipe = ctx.redis.pipeline(transaction=False)
+    def queue_active(self, pipe, video_ids: set[str]) -> None:
+        """Distinct videos updated per hour in a HyperLogLog (a PFADD in the batch's pipeline)."""
+        key = keys.active_videos(self.ctx.settings.key_prefix, int(time.time() // 3600))
         pipe.pfadd(key, *video_ids)
         pipe.expire(key, 25 * 3600)
-        await ctx.metrics.timed_redis("active", pipe.execute())
+
+    async def refresh_active_gauge(self) -> None:
+        """The gauge is the union of the last 24 hours, across all workers, refreshed every 10 s."""
+        ctx = self.ctx
+        assert ctx.redis is not None
         now = time.monotonic()
         if now - self._active_refreshed >= 10.0:
             self._active_refreshed = now
+            hour = int(time.time() // 3600)
             names = [keys.active_videos(ctx.settings.key_prefix, h) for h in range(hour - 23, hour + 1)]
             ctx.metrics.active_videos.set(await ctx.metrics.timed_redis("active", ctx.redis.pfcount(*names)))
 
