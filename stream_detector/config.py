@@ -70,6 +70,9 @@ class Settings:
     # the last hours of a stream that stopped are judged too
     idle_close_seconds: float = 30.0
     inference_threads: int = 2
+    # score in a child process (its own core, no GIL shared with the consume loop); false
+    # scores in a thread of the worker (one-core pods)
+    scoring_process: bool = True
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 6066

@@ -34,7 +34,7 @@ REDIS_OPERATIONS = (
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 VALIDATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 DELTA_BUCKETS = (-0.5, -0.25, -0.1, -0.05, -0.01, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
-INTERNAL_ERROR_STAGES = ("parse", "windows")
+INTERNAL_ERROR_STAGES = ("parse", "windows", "scoring_process")
 SHADOW_OUTCOMES = ("both_flagged", "both_clear", "serving_only", "shadow_only")
 
 

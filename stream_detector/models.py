@@ -98,6 +98,7 @@ class ModelArtifact:
     offline_curve: OperatingCurve | None = field(default=None, repr=False)  # one decision per series
     decision: dict = field(default_factory=dict, repr=False)  # decision parameters calibrated with the curve
     default_target_fpr: float = DEFAULT_TARGET_FPR
+    data: bytes = field(default=b"", repr=False)  # the artifact's bytes (a scoring process loads them)
 
     def publish_threshold(self, target_fpr: float | None = None) -> float:
         """The stream's publish threshold for an organic flag rate (None: the model's default)."""
@@ -132,6 +133,9 @@ class ModelArtifact:
         opts.intra_op_num_threads = inference_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # idle intra-op threads sleep instead of spinning: spinning burnt a third more CPU than
+        # the inference itself, on the cores the consume loop needs (bench/sustained.py)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises several private exception types
@@ -198,6 +202,7 @@ class ModelArtifact:
             offline_curve=offline_curve,
             decision=decision,
             default_target_fpr=default_target,
+            data=data,
         )
 
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
 from stream_detector.worker.ingest import URGENT_DUE_MS, Arrivals
 from stream_detector.worker.model_slot import ModelSlot
+from stream_detector.worker.score_process import ScoringProcess
 
 log = logging.getLogger("stream_detector.scoring_loop")
 
@@ -35,12 +36,13 @@ CADENCE_BATCH = 128  # videos per cadence scoring call: bounds how long a spike 
 
 class ScoringLoop:
     def __init__(self, ctx: WorkerContext, slot: ModelSlot, checkpoint: Checkpoint, arrivals: Arrivals,
-                 publisher: FlagPublisher) -> None:
+                 publisher: FlagPublisher, process: ScoringProcess | None = None) -> None:
         self.ctx = ctx
         self.slot = slot
         self.checkpoint = checkpoint
         self.arrivals = arrivals
         self.publisher = publisher
+        self.process = process  # None: score in a thread of this process
         self.bursts = BurstDetector()
         self._next_partition = 0
         self._shadow_publishers: dict[str, FlagPublisher] = {}
@@ -108,7 +110,12 @@ class ScoringLoop:
             theirs = self.slot.shadow_score(shadow, present, ours) if shadow is not None else None
             return ours, spent, theirs
 
-        scores, spent, shadow_scores = await asyncio.to_thread(run)
+        if self.process is not None and shadow is None:
+            t0 = time.perf_counter()
+            scores = await self.process.score(scorer, present)
+            spent, shadow_scores = time.perf_counter() - t0, None
+        else:  # a shadow compares on the same batch in the same thread
+            scores, spent, shadow_scores = await asyncio.to_thread(run)
         m.inference_latency.observe(spent)
         m.inference_batch_size.observe(len(present))
         m.videos_scored.labels(path=path).inc(len(present))

@@ -1,0 +1,95 @@
+"""Scoring in a child process: the consume loop keeps its interpreter to itself.
+
+Scoring is numpy and onnxruntime on (N, 4, 168) windows: many array operations of a few
+tens of microseconds each, every one taking the GIL back. In a thread of the worker process
+it slows the consume loop down and is slowed down by it (bench/sustained.py: the scoring
+thread's wall time per video was 3.5x its cost alone). A child process scores on its own core
+instead; a batch travels there as its closed windows (~0.7 MB for 128 videos) and comes back
+as ``VideoScore`` objects.
+
+The child is started with ``spawn`` (never ``fork``: the worker has threads) on the first
+batch, loads each model once from the artifact's bytes (cached by sha256, the last three),
+and scores with the same ``Scorer`` as everything else. If it dies, the batch is scored in a
+thread of the worker instead, the death is counted (``detector_internal_errors_total{stage=
+"scoring_process"}``) and a new child is started for the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from collections import OrderedDict
+from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
+
+from stream_detector.metrics import Metrics
+from stream_detector.models import ModelArtifact
+from stream_detector.scoring import Scorer, VideoScore
+from stream_detector.series import HourlySeries
+
+log = logging.getLogger("stream_detector.score_process")
+
+_CACHE_SIZE = 3
+_scorers: OrderedDict[tuple[str, float], Scorer] = OrderedDict()  # in the child only
+
+
+def _score_in_child(sha: str, data: bytes, threshold: float, series: list[HourlySeries]) -> list[VideoScore]:
+    key = (sha, threshold)
+    scorer = _scorers.get(key)
+    if scorer is None:
+        scorer = _scorers[key] = Scorer(ModelArtifact.from_bytes(data, f"<sha256 {sha[:12]}>"), threshold)
+        while len(_scorers) > _CACHE_SIZE:
+            _scorers.popitem(last=False)
+    _scorers.move_to_end(key)
+    return scorer.score(series)
+
+
+def _ready() -> bool:
+    import stream_detector.scoring  # noqa: F401 - the imports are the start-up cost
+
+    return True
+
+
+class ScoringProcess:
+    """One child process that scores batches (see the module docstring)."""
+
+    def __init__(self, metrics: Metrics, start_timeout_s: float = 60.0) -> None:
+        self.metrics = metrics
+        self.start_timeout_s = start_timeout_s
+        self._pool: ProcessPoolExecutor | None = None
+        self.restarts = 0
+
+    async def _ensure(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            loop = asyncio.get_running_loop()
+            await asyncio.wait_for(loop.run_in_executor(pool, _ready), self.start_timeout_s)
+            self._pool = pool
+            log.info("scoring process started")
+        return self._pool
+
+    async def score(self, scorer: Scorer, series: list[HourlySeries]) -> list[VideoScore]:
+        model = scorer.model
+        if not model.data:  # an artifact built in memory without its bytes: score here
+            return await asyncio.to_thread(scorer.score, series)
+        try:
+            pool = await self._ensure()
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, _score_in_child, model.sha256, model.data, scorer.threshold, series)
+        except (BrokenExecutor, TimeoutError, OSError) as exc:
+            self.metrics.internal_errors.labels(stage="scoring_process").inc()
+            log.error("scoring process failed (%s: %s); this batch is scored in the worker, a new process "
+                      "starts for the next one", type(exc).__name__, exc)
+            self._discard()
+            self.restarts += 1
+            return await asyncio.to_thread(scorer.score, series)
+
+    def _discard(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def stop(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)

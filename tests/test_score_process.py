@@ -1,0 +1,52 @@
+"""Scoring in a child process gives the same answers as in the worker, and a child that dies
+(SIGKILL, for real) costs one batch's speed, not its answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from stream_detector.config import DEFAULT_MODEL_PATH
+from stream_detector.dev.simulate import simulate
+from stream_detector.metrics import Metrics
+from stream_detector.models import ModelArtifact
+from stream_detector.scoring import Scorer
+from stream_detector.worker.score_process import ScoringProcess
+
+
+def _same(a, b) -> None:
+    assert [v.video_id for v in a] == [v.video_id for v in b]
+    for x, y in zip(a, b, strict=True):
+        assert x.score == y.score and x.flagged == y.flagged and x.explanation == y.explanation
+        assert [w.to_dict() for w in x.windows] == [w.to_dict() for w in y.windows]
+        np.testing.assert_array_equal(x.hour_probability, y.hour_probability)
+
+
+@pytest.mark.asyncio
+async def test_child_process_scores_exactly_like_the_worker_and_survives_a_kill():
+    scorer = Scorer(ModelArtifact.load(DEFAULT_MODEL_PATH))
+    series = list(simulate(24, seed=4, hours=168).iter_series())
+    metrics = Metrics()
+    proc = ScoringProcess(metrics)
+    try:
+        here = scorer.score(series)
+        _same(await proc.score(scorer, series), here)
+        assert any(v.flagged for v in here) and not all(v.flagged for v in here)
+        # another threshold is another scorer in the child, not the cached one
+        strict = Scorer(scorer.model, threshold=0.99)
+        _same(await proc.score(strict, series), strict.score(series))
+
+        (child,) = proc._pool._processes.values()  # noqa: SLF001 - the real child, to kill it
+        os.kill(child.pid, signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        _same(await proc.score(scorer, series), here)  # scored in the worker instead
+        assert metrics.internal_errors.labels(stage="scoring_process")._value.get() == 1
+        assert proc.restarts == 1
+        _same(await proc.score(scorer, series), here)  # and a new child takes over
+        assert proc._pool is not None and all(p.pid != child.pid for p in proc._pool._processes.values())
+    finally:
+        await proc.stop()
