@@ -49,6 +49,7 @@ evaluate: $(STAMP_TRAIN)
 	$(VENV)/bin/detector-train evaluate
 
 bench: $(STAMP_RUN)
+	$(PY) bench/sustained.py
 	$(PY) bench/throughput.py
 	$(PY) bench/score_cli.py
 	$(PY) bench/stream_quality.py

@@ -73,6 +73,9 @@ class Settings:
     # score in a child process (its own core, no GIL shared with the consume loop); false
     # scores in a thread of the worker (one-core pods)
     scoring_process: bool = True
+    # scoring batches in flight at once, one lane per partition % lanes (one scored while
+    # others read windows or publish); more lanes than owned partitions leave lanes idle
+    scoring_lanes: int = 3
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 6066

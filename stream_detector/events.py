@@ -127,13 +127,16 @@ def _check_counts(obj: dict, max_count: int) -> tuple[int, int, int, int] | Reje
     return (out[0], out[1], out[2], out[3])
 
 
-_FIELDS = tuple(f'"{k}"'.encode() for k in ("video_id", "ts", *METRICS, "published_at", "category", "region"))
+assert METRICS == ("views", "likes", "comments", "shares")  # _duplicate_field spells them out
 
 
 def _duplicate_field(raw: bytes) -> str | None:
     """A known field given twice. Cheap byte counts first; only a suspicious record is parsed
     again with a hook that sees every key (a value may contain the key's text)."""
-    if not any(raw.count(f) > 1 for f in _FIELDS):
+    c = raw.count  # unrolled: this runs on every record, a generator costs a third more
+    if not (c(b'"video_id"') > 1 or c(b'"ts"') > 1 or c(b'"views"') > 1 or c(b'"likes"') > 1
+            or c(b'"comments"') > 1 or c(b'"shares"') > 1 or c(b'"published_at"') > 1
+            or c(b'"category"') > 1 or c(b'"region"') > 1):
         return None
     seen: list[str] = []
 

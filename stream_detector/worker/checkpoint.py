@@ -38,6 +38,9 @@ class Checkpoint:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
         self.positions: dict[TopicPartition, int] = {}
+        # next offset the consumer should fetch per partition: the next batch may be fetched
+        # and prepared before this one is written, so continuity is judged against this
+        self.fetched_to: dict[TopicPartition, int] = {}
         self.watermark: dict[int, float] = {}
         self.event_high: dict[int, float] = {}
         self.clock: dict[int, int] = {}  # per partition: its open event hour
@@ -72,7 +75,7 @@ class Checkpoint:
         records deleted or truncated (a gap: those events were never seen) or the position
         reset backwards (a topic re-created, an offset reset: events replay)."""
         m = self.ctx.metrics
-        expected = self.positions.get(tp)
+        expected = self.fetched_to.get(tp, self.positions.get(tp))
         if expected is None or first_offset == expected:
             return
         if first_offset > expected:
@@ -164,6 +167,7 @@ class Checkpoint:
         """Drop per-partition state of a partition this worker no longer owns."""
         p = tp.partition
         self.positions.pop(tp, None)
+        self.fetched_to.pop(tp, None)
         for d in (self.watermark, self.event_high, self._recent_ts, self.clock, self.last_events):
             d.pop(p, None)
         self.idle_closed.discard(p)

@@ -32,7 +32,7 @@ from stream_detector.schedule import RescoreSchedule
 from stream_detector.windows import WindowStore
 from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
-from stream_detector.worker.ingest import Arrivals, Ingest
+from stream_detector.worker.ingest import Arrivals, Ingest, Prepared
 from stream_detector.worker.model_slot import ModelSlot
 from stream_detector.worker.score_process import ScoringProcess
 from stream_detector.worker.scoring import ScoringLoop
@@ -187,21 +187,42 @@ class Detector:
         ctx, cp = self.ctx, self.checkpoint
         s = ctx.settings
         assert ctx.consumer is not None
+        ahead: asyncio.Task | None = None  # the next batch, fetched and prepared while this one is written
+
+        async def fetch() -> Prepared | None:
+            batches = await ctx.consumer.getmany(timeout_ms=s.consume_timeout_ms, max_records=s.consume_max_records)
+            if ctx.consumer.assignment():
+                self._assigned = True
+            if not batches:
+                return None
+            prepared = Prepared()
+            for tp, records in batches.items():  # a partition at a time, letting the scoring lanes in
+                self.ingest.prepare({tp: records}, into=prepared)
+                await asyncio.sleep(0)
+            return prepared
+
         try:
             while not ctx.stopping.is_set():
                 if cp.lost:  # found at assignment: rebuild before consuming
                     async with self.batch_lock:
                         await ctx.guard.call("redis", "state rebuild", self._rebuild_lost, ctx.stopping)
-                batches = await ctx.consumer.getmany(timeout_ms=s.consume_timeout_ms, max_records=s.consume_max_records)
-                if ctx.consumer.assignment():
-                    self._assigned = True
-                if batches:
+                prepared = await (ahead if ahead is not None else fetch())
+                ahead = None
+                if prepared is not None:
                     async with self.batch_lock:
-                        await self.ingest.process(batches)
+                        # fetch and parse N+1 while N's writes wait on Redis; writes stay in
+                        # order (N+1 is written after N) and commits follow the writes
+                        ahead = asyncio.create_task(fetch(), name="detector-fetch-ahead")
+                        await self.ingest.write(prepared)
                 if cp.uncommitted and time.monotonic() - cp.last_commit >= COMMIT_INTERVAL_S:
                     await cp.commit("interval")
                 await ctx.guard.call("redis", "idle close", self.ingest.close_idle_partitions, ctx.stopping)
                 ctx.metrics.ready.set(1 if self.ready else 0)
+            if ahead is not None:  # fetched, never written: not committed, the events replay
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
+                ahead = None
             await cp.commit("shutdown")
         except asyncio.CancelledError:
             raise
@@ -209,6 +230,9 @@ class Detector:
             log.exception("detector loop failed")
             ctx.metrics.ready.set(0)
             raise
+        finally:
+            if ahead is not None:
+                ahead.cancel()
 
     async def _rebuild_lost(self) -> None:
         for tp in sorted(self.checkpoint.lost & self.ctx.owned(), key=lambda t: t.partition):
@@ -216,14 +240,29 @@ class Detector:
         self.checkpoint.lost.clear()
 
     async def _score_loop(self) -> None:
-        """Claim due videos of the owned partitions, score, decide, publish; until stopped."""
+        """Claim due videos of the owned partitions, score, decide, publish; until stopped.
+        Several lanes run at once (``DETECTOR_SCORING_LANES``), each for its own partitions:
+        while one batch is scored (in the scoring process), another reads its windows or
+        publishes, and a video always belongs to the same lane."""
+        n = max(1, self.ctx.settings.scoring_lanes)
+        lanes = [asyncio.create_task(self._score_lane(i, n), name=f"detector-scoring-{i}") for i in range(n)]
+        try:
+            done, _ = await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
+            for t in done:
+                t.result()
+        finally:
+            for t in lanes:
+                t.cancel()
+            await asyncio.gather(*lanes, return_exceptions=True)
+
+    async def _score_lane(self, lane: int, lanes: int) -> None:
         ctx = self.ctx
         assert self.scoring is not None
         backoff = 0.2
         try:
             while not ctx.stopping.is_set():
                 try:
-                    worked = await self.scoring.score_due()
+                    worked = await self.scoring.score_due(lane, lanes)
                 except TRANSIENT["redis"] + TRANSIENT["broker"] as exc:
                     dep = "broker" if isinstance(exc, TRANSIENT["broker"]) and not isinstance(exc, OSError) else "redis"
                     ctx.guard.mark_down(dep, f"scoring: {type(exc).__name__}: {str(exc)[:120]}")
@@ -233,11 +272,11 @@ class Detector:
                     continue
                 backoff = 0.2
                 if not worked:
-                    await asyncio.sleep(SCORE_POLL_S)
+                    await asyncio.sleep(SCORE_POLL_S * (1 + lane))
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("scoring loop failed")
+            log.exception("scoring lane %d failed", lane)
             ctx.metrics.ready.set(0)
             raise
 

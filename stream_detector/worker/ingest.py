@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -63,6 +64,38 @@ class Arrivals:
         return {v: self.arrival_ms.pop(v, 0.0) for v in ids}, urgent
 
 
+@dataclass
+class Prepared:
+    """A fetched batch, parsed and judged, not yet written."""
+
+    events: list[Event] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    sources: list[tuple] = field(default_factory=list)  # (record, tp) of each valid event
+    arrival: dict[str, float] = field(default_factory=dict)  # newest Kafka timestamp per video
+    dead: list[tuple] = field(default_factory=list)  # (record, tp, rejection)
+    fetched: dict[TopicPartition, int] = field(default_factory=dict)  # next offset per partition
+    highs: dict[int, float] = field(default_factory=dict)  # event-time high mark per partition
+    n: int = 0
+
+    def keep_owned(self, owned: set) -> None:
+        """Drop what belongs to partitions revoked since the batch was prepared."""
+        gone = {tp for tp in self.fetched if tp not in owned} | {tp for _, tp, _ in self.dead if tp not in owned}
+        if not gone:
+            return
+        parts = {tp.partition for tp in gone}
+        keep = [i for i, p in enumerate(self.partitions) if p not in parts]
+        self.events = [self.events[i] for i in keep]
+        self.offsets = [self.offsets[i] for i in keep]
+        self.partitions = [self.partitions[i] for i in keep]
+        self.sources = [self.sources[i] for i in keep]
+        self.dead = [d for d in self.dead if d[1] not in gone]
+        self.fetched = {tp: o for tp, o in self.fetched.items() if tp not in gone}
+        self.highs = {p: h for p, h in self.highs.items() if p not in parts}
+        videos = {e.video_id for e in self.events}
+        self.arrival = {v: t for v, t in self.arrival.items() if v in videos}
+
+
 class Ingest:
     def __init__(self, ctx: WorkerContext, checkpoint: Checkpoint, arrivals: Arrivals,
                  confirm_hours) -> None:
@@ -75,22 +108,24 @@ class Ingest:
 
     # -- one batch ---------------------------------------------------------------------------
     async def process(self, batches: dict[TopicPartition, list]) -> None:
+        await self.write(self.prepare(batches))
+
+    def prepare(self, batches: dict[TopicPartition, list], into: Prepared | None = None) -> Prepared:
+        """Parse and judge a fetched batch (CPU only, no I/O): the consume loop runs this for the
+        next batch while the previous one's writes wait on Redis. Event time advances here, in
+        fetch order; records of partitions no longer owned are left to their new owner."""
         ctx, cp = self.ctx, self.checkpoint
         s, m = ctx.settings, ctx.metrics
         now = time.time()
-        events: list[Event] = []
-        offsets: list[int] = []
-        partitions: list[int] = []
-        sources: list[tuple] = []  # (record, tp) of each valid event, for its dead-letter copy
-        arrival: dict[str, float] = {}
-        dead: list[tuple] = []  # (record, tp, rejection)
-        fetched: dict[TopicPartition, int] = {}
-        n = 0
+        b = Prepared() if into is None else into
+        owned = ctx.owned()
         for tp, records in batches.items():
+            if tp not in owned:
+                continue  # revoked since the fetch: never committed here, the new owner replays them
             p = tp.partition
             parsed_ok: list[tuple] = []
             for rec in records:
-                n += 1
+                b.n += 1
                 try:
                     parsed = parse_event(rec.value, now=now, max_bytes=s.max_event_bytes,
                                          max_count=s.max_count_per_event, max_future_s=s.max_future_seconds)
@@ -99,36 +134,54 @@ class Ingest:
                     parsed = Rejection("internal_error", f"parse: {type(exc).__name__}: {exc}")
                     m.internal_errors.labels(stage="parse").inc()
                 if isinstance(parsed, Rejection):
-                    dead.append((rec, tp, parsed))
+                    b.dead.append((rec, tp, parsed))
                     continue
                 parsed_ok.append((rec, parsed))
             # judged against the event time before the batch: a replayed batch can span hours
             # of event time, and its own events must not make each other late
             low = cp.robust_high(p, []) - s.allowed_lateness_seconds
             high = cp.robust_high(p, [e.ts for _, e in parsed_ok])
+            arrival = b.arrival
             for rec, parsed in parsed_ok:
                 if parsed.ts < low:
-                    dead.append((rec, tp, Rejection("late", f"ts {parsed.ts:.0f} < watermark {low:.0f}")))
+                    b.dead.append((rec, tp, Rejection("late", f"ts {parsed.ts:.0f} < watermark {low:.0f}")))
                     m.events_late.inc()
                     continue
-                events.append(parsed)
-                offsets.append(rec.offset)
-                partitions.append(p)
-                sources.append((rec, tp))
+                b.events.append(parsed)
+                b.offsets.append(rec.offset)
+                b.partitions.append(p)
+                b.sources.append((rec, tp))
                 if rec.key is not None and rec.key != parsed.video_id.encode():
                     m.key_mismatch.inc()
-                cp.last_events[p] = time.monotonic()
                 if rec.timestamp > arrival.get(parsed.video_id, 0.0):
                     arrival[parsed.video_id] = rec.timestamp
-            cp.advance(p, high)
+            if parsed_ok:
+                cp.last_events[p] = time.monotonic()
+            b.highs[p] = max(b.highs.get(p, 0.0), high)  # applied when written (see write)
             if records:
                 cp.check_continuity(tp, records[0].offset)
-                fetched[tp] = records[-1].offset + 1
-        self.consumed += n
-        m.consume_batch_size.observe(n)
+                cp.fetched_to[tp] = records[-1].offset + 1
+                b.fetched[tp] = records[-1].offset + 1
+        return b
+
+    async def write(self, b: Prepared) -> None:
+        """Windows, schedule marks and dead letters of a prepared batch, then its offsets become
+        committable. Called under the detector's batch lock, batches in fetch order."""
+        ctx, cp = self.ctx, self.checkpoint
+        s, m = ctx.settings, ctx.metrics
+        b.keep_owned(ctx.owned())
+        # event time moves on only with what is written: a watermark persisted ahead of the
+        # committed offsets would make a dropped prepared batch's events look late on replay
+        for p, high in b.highs.items():
+            cp.advance(p, high)
+        events, partitions, sources, dead = b.events, b.partitions, b.sources, b.dead
+        self.consumed += b.n
+        m.consume_batch_size.observe(b.n)
         if cp.watermark:
             m.watermark.set(max(cp.watermark.values()))
         if events:
+            offsets = b.offsets
+
             async def write_windows():
                 for tp in await cp.find_lost(set(partitions)):
                     await self.rebuild(tp)
@@ -151,14 +204,14 @@ class Ingest:
             for idx in late:
                 rec, tp = sources[idx]
                 dead.append((rec, tp, Rejection("late", f"ts {events[idx].ts:.0f} older than the {s.window_hours} h window")))
-            await ctx.guard.call("redis", "schedule", lambda: self.mark_due(events, partitions, result.spikes),
-                                 ctx.stopping)
+            await ctx.guard.call("redis", "schedule",
+                                 lambda: self.mark_due(events, partitions, result.spikes), ctx.stopping)
             await ctx.guard.call("redis", "active videos", self.refresh_active_gauge, ctx.stopping)
-            self.arrivals.add(arrival, result.spikes)
+            self.arrivals.add(b.arrival, result.spikes)
             self._count_consumed(events)  # replayed events are counted by the window store
         if dead:
             await ctx.guard.call("broker", "dead letters", lambda: self.dead_letter(dead), ctx.stopping)
-        cp.written(fetched)  # committable: windows, marks and dead letters are written
+        cp.written(b.fetched)  # committable: windows, marks and dead letters are written
 
     def _count_consumed(self, events: list[Event]) -> None:
         totals = [0, 0, 0, 0]

@@ -44,24 +44,26 @@ class ScoringLoop:
         self.publisher = publisher
         self.process = process  # None: score in a thread of this process
         self.bursts = BurstDetector()
-        self._next_partition = 0
+        self._next_partition: dict[int, int] = {}  # per lane: whose turn it is
         self._shadow_publishers: dict[str, FlagPublisher] = {}
 
-    async def score_due(self) -> int:
-        """One scoring pass (see the module docstring). Returns the number of videos scored."""
+    async def score_due(self, lane: int = 0, lanes: int = 1) -> int:
+        """One scoring pass (see the module docstring) over the owned partitions of this lane
+        (partition % lanes == lane: a video is only ever scored by one lane, so two batches
+        never decide the same video at once). Returns the number of videos scored."""
         self.slot.take()  # also when idle, so /model shows a pushed model at once
         ctx = self.ctx
         if ctx.consumer is None or ctx.schedule is None:
             return 0
-        owned = sorted(tp.partition for tp in ctx.owned())
+        owned = sorted(tp.partition for tp in ctx.owned() if tp.partition % lanes == lane)
         if not owned:
             return 0
         scored = 0
         for p in owned:  # immediate path: due time URGENT_DUE_MS sorts ahead of everything
             scored += await self._score_claimed(p, ctx.settings.score_batch_size, URGENT_DUE_MS, "immediate")
-        self._next_partition = (self._next_partition + 1) % len(owned)
+        turn = self._next_partition[lane] = (self._next_partition.get(lane, 0) + 1) % len(owned)
         for k in range(len(owned)):
-            p = owned[(self._next_partition + k) % len(owned)]
+            p = owned[(turn + k) % len(owned)]
             n = await self._score_claimed(p, min(CADENCE_BATCH, ctx.settings.score_batch_size), None, "cadence")
             if n:
                 return scored + n
@@ -110,7 +112,9 @@ class ScoringLoop:
             theirs = self.slot.shadow_score(shadow, present, ours) if shadow is not None else None
             return ours, spent, theirs
 
-        if self.process is not None and shadow is None:
+        # the immediate path (a few spiked videos) is scored here at once: in the scoring
+        # process it would queue behind the cadence lanes' batches
+        if self.process is not None and shadow is None and path != "immediate":
             t0 = time.perf_counter()
             scores = await self.process.score(scorer, present)
             spent, shadow_scores = time.perf_counter() - t0, None
