@@ -75,7 +75,7 @@ class Settings:
     scoring_process: bool = True
     # scoring batches in flight at once, one lane per partition % lanes (one scored while
     # others read windows or publish); more lanes than owned partitions leave lanes idle
-    scoring_lanes: int = 3
+    scoring_lanes: int = 2
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 6066

@@ -112,9 +112,7 @@ class ScoringLoop:
             theirs = self.slot.shadow_score(shadow, present, ours) if shadow is not None else None
             return ours, spent, theirs
 
-        # the immediate path (a few spiked videos) is scored here at once: in the scoring
-        # process it would queue behind the cadence lanes' batches
-        if self.process is not None and shadow is None and path != "immediate":
+        if self.process is not None and shadow is None:
             t0 = time.perf_counter()
             scores = await self.process.score(scorer, present)
             spent, shadow_scores = time.perf_counter() - t0, None
