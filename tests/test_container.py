@@ -122,7 +122,10 @@ def test_worker_in_the_image_is_healthy_ready_and_consumes_a_replay(engine, kafk
     env_args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
     name = f"sd-smoke-{dep.run_id}"
     _docker("run", "-d", "--name", name, "--network", "host", *HARDENING, *env_args, IMAGE, "worker")
-    logs = lambda: _docker("logs", name, check=False).stdout + _docker("logs", name, check=False).stderr  # noqa: E731
+    def logs() -> str:
+        out = _docker("logs", name, check=False)
+        return out.stdout + out.stderr
+
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for("/healthz 200", lambda: _get(f"{base}/healthz")[0] == 200, 90, logs)

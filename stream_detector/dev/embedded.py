@@ -372,13 +372,15 @@ async def _kafka_metadata_probe(bootstrap: str) -> None:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, topics: dict[str, int], timeout_s: float = 30
-) -> None:
-    """Create the topics that are missing, with the given partition counts (idempotent).
+    bootstrap_servers: str, topics: dict[str, int], timeout_s: float = 30,
+    configs: dict[str, dict[str, str]] | None = None,
+) -> dict[str, int]:
+    """Create the topics that are missing, with the given partition counts and topic
+    ``configs`` (retention, compaction; idempotent).
 
     An existing topic is left as it is (a partition count other than requested is logged:
-    changing it would move videos between partitions). Returns once metadata shows every
-    topic with at least one partition; raises ``TimeoutError`` after ``timeout_s``.
+    changing it would move videos between partitions). Returns every topic's partition count
+    once metadata shows each with at least one; raises ``TimeoutError`` after ``timeout_s``.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -389,7 +391,8 @@ async def ensure_topics(
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+        missing = [NewTopic(t, n, 1, topic_configs=(configs or {}).get(t)) for t, n in topics.items()
+                   if t not in existing]
         if missing:
             resp = await admin.create_topics(missing)
             for item in getattr(resp, "topic_errors", []):
@@ -405,7 +408,7 @@ async def ensure_topics(
                 for t, n in topics.items():
                     if counts[t] != n:
                         log.warning("topic %s has %d partitions, %d requested", t, counts[t], n)
-                return
+                return counts
             if time.monotonic() > deadline:
                 raise TimeoutError(f"topics not visible in metadata after {timeout_s}s: {counts}")
             await asyncio.sleep(0.1)

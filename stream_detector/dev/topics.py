@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from stream_detector.config import Settings
+from stream_detector.dev.embedded import ensure_topics
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -36,33 +37,6 @@ def stack_topics(settings: Settings, events_partitions: int) -> list[TopicSpec]:
     ]
 
 
-async def create(bootstrap: str, specs: list[TopicSpec], timeout_s: float) -> dict[str, int]:
-    """Create the missing topics; return every topic's partition count as metadata shows it."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
-    await asyncio.wait_for(admin.start(), timeout_s)
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(s.name, s.partitions, 1, topic_configs=s.configs) for s in specs if s.name not in existing]
-        if missing:
-            resp = await admin.create_topics(missing)
-            for item in getattr(resp, "topic_errors", []):
-                if item[1] not in (0, 36):  # 36 = TOPIC_ALREADY_EXISTS (a concurrent creator)
-                    raise RuntimeError(f"creating topic {item[0]!r} failed: error code {item[1]}")
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            described = await admin.describe_topics([s.name for s in specs])
-            counts = {d["topic"]: len(d["partitions"]) for d in described if d.get("error_code") == 0}
-            if all(counts.get(s.name, 0) > 0 for s in specs):
-                return counts
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"topics not visible after {timeout_s:.0f} s: {counts}")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stream_detector.dev.topics", description=__doc__.split("\n")[0])
     parser.add_argument("--bootstrap", required=True, help="host:port of the broker")
@@ -75,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = stack_topics(Settings.from_env(), args.events_partitions)
     try:
-        counts = asyncio.run(create(args.bootstrap, specs, args.timeout))
+        counts = asyncio.run(ensure_topics(args.bootstrap, {t.name: t.partitions for t in specs}, args.timeout,
+                                           configs={t.name: t.configs for t in specs}))
     except (OSError, RuntimeError, TimeoutError, KafkaError) as e:
         print(f"topics: {e}", file=sys.stderr)
         return 1

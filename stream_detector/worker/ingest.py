@@ -107,9 +107,6 @@ class Ingest:
         self._active_refreshed = 0.0
 
     # -- one batch ---------------------------------------------------------------------------
-    async def process(self, batches: dict[TopicPartition, list]) -> None:
-        await self.write(self.prepare(batches))
-
     def prepare(self, batches: dict[TopicPartition, list], into: Prepared | None = None) -> Prepared:
         """Parse and judge a fetched batch (CPU only, no I/O): the consume loop runs this for the
         next batch while the previous one's writes wait on Redis. Event time advances here, in

@@ -45,8 +45,8 @@ def _score_in_child(sha: str, data: bytes, threshold: float, series: list[Hourly
 
 
 def _ready() -> bool:
-    import stream_detector.scoring  # noqa: F401 - the imports are the start-up cost
-
+    """A first call that makes the pool start its child now (importing this module there
+    imports the scoring core), so the first real batch does not wait for it."""
     return True
 
 
