@@ -88,12 +88,27 @@ def _neighbour_level(x: np.ndarray, side: int) -> np.ndarray:
 
 
 def _spread(flags: np.ndarray, size: int) -> np.ndarray:
-    """Evidence of windows starting at s (covering s..s+size-1) -> per-hour max over covering windows."""
-    w = flags.shape[-1] + size - 1
-    out = np.zeros(flags.shape[:-1] + (flags.shape[-1] + size - 1,), dtype=flags.dtype)
-    for k in range(size):
-        out[..., k : k + flags.shape[-1]] = np.maximum(out[..., k : k + flags.shape[-1]], flags)
-    return out[..., : w - size + 1]
+    """Evidence of windows starting at s (covering s..s+size-1) -> per-hour max over covering
+    windows: a trailing running max over ``size`` hours, by doubling spans (log2(size) maxima
+    instead of ``size``; max is exact, so the same values for evidence, which is >= 0)."""
+    def shifted(x: np.ndarray, by: int) -> np.ndarray:
+        out = np.zeros_like(x)
+        if by < x.shape[-1]:
+            out[..., by:] = x[..., :-by]
+        return out
+
+    result = None
+    span, covered = flags, 0  # span[t] = max of flags[t - width + 1 .. t], width = 1, 2, 4, ...
+    width = 1
+    while True:
+        if size & width:
+            part = shifted(span, covered) if covered else span
+            result = part if result is None else np.maximum(result, part)
+            covered += width
+        if covered >= size:
+            return result
+        span = np.maximum(span, shifted(span, width))
+        width *= 2
 
 
 def _window_sums(x: np.ndarray, size: int) -> np.ndarray:
@@ -108,24 +123,36 @@ def nb_z(observed: np.ndarray, expected: np.ndarray, phi: np.ndarray) -> np.ndar
 
 
 def lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray, phi: np.ndarray,
-            unknown: float = 0.0) -> np.ndarray:
+            unknown: float = 0.0, where: np.ndarray | None = None) -> np.ndarray:
     """(N, 4, W) in [0, 1]: for each metric's rise, how clearly another metric that the video's
     own mix says should have followed (expected >= 20) stayed behind by >= 3x, beyond that
     metric's own noise. A real audience moves all metrics together; bought engagement moves
     the ones paid for. Where no other metric is big enough to tell (expected < 8 for all),
-    the answer is ``unknown`` rather than "they followed"."""
+    the answer is ``unknown`` rather than "they followed".
+
+    ``where`` (N, 4, W): the (video, rising metric, hour) cells the caller will use; the rest
+    are 0. Callers gate the answer by size anyway, and few cells pass that gate, so only those
+    are computed (the same arithmetic per cell: the same values)."""
     m = now.shape[1]
-    # every (rising metric r, other metric o) pair at once: (N, r, o, W)
-    factor = np.exp(np.clip(rise, 0.0, 8.0))
-    expected = before[:, None, :, :] * factor[:, :, None, :]
-    other = ~np.eye(m, dtype=bool)[None, :, :, None]
-    z = -nb_z(now[:, None, :, :], expected, phi[:, None, :, None])
-    gap = np.log1p(expected) - np.log1p(now)[:, None, :, :]
+    out = np.zeros(now.shape, dtype=np.float64)
+    if where is None:
+        where = np.ones(now.shape, dtype=bool)
+    i, r, t = np.nonzero(where)
+    if not i.size:
+        return out
+    # every other metric o of each selected (video, rising metric r, hour) cell at once: (K, o)
+    factor = np.exp(np.clip(rise[i, r, t], 0.0, 8.0))
+    now_o = now[i, :, t]
+    expected = before[i, :, t] * factor[:, None]
+    other = np.arange(m)[None, :] != r[:, None]
+    z = -nb_z(now_o, expected, phi[i])
+    gap = np.log1p(expected) - np.log1p(now_o)
     lag = _sigmoid(2.0 * (z - 3.0)) * _sigmoid(4.0 * (gap - np.log(3.0))) * ((expected >= 20) & other)
-    out = lag.max(axis=2)
+    cell = lag.max(axis=1)
     if unknown:
-        testable = ((expected >= 8) & other).any(axis=2)
-        out = np.maximum(out, unknown * ~testable)
+        testable = ((expected >= 8) & other).any(axis=1)
+        cell = np.maximum(cell, unknown * ~testable)
+    out[i, r, t] = cell
     return out
 
 
@@ -144,8 +171,9 @@ class Spike:
         excess = counts - base
         jump = np.log1p(counts) - np.log1p(base)
         z = nb_z(counts, base, s.dispersion[:, :, None])
-        size = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0)) * (excess >= 15)
-        per_metric = size * lagging(counts, base, jump, s.dispersion, unknown=0.6)
+        big = excess >= 15
+        size = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0)) * big
+        per_metric = size * lagging(counts, base, jump, s.dispersion, unknown=0.6, where=big)
         return per_metric.max(axis=1), per_metric >= 0.5
 
 
@@ -195,7 +223,8 @@ class DecayViolation:
         rise = np.log1p(now) - np.log1p(before)  # vs the same stretch a day earlier
         old = (s.age >= 48)[:, None, :]
         phi = np.maximum(s.dispersion / 2.0, 0.1)  # texture is correlated over hours: 12-hour sums swing too
-        per_metric = _sigmoid(4.0 * (rise - 0.5)) * lagging(now, before, rise, phi) * (now >= 60) * old
+        big = (now >= 60) & old
+        per_metric = _sigmoid(4.0 * (rise - 0.5)) * lagging(now, before, rise, phi, where=big) * big
         return per_metric.max(axis=1), per_metric >= 0.5
 
 
@@ -220,14 +249,14 @@ class Lockstep:
         steady[..., w - k + 1 :] = 0.0
         per_metric = _spread(steady, k)
         pairs = [(0, 1), (0, 2), (0, 3), (1, 3)]
-        for a, b in pairs:
-            sa, sb = _window_sums(counts[:, a], k), _window_sums(counts[:, b], k)
+        for a, b in pairs:  # one metric's window sums are s1, s2 and busy's rows
+            sa, sb = s1[:, a], s1[:, b]
             r = np.clip(sb / np.maximum(sa, 1e-9), 0.0, 1.0)
-            pred_sq = r**2 * _window_sums(counts[:, a] ** 2, k)
+            pred_sq = r**2 * s2[:, a]
             cross = r * _window_sums(counts[:, a] * counts[:, b], k)
-            resid = np.maximum(_window_sums(counts[:, b] ** 2, k) - 2 * cross + pred_sq, 0.0)
+            resid = np.maximum(s2[:, b] - 2 * cross + pred_sq, 0.0)
             expected = r * (1 - r) * sa
-            full = _window_sums((counts[:, a] >= 3).astype(float), k) >= k
+            full = busy[:, a]
             tight = _sigmoid(40.0 * (0.1 - resid / np.maximum(expected, 1e-9))) * (expected >= 8) * full
             tight[..., w - k + 1 :] = 0.0
             both = _spread(tight, k)
