@@ -61,6 +61,9 @@ class Settings:
     # Scoring
     score_interval_seconds: float = 5.0
     score_batch_size: int = 1024
+    # videos per cadence scoring batch: bigger batches cost fewer round trips per video, but a
+    # spike in the same lane waits behind at most one of them
+    cadence_batch_size: int = 512
     # a minute count at least this high sends the video to the immediate path (burst check)
     spike_minute_count: int = 30
     # organic videos the stream may flag (share); picks the publish threshold from the model's
@@ -75,7 +78,7 @@ class Settings:
     scoring_process: bool = True
     # scoring batches in flight at once, one lane per partition % lanes (one scored while
     # others read windows or publish); more lanes than owned partitions leave lanes idle
-    scoring_lanes: int = 2
+    scoring_lanes: int = 4
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 6066

@@ -24,6 +24,10 @@ def _same(a, b) -> None:
         assert x.score == y.score and x.flagged == y.flagged and x.explanation == y.explanation
         assert [w.to_dict() for w in x.windows] == [w.to_dict() for w in y.windows]
         np.testing.assert_array_equal(x.hour_probability, y.hour_probability)
+        assert x.end_hour == y.end_hour and x.detail.start_hour == y.detail.start_hour
+        for name in ("counts", "evidence", "contribution", "model_contribution", "metrics", "baseline",
+                     "history", "age", "quiet"):  # what the decision explains and relabels from
+            np.testing.assert_array_equal(getattr(x.detail, name), getattr(y.detail, name), err_msg=name)
 
 
 @pytest.mark.asyncio

@@ -172,3 +172,29 @@ def test_long_series_are_scored_in_windows_and_short_ones_padded(scorer):
     assert not any(w.start_hour == START + 20 for w in last_week_only.windows)
     short = scorer.score([HourlySeries("short", START, organic(r)[:, :10], START)])[0]
     assert 0.0 <= short.score <= 1.0
+
+
+def test_lagging_on_selected_cells_equals_the_dense_computation(rng):
+    from stream_detector.patterns import lagging
+
+    n, w = 6, 48
+    before = rng.gamma(1.0, 40.0, (n, 4, w)) * (rng.random((n, 4, w)) > 0.2)
+    now = before * np.exp(rng.normal(0, 1.2, (n, 4, w))) * (rng.random((n, 4, w)) > 0.1)
+    rise = np.log1p(now) - np.log1p(before)
+    phi = rng.uniform(0.05, 1.0, (n, 4))
+    where = rng.random((n, 4, w)) > 0.7
+    for unknown in (0.0, 0.6):
+        dense = lagging(now, before, rise, phi, unknown=unknown)
+        assert dense.max() > 0.5  # the draw has lagging metrics to find
+        picked = lagging(now, before, rise, phi, unknown=unknown, where=where)
+        np.testing.assert_array_equal(picked, np.where(where, dense, 0.0))
+    assert not lagging(now, before, rise, phi, where=np.zeros_like(where)).any()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 12, 13, 40])
+def test_spread_is_the_trailing_max_over_covering_windows(rng, size):
+    from stream_detector.patterns import _spread
+
+    flags = rng.random((3, 4, 30)) * (rng.random((3, 4, 30)) > 0.8)
+    want = np.stack([flags[..., max(0, t - size + 1): t + 1].max(axis=-1) for t in range(30)], axis=-1)
+    np.testing.assert_array_equal(_spread(flags, size), want)

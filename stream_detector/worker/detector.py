@@ -75,7 +75,7 @@ class Detector:
         self.ingest = Ingest(self.ctx, self.checkpoint, self.arrivals,
                              confirm_hours=lambda: self.slot.decision.thresholds.confirm_hours)
         self.scoring: ScoringLoop | None = None
-        self.score_process: ScoringProcess | None = None
+        self.score_processes: list[ScoringProcess] = []
         self.publisher: FlagPublisher | None = None
         self.batch_lock = asyncio.Lock()  # held while a fetched batch is being written
         self._tasks: dict[str, asyncio.Task] = {}
@@ -133,9 +133,12 @@ class Detector:
         ctx.schedule = RescoreSchedule(ctx.redis, prefix=s.key_prefix, topic=s.events_topic, metrics=ctx.metrics)
         self.publisher = FlagPublisher(ctx.redis, ctx.producer, ctx.metrics, topic=s.flags_topic,
                                        state_key=ctx.flag_key, state_ttl_s=FLAG_STATE_TTL_S)
-        self.score_process = ScoringProcess(ctx.metrics) if s.scoring_process else None
+        # one child for cadence batches and one for the immediate path, so a spike is never
+        # queued behind other lanes' cadence batches in the scoring process
+        self.score_processes = [ScoringProcess(ctx.metrics), ScoringProcess(ctx.metrics)] if s.scoring_process else []
+        cadence, urgent = self.score_processes or (None, None)
         self.scoring = ScoringLoop(ctx, self.slot, self.checkpoint, self.arrivals, self.publisher,
-                                   self.score_process)
+                                   cadence, urgent_process=urgent)
         ctx.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         for name, coro in (("consume", self._consume_loop()), ("scoring", self._score_loop()),
                            ("broker probe", self._probe_loop())):
@@ -163,8 +166,8 @@ class Detector:
                 await client.stop()
         if ctx.redis is not None:
             await ctx.redis.aclose()
-        if self.score_process is not None:
-            await self.score_process.stop()
+        for proc in self.score_processes:
+            await proc.stop()
         ctx.metrics.ready.set(0)
         log.info("detector stopped consumed=%d flags=%d", self.consumed, self.flags_published)
 

@@ -5,7 +5,9 @@ tens of microseconds each, every one taking the GIL back. In a thread of the wor
 it slows the consume loop down and is slowed down by it (bench/sustained.py: the scoring
 thread's wall time per video was 3.5x its cost alone). A child process scores on its own core
 instead; a batch travels there as its closed windows (~0.7 MB for 128 videos) and comes back
-as ``VideoScore`` objects.
+as a ``ScoredBatch``: each per-hour field of every video stacked into one array (a dozen
+buffers instead of ~1,300 small arrays to pickle and unpickle, which in the worker costs the
+consume loop's GIL), rebuilt into ``VideoScore`` objects viewing those arrays.
 
 The child is started with ``spawn`` (never ``fork``: the worker has threads) on the first
 batch, loads each model once from the artifact's bytes (cached by sha256, the last three),
@@ -21,10 +23,13 @@ import logging
 import multiprocessing
 from collections import OrderedDict
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
+from dataclasses import dataclass, fields
+
+import numpy as np
 
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact
-from stream_detector.scoring import Scorer, VideoScore
+from stream_detector.scoring import FlaggedWindow, HourDetail, Scorer, VideoScore
 from stream_detector.series import HourlySeries
 
 log = logging.getLogger("stream_detector.score_process")
@@ -33,7 +38,51 @@ _CACHE_SIZE = 3
 _scorers: OrderedDict[tuple[str, float], Scorer] = OrderedDict()  # in the child only
 
 
-def _score_in_child(sha: str, data: bytes, threshold: float, series: list[HourlySeries]) -> list[VideoScore]:
+_DETAIL_ARRAYS = tuple(f.name for f in fields(HourDetail) if f.name != "start_hour")
+
+
+@dataclass
+class ScoredBatch:
+    """A batch's ``VideoScore`` objects as stacked arrays plus per-video scalars (see above)."""
+
+    video_ids: list[str]
+    scores: list[float]
+    flagged: list[bool]
+    thresholds: list[float]
+    end_hours: list[int]
+    windows: list[list[FlaggedWindow]]
+    explanations: list[str]
+    hour_probability: np.ndarray  # (N, W)
+    detail_starts: list[int]
+    details: dict[str, np.ndarray | None]  # HourDetail field -> (N, ...) stacked; None: not computed
+
+    @classmethod
+    def pack(cls, scores: list[VideoScore]) -> ScoredBatch:
+        """``Scorer.score``'s output (one window length, every video with its detail)."""
+        details = [vs.detail for vs in scores]
+        if any(d is None for d in details):
+            raise ValueError("a scored batch travels with every video's hour detail")
+        stacked: dict[str, np.ndarray | None] = {}
+        for name in _DETAIL_ARRAYS:
+            parts = [getattr(d, name) for d in details]
+            stacked[name] = None if not parts or any(x is None for x in parts) else np.stack(parts)
+        return cls([v.video_id for v in scores], [v.score for v in scores], [v.flagged for v in scores],
+                   [v.threshold for v in scores], [v.end_hour for v in scores], [v.windows for v in scores],
+                   [v.explanation for v in scores],
+                   np.stack([v.hour_probability for v in scores]) if scores else np.zeros((0, 0)),
+                   [d.start_hour for d in details], stacked)
+
+    def unpack(self) -> list[VideoScore]:
+        out = []
+        for i, vid in enumerate(self.video_ids):
+            detail = HourDetail(self.detail_starts[i], **{k: (a[i] if a is not None else None)
+                                                          for k, a in self.details.items()})
+            out.append(VideoScore(vid, self.scores[i], self.flagged[i], self.thresholds[i], self.end_hours[i],
+                                  self.windows[i], self.explanations[i], self.hour_probability[i], detail))
+        return out
+
+
+def _score_in_child(sha: str, data: bytes, threshold: float, series: list[HourlySeries]) -> ScoredBatch:
     key = (sha, threshold)
     scorer = _scorers.get(key)
     if scorer is None:
@@ -41,7 +90,7 @@ def _score_in_child(sha: str, data: bytes, threshold: float, series: list[Hourly
         while len(_scorers) > _CACHE_SIZE:
             _scorers.popitem(last=False)
     _scorers.move_to_end(key)
-    return scorer.score(series)
+    return ScoredBatch.pack(scorer.score(series))
 
 
 def _ready() -> bool:
@@ -74,8 +123,9 @@ class ScoringProcess:
             return await asyncio.to_thread(scorer.score, series)
         try:
             pool = await self._ensure()
-            return await asyncio.get_running_loop().run_in_executor(
+            batch = await asyncio.get_running_loop().run_in_executor(
                 pool, _score_in_child, model.sha256, model.data, scorer.threshold, series)
+            return batch.unpack()
         except (BrokenExecutor, TimeoutError, OSError) as exc:
             self.metrics.internal_errors.labels(stage="scoring_process").inc()
             log.error("scoring process failed (%s: %s); this batch is scored in the worker, a new process "

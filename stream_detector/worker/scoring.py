@@ -2,9 +2,10 @@
 
 One pass takes the immediate path first (videos a minute spike made due at once), then one
 bounded batch of videos due at the cadence or after an hour closure, the owned partitions in
-turn, so a spike never waits behind more than one batch. A batch is scored by one model (and
-one shadow) in a thread (numpy and onnxruntime release the GIL: consumption goes on), decided
-and published by the ``FlagPublisher``, then released. A scorer that dies holding a lease
+turn, so a spike never waits behind more than one batch of its lane. A batch is scored by one
+model in the scoring process (``score_process``; the immediate path has a child of its own, so
+it never queues behind other lanes' cadence batches there), or with a shadow model in a thread
+of the worker; then decided and published by the ``FlagPublisher``, and released. A scorer that dies holding a lease
 leaves its videos due again when the lease expires.
 """
 
@@ -31,18 +32,18 @@ from stream_detector.worker.score_process import ScoringProcess
 
 log = logging.getLogger("stream_detector.scoring_loop")
 
-CADENCE_BATCH = 128  # videos per cadence scoring call: bounds how long a spike can wait
-
 
 class ScoringLoop:
     def __init__(self, ctx: WorkerContext, slot: ModelSlot, checkpoint: Checkpoint, arrivals: Arrivals,
-                 publisher: FlagPublisher, process: ScoringProcess | None = None) -> None:
+                 publisher: FlagPublisher, process: ScoringProcess | None = None, *,
+                 urgent_process: ScoringProcess | None = None) -> None:
         self.ctx = ctx
         self.slot = slot
         self.checkpoint = checkpoint
         self.arrivals = arrivals
         self.publisher = publisher
         self.process = process  # None: score in a thread of this process
+        self.urgent_process = urgent_process or process  # the immediate path's own child
         self.bursts = BurstDetector()
         self._next_partition: dict[int, int] = {}  # per lane: whose turn it is
         self._shadow_publishers: dict[str, FlagPublisher] = {}
@@ -64,7 +65,7 @@ class ScoringLoop:
         turn = self._next_partition[lane] = (self._next_partition.get(lane, 0) + 1) % len(owned)
         for k in range(len(owned)):
             p = owned[(turn + k) % len(owned)]
-            n = await self._score_claimed(p, min(CADENCE_BATCH, ctx.settings.score_batch_size), None, "cadence")
+            n = await self._score_claimed(p, min(ctx.settings.cadence_batch_size, ctx.settings.score_batch_size), None, "cadence")
             if n:
                 return scored + n
         return scored
@@ -112,9 +113,10 @@ class ScoringLoop:
             theirs = self.slot.shadow_score(shadow, present, ours) if shadow is not None else None
             return ours, spent, theirs
 
-        if self.process is not None and shadow is None:
+        process = self.urgent_process if path == "immediate" else self.process
+        if process is not None and shadow is None:
             t0 = time.perf_counter()
-            scores = await self.process.score(scorer, present)
+            scores = await process.score(scorer, present)
             spent, shadow_scores = time.perf_counter() - t0, None
         else:  # a shadow compares on the same batch in the same thread
             scores, spent, shadow_scores = await asyncio.to_thread(run)
