@@ -293,6 +293,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--log-dir", help="keep the broker, redis and worker logs here (default: a temp dir, removed)")
     a = p.parse_args(argv)
     if a.events < 10_000 or a.history_events < 1000 or a.videos < 100 or a.partitions < 1 or a.dense_hours <= 0:
         p.error("need --events >= 10000, --history-events >= 1000, --videos >= 100, --partitions >= 1, --dense-hours > 0")
@@ -307,7 +308,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     extra_env = dict(item.split("=", 1) for item in a.worker_env)
-    tmp = Path(tempfile.mkdtemp(prefix="sd-sustained-"))
+    tmp = Path(a.log_dir) if a.log_dir else Path(tempfile.mkdtemp(prefix="sd-sustained-"))
+    tmp.mkdir(parents=True, exist_ok=True)
     run = f"sus{uuid.uuid4().hex[:8]}"
 
     def names(tag: str) -> dict[str, str]:
@@ -397,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         for w in workers:
             w.stop()
         stack.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not a.log_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     print(render(result))
     if a.json:

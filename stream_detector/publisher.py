@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
@@ -28,6 +29,7 @@ from stream_detector.scoring import VideoScore
 from stream_detector.series import hour_start_iso
 
 log = logging.getLogger("stream_detector.publisher")
+_JSON = msgspec.json.Encoder()  # decision states: one per newly scored video
 
 
 @dataclass
@@ -72,20 +74,30 @@ class FlagPublisher:
         self.shadow = shadow
         self.published = 0
 
+    async def states(self, video_ids: list[str]) -> dict[str, VideoDecisionState | None]:
+        """What the process remembers of each video (one MGET)."""
+        keys = [self.state_key(v) for v in video_ids]
+        raw = await self.metrics.timed_redis("flag_state", redis_client.mget(self.redis, keys))
+        return {v: VideoDecisionState.from_dict(json.loads(r)) if r else None
+                for v, r in zip(video_ids, raw, strict=True)}
+
     async def run(self, batch: list[Scored], decision: StreamDecision, model: ModelArtifact, *,
-                  watermark: float) -> list[tuple[Scored, dict]]:
-        """Decide for every video of the batch; publish and remember. Returns what was sent."""
+                  watermark: float, prior: dict[str, VideoDecisionState | None] | None = None,
+                  ) -> list[tuple[Scored, dict]]:
+        """Decide for every video of the batch; publish and remember. Returns what was sent.
+        ``prior``: the states, when the caller read them already (``states``)."""
         if not batch:
             return []
-        keys = [self.state_key(s.score.video_id) for s in batch]
-        raw = await self.metrics.timed_redis("flag_state", redis_client.mget(self.redis, keys))
+        if prior is None:
+            prior = await self.states([s.score.video_id for s in batch])
         now = time.time()
         sends, states = [], {}
-        for scored, key, prev in zip(batch, keys, raw, strict=True):
-            old = VideoDecisionState.from_dict(json.loads(prev)) if prev else None
+        for scored in batch:
+            key = self.state_key(scored.score.video_id)
+            old = prior.get(scored.score.video_id)
             state, rec = decision.decide(old, scored.score, now_hour=scored.now_hour, burst=scored.burst)
             if old is None or state != old:
-                states[key] = json.dumps(state.to_dict(), separators=(",", ":"))
+                states[key] = _JSON.encode(state.to_dict())
             if rec is None:
                 continue
             doc = build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from stream_detector.metrics import Metrics
 
 _CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[4], ARGV[1], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 for i = 1, #due, 2 do
   redis.call('ZADD', KEYS[1], 'XX', ARGV[2], due[i])
 end
@@ -82,15 +82,18 @@ class RescoreSchedule:
             if videos:
                 pipe.zadd(self.key(partition), videos, lt=True)
 
-    async def claim(self, partition: int, limit: int, at_ms: int | None = None) -> tuple[list[str], int]:
-        """Lease up to ``limit`` videos due at or before ``at_ms`` (default now), earliest first;
-        returns (video_ids, lease deadline in epoch ms). How long the claimed videos waited
+    async def claim(self, partition: int, limit: int, at_ms: int | None = None,
+                    after_ms: int | None = None) -> tuple[list[str], int]:
+        """Lease up to ``limit`` videos due at or before ``at_ms`` (default now) and, with
+        ``after_ms``, strictly after it (the cadence path leaves the immediate path's marks to
+        it), earliest first; returns (video_ids, lease deadline in epoch ms). How long the claimed videos waited
         past their due time goes to ``detector_schedule_delay_seconds`` (the cadence path's
         backlog; immediate-path marks carry no due time and are not observed)."""
         now = now_ms()
         at = now if at_ms is None else at_ms
         lease = now + self.lease_ms
-        got = await self.metrics.timed_redis("schedule", self._claim(keys=[self.key(partition)], args=[at, lease, limit]))
+        got = await self.metrics.timed_redis("schedule", self._claim(
+            keys=[self.key(partition)], args=[at, lease, limit, "-inf" if after_ms is None else f"({after_ms}"]))
         ids = [v.decode() if isinstance(v, bytes) else v for v in got[0::2]]
         for due in got[1::2]:
             due_ms = float(due)

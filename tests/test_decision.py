@@ -188,3 +188,31 @@ def test_short_windows_recurring_at_the_same_quiet_hour_are_named_offpeak():
     names = {(w.start_hour - vs.start_hour): w.patterns for w in rec.windows}
     assert names[27] == names[51] == ("offpeak_burst",)
     assert names[100] == ("spike",), "a lone window at another hour keeps its own name"
+
+
+def test_the_hour_detail_is_only_read_where_uses_detail_or_the_floor_says_so():
+    """The scoring process leaves a video's hour detail behind unless ``uses_detail`` or an hour
+    at or above ``detail_floor`` asks for it: over flag episodes that start, grow, end and are
+    withdrawn, deciding without it then gives the same states and records."""
+    from dataclasses import replace
+
+    d = StreamDecision(TH)
+    rng = np.random.default_rng(7)
+    left_behind, published = 0, 0
+    for _video in range(40):
+        state = None
+        for step in range(30):
+            end = END + step
+            p = rng.uniform(0.0, 0.3, W)
+            if rng.random() < 0.25:  # a few hot hours, sometimes above the publish threshold
+                p[rng.integers(W - 30, W - 1, 3)] = rng.uniform(0.3, 1.0, 3)
+            burst = Burst(float(rng.uniform(0.2, 1.0)), ("likes",), (end + 1) * 60 + 5, 900, 50.0) \
+                if rng.random() < 0.1 else None
+            full = scored(p, end=end)
+            got = d.decide(state, full, now_hour=end + 1, burst=burst)
+            published += got[1] is not None
+            if not d.uses_detail(state, burst) and p.max() < d.detail_floor:
+                left_behind += 1
+                assert d.decide(state, replace(full, detail=None), now_hour=end + 1, burst=burst) == got
+            state = got[0]
+    assert left_behind > 200 and published > 20  # episodes happened, most scorings went without it

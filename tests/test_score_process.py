@@ -43,6 +43,16 @@ async def test_child_process_scores_exactly_like_the_worker_and_survives_a_kill(
         # another threshold is another scorer in the child, not the cached one
         strict = Scorer(scorer.model, threshold=0.99)
         _same(await proc.score(strict, series), strict.score(series))
+        # the hour detail comes back only where asked for, or where an hour reaches the floor
+        floor = float(np.median([v.score for v in here]))
+        asked = frozenset({here[0].video_id})
+        slim = await proc.score(scorer, series, keep_ids=asked, detail_floor=floor)
+        kept = [v.video_id in asked or v.hour_probability.max() >= floor for v in here]
+        assert [v.detail is not None for v in slim] == kept and 0 < sum(kept) < len(kept)
+        _same([v for v, k in zip(slim, kept, strict=True) if k], [v for v, k in zip(here, kept, strict=True) if k])
+        for v, ref in zip(slim, here, strict=True):
+            assert v.score == ref.score and v.explanation == ref.explanation
+            np.testing.assert_array_equal(v.hour_probability, ref.hour_probability)
 
         (child,) = proc._pool._processes.values()  # noqa: SLF001 - the real child, to kill it
         os.kill(child.pid, signal.SIGKILL)

@@ -1,9 +1,10 @@
 """The worker core: its parts composed, with an explicit start/stop lifecycle and three tasks.
 
-- the consume loop: fetch (``getmany``) → ``Ingest.process`` → commit through the
-  ``Checkpoint`` (every ``COMMIT_INTERVAL_S``, only what is written) → idle hour closures;
-- the scoring loop: ``ScoringLoop.score_due`` until stopped; a Redis or broker outage is ridden
-  out with backoff (leased videos stay due; a flag sent but not yet remembered is sent again
+- the consume loop: fetch (``getmany``) → ``Ingest.prepare`` / ``Ingest.write`` → commit
+  through the ``Checkpoint`` (every ``COMMIT_INTERVAL_S``, only what is written) → idle hour
+  closures;
+- the scoring loop: the immediate path (``ScoringLoop.score_immediate``) and the cadence lanes
+  (``score_cadence``) until stopped; a Redis or broker outage is ridden out with backoff (leased videos stay due; a flag sent but not yet remembered is sent again
   with the same id);
 - the broker probe: every ``BROKER_PROBE_S``, the end offsets of the owned partitions (the lag
   gauge, and whether the broker answers at all), in its own task so that a consume loop
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 
@@ -244,11 +247,18 @@ class Detector:
 
     async def _score_loop(self) -> None:
         """Claim due videos of the owned partitions, score, decide, publish; until stopped.
-        Several lanes run at once (``DETECTOR_SCORING_LANES``), each for its own partitions:
-        while one batch is scored (in the scoring process), another reads its windows or
-        publishes, and a video always belongs to the same lane."""
+        The immediate path runs on its own, next to several cadence lanes
+        (``DETECTOR_SCORING_LANES``), each for its own partitions: while one batch is scored
+        (in the scoring process), another reads its windows or publishes."""
+        assert self.scoring is not None
+        scoring = self.scoring
+        await scoring.warm()
         n = max(1, self.ctx.settings.scoring_lanes)
-        lanes = [asyncio.create_task(self._score_lane(i, n), name=f"detector-scoring-{i}") for i in range(n)]
+        passes = [("immediate", scoring.score_immediate, SCORE_POLL_S)]
+        passes += [(f"cadence-{i}", functools.partial(scoring.score_cadence, i, n), SCORE_POLL_S * (1 + i))
+                   for i in range(n)]
+        lanes = [asyncio.create_task(self._score_lane(name, run, idle_s), name=f"detector-scoring-{name}")
+                 for name, run, idle_s in passes]
         try:
             done, _ = await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -258,14 +268,13 @@ class Detector:
                 t.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
 
-    async def _score_lane(self, lane: int, lanes: int) -> None:
+    async def _score_lane(self, name: str, run: Callable[[], Awaitable[int]], idle_s: float) -> None:
         ctx = self.ctx
-        assert self.scoring is not None
         backoff = 0.2
         try:
             while not ctx.stopping.is_set():
                 try:
-                    worked = await self.scoring.score_due(lane, lanes)
+                    worked = await run()
                 except TRANSIENT["redis"] + TRANSIENT["broker"] as exc:
                     dep = "broker" if isinstance(exc, TRANSIENT["broker"]) and not isinstance(exc, OSError) else "redis"
                     ctx.guard.mark_down(dep, f"scoring: {type(exc).__name__}: {str(exc)[:120]}")
@@ -275,11 +284,11 @@ class Detector:
                     continue
                 backoff = 0.2
                 if not worked:
-                    await asyncio.sleep(SCORE_POLL_S * (1 + lane))
+                    await asyncio.sleep(idle_s)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("scoring lane %d failed", lane)
+            log.exception("scoring lane %s failed", name)
             ctx.metrics.ready.set(0)
             raise
 

@@ -4,10 +4,12 @@ Scoring is numpy and onnxruntime on (N, 4, 168) windows: many array operations o
 tens of microseconds each, every one taking the GIL back. In a thread of the worker process
 it slows the consume loop down and is slowed down by it (bench/sustained.py: the scoring
 thread's wall time per video was 3.5x its cost alone). A child process scores on its own core
-instead; a batch travels there as its closed windows (~0.7 MB for 128 videos) and comes back
-as a ``ScoredBatch``: each per-hour field of every video stacked into one array (a dozen
-buffers instead of ~1,300 small arrays to pickle and unpickle, which in the worker costs the
-consume loop's GIL), rebuilt into ``VideoScore`` objects viewing those arrays.
+instead. A batch travels there as a ``WindowBatch`` (its closed windows in one array, 5.4 KB
+a video) and comes back as a ``ScoredBatch`` (each per-hour field stacked into one array):
+a dozen buffers instead of thousands of small objects to pickle and unpickle, which in the
+worker holds the consume loop's GIL. The hour detail (~30 KB a video) comes back only for the
+videos whose decision can read it (``StreamDecision.uses_detail``, or an hour at or above its
+``detail_floor``); the others come back with ``detail=None``.
 
 The child is started with ``spawn`` (never ``fork``: the worker has threads) on the first
 batch, loads each model once from the artifact's bytes (cached by sha256, the last three),
@@ -53,36 +55,66 @@ class ScoredBatch:
     windows: list[list[FlaggedWindow]]
     explanations: list[str]
     hour_probability: np.ndarray  # (N, W)
+    detail_rows: list[int]  # per video: its row in ``details``, -1 when its detail stayed behind
     detail_starts: list[int]
-    details: dict[str, np.ndarray | None]  # HourDetail field -> (N, ...) stacked; None: not computed
+    details: dict[str, np.ndarray | None]  # HourDetail field -> (kept, ...) stacked; None: not computed
 
     @classmethod
-    def pack(cls, scores: list[VideoScore]) -> ScoredBatch:
-        """``Scorer.score``'s output (one window length, every video with its detail)."""
-        details = [vs.detail for vs in scores]
-        if any(d is None for d in details):
-            raise ValueError("a scored batch travels with every video's hour detail")
+    def pack(cls, scores: list[VideoScore], keep: list[bool] | None = None) -> ScoredBatch:
+        """``Scorer.score``'s output (one window length, every video with its detail); the
+        detail travels for the videos ``keep`` marks (default: all)."""
+        keep = [True] * len(scores) if keep is None else keep
+        kept = [vs.detail for vs, k in zip(scores, keep, strict=True) if k]
+        if any(d is None for d in kept):
+            raise ValueError("a kept video has no hour detail to send")
         stacked: dict[str, np.ndarray | None] = {}
         for name in _DETAIL_ARRAYS:
-            parts = [getattr(d, name) for d in details]
+            parts = [getattr(d, name) for d in kept]
             stacked[name] = None if not parts or any(x is None for x in parts) else np.stack(parts)
+        rows, n = [], 0
+        for k in keep:
+            rows.append(n if k else -1)
+            n += bool(k)
         return cls([v.video_id for v in scores], [v.score for v in scores], [v.flagged for v in scores],
                    [v.threshold for v in scores], [v.end_hour for v in scores], [v.windows for v in scores],
                    [v.explanation for v in scores],
                    np.stack([v.hour_probability for v in scores]) if scores else np.zeros((0, 0)),
-                   [d.start_hour for d in details], stacked)
+                   rows, [d.start_hour for d in kept], stacked)
 
     def unpack(self) -> list[VideoScore]:
         out = []
         for i, vid in enumerate(self.video_ids):
-            detail = HourDetail(self.detail_starts[i], **{k: (a[i] if a is not None else None)
-                                                          for k, a in self.details.items()})
+            row = self.detail_rows[i]
+            detail = None if row < 0 else HourDetail(
+                self.detail_starts[row], **{k: (a[row] if a is not None else None) for k, a in self.details.items()})
             out.append(VideoScore(vid, self.scores[i], self.flagged[i], self.thresholds[i], self.end_hours[i],
                                   self.windows[i], self.explanations[i], self.hour_probability[i], detail))
         return out
 
 
-def _score_in_child(sha: str, data: bytes, threshold: float, series: list[HourlySeries]) -> ScoredBatch:
+@dataclass
+class WindowBatch:
+    """The closed windows of a batch as one (N, 4, W) array: what scoring reads of each series
+    (its trailing window), without each series' own objects to pickle."""
+
+    video_ids: list[str]
+    start_hours: list[int]
+    published_hours: list[int | None]
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, series: list[HourlySeries], window: int) -> WindowBatch:
+        last = [s.last(window) for s in series]
+        return cls([s.video_id for s in last], [s.start_hour for s in last], [s.published_hour for s in last],
+                   np.stack([s.counts for s in last]) if last else np.zeros((0, 4, window)))
+
+    def series(self) -> list[HourlySeries]:
+        return [HourlySeries(v, self.start_hours[i], self.counts[i], self.published_hours[i])
+                for i, v in enumerate(self.video_ids)]
+
+
+def _score_in_child(sha: str, data: bytes, threshold: float, windows: WindowBatch,
+                    keep_ids: frozenset[str] | None = None, detail_floor: float = 0.0) -> ScoredBatch:
     key = (sha, threshold)
     scorer = _scorers.get(key)
     if scorer is None:
@@ -90,7 +122,11 @@ def _score_in_child(sha: str, data: bytes, threshold: float, series: list[Hourly
         while len(_scorers) > _CACHE_SIZE:
             _scorers.popitem(last=False)
     _scorers.move_to_end(key)
-    return ScoredBatch.pack(scorer.score(series))
+    scores = scorer.score(windows.series())
+    keep = None if keep_ids is None else [
+        vs.video_id in keep_ids or (vs.hour_probability.size > 0 and float(vs.hour_probability.max()) >= detail_floor)
+        for vs in scores]
+    return ScoredBatch.pack(scores, keep)
 
 
 def _ready() -> bool:
@@ -117,14 +153,23 @@ class ScoringProcess:
             log.info("scoring process started")
         return self._pool
 
-    async def score(self, scorer: Scorer, series: list[HourlySeries]) -> list[VideoScore]:
+    async def warm(self, scorer: Scorer) -> None:
+        """Start the child and load ``scorer``'s model there now, so the first batch (a spike's,
+        for the immediate path's child) does not wait ~1-2 s for both."""
+        await self.score(scorer, [])
+
+    async def score(self, scorer: Scorer, series: list[HourlySeries], *, keep_ids: frozenset[str] | None = None,
+                    detail_floor: float = 0.0) -> list[VideoScore]:
+        """``scorer.score(series)``, in the child. With ``keep_ids``, the hour detail comes back
+        only for those videos and for those with an hour probability >= ``detail_floor``."""
         model = scorer.model
         if not model.data:  # an artifact built in memory without its bytes: score here
             return await asyncio.to_thread(scorer.score, series)
         try:
             pool = await self._ensure()
             batch = await asyncio.get_running_loop().run_in_executor(
-                pool, _score_in_child, model.sha256, model.data, scorer.threshold, series)
+                pool, _score_in_child, model.sha256, model.data, scorer.threshold,
+                WindowBatch.of(series, scorer.window), keep_ids, detail_floor)
             return batch.unpack()
         except (BrokenExecutor, TimeoutError, OSError) as exc:
             self.metrics.internal_errors.labels(stage="scoring_process").inc()

@@ -1,12 +1,15 @@
 """The scoring side: claim due videos → score their closed windows → decide → publish → release.
 
-One pass takes the immediate path first (videos a minute spike made due at once), then one
-bounded batch of videos due at the cadence or after an hour closure, the owned partitions in
-turn, so a spike never waits behind more than one batch of its lane. A batch is scored by one
-model in the scoring process (``score_process``; the immediate path has a child of its own, so
-it never queues behind other lanes' cadence batches there), or with a shadow model in a thread
-of the worker; then decided and published by the ``FlagPublisher``, and released. A scorer that dies holding a lease
-leaves its videos due again when the lease expires.
+Two kinds of pass run at once: the immediate path (``score_immediate``: videos a minute spike
+made due, every owned partition, small batches) and the cadence lanes (``score_cadence``: one
+bounded batch of videos due after an hour closure or late events, each lane for its own
+partitions). A spike never waits behind a cadence batch: not in this loop, and not in the
+scoring process either (the immediate path has a child of its own). A video being decided by
+one batch is handed back, due again, by any other claim (``_busy``), so no two batches decide
+the same video at once. A batch is scored by one model in the scoring process
+(``score_process``), or with a shadow model in a thread of the worker; then decided and
+published by the ``FlagPublisher``, and released. A scorer that dies holding a lease leaves
+its videos due again when the lease expires.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ import json
 import logging
 import time
 
+import msgspec
 import numpy as np
 
 from stream_detector.decision import StreamDecision, closed_window
 from stream_detector.models import ModelArtifact
 from stream_detector.patterns import Burst, BurstDetector, usual_hour
 from stream_detector.publisher import FlagPublisher, Scored
+from stream_detector.schedule import now_ms
 from stream_detector.scoring import Scorer, VideoScore
 from stream_detector.series import HourlySeries
 from stream_detector.worker.checkpoint import Checkpoint
@@ -31,6 +36,7 @@ from stream_detector.worker.model_slot import ModelSlot
 from stream_detector.worker.score_process import ScoringProcess
 
 log = logging.getLogger("stream_detector.scoring_loop")
+_JSON = msgspec.json.Encoder()  # the latest-score documents: one per scored video, so the encoder counts
 
 
 class ScoringLoop:
@@ -46,38 +52,67 @@ class ScoringLoop:
         self.urgent_process = urgent_process or process  # the immediate path's own child
         self.bursts = BurstDetector()
         self._next_partition: dict[int, int] = {}  # per lane: whose turn it is
+        self._busy: set[str] = set()  # videos a batch is deciding now
         self._shadow_publishers: dict[str, FlagPublisher] = {}
 
-    async def score_due(self, lane: int = 0, lanes: int = 1) -> int:
-        """One scoring pass (see the module docstring) over the owned partitions of this lane
-        (partition % lanes == lane: a video is only ever scored by one lane, so two batches
-        never decide the same video at once). Returns the number of videos scored."""
+    async def warm(self) -> None:
+        """Start the scoring processes with the serving model loaded (see ``ScoringProcess.warm``)."""
+        scorer, _ = self.slot.take()
+        for proc in {id(p): p for p in (self.process, self.urgent_process) if p is not None}.values():
+            await proc.warm(scorer)
+
+    async def score_immediate(self) -> int:
+        """The immediate path over every owned partition: videos a minute spike made due
+        (due time ``URGENT_DUE_MS``), in small batches of their own, never behind a cadence batch."""
         self.slot.take()  # also when idle, so /model shows a pushed model at once
+        ctx = self.ctx
+        if ctx.consumer is None or ctx.schedule is None:
+            return 0
+        scored = 0
+        for p in sorted(tp.partition for tp in ctx.owned()):
+            scored += await self._score_claimed(p, ctx.settings.score_batch_size, URGENT_DUE_MS, "immediate")
+        return scored
+
+    async def score_cadence(self, lane: int = 0, lanes: int = 1) -> int:
+        """One cadence batch (videos due after an hour closure or late events), from the owned
+        partitions of this lane in turn (partition % lanes == lane). Returns videos scored."""
         ctx = self.ctx
         if ctx.consumer is None or ctx.schedule is None:
             return 0
         owned = sorted(tp.partition for tp in ctx.owned() if tp.partition % lanes == lane)
         if not owned:
             return 0
-        scored = 0
-        for p in owned:  # immediate path: due time URGENT_DUE_MS sorts ahead of everything
-            scored += await self._score_claimed(p, ctx.settings.score_batch_size, URGENT_DUE_MS, "immediate")
         turn = self._next_partition[lane] = (self._next_partition.get(lane, 0) + 1) % len(owned)
+        limit = min(ctx.settings.cadence_batch_size, ctx.settings.score_batch_size)
         for k in range(len(owned)):
-            p = owned[(turn + k) % len(owned)]
-            n = await self._score_claimed(p, min(ctx.settings.cadence_batch_size, ctx.settings.score_batch_size), None, "cadence")
+            n = await self._score_claimed(owned[(turn + k) % len(owned)], limit, None, "cadence")
             if n:
-                return scored + n
-        return scored
+                return n
+        return 0
 
     async def _score_claimed(self, partition: int, limit: int, at_ms: int | None, path: str) -> int:
+        """Claim, score, release. A claimed video another batch is deciding right now (a spike
+        on a video in a cadence batch, say) is handed back, due again, for the next pass: two
+        batches never decide the same video at once."""
         schedule = self.ctx.schedule
         assert schedule is not None
-        ids, lease = await schedule.claim(partition, limit, at_ms=at_ms)
+        after = URGENT_DUE_MS if path == "cadence" else None
+        ids, lease = await schedule.claim(partition, limit, at_ms=at_ms, after_ms=after)
         if not ids:
             return 0
-        arrival, urgent = self.arrivals.take(ids)
-        await self._score_batch(ids, arrival, "immediate" if urgent else path, partition)
+        clash = [v for v in ids if v in self._busy]
+        if clash:
+            due = URGENT_DUE_MS if path == "immediate" else now_ms()
+            await schedule.mark({partition: dict.fromkeys(clash, due)})
+            ids = [v for v in ids if v not in self._busy]
+            if not ids:
+                return 0
+        self._busy.update(ids)
+        try:
+            arrival, urgent = self.arrivals.take(ids)
+            await self._score_batch(ids, arrival, "immediate" if urgent else path, partition)
+        finally:
+            self._busy.difference_update(ids)
         await schedule.release(partition, ids, lease)
         return len(ids)
 
@@ -114,9 +149,11 @@ class ScoringLoop:
             return ours, spent, theirs
 
         process = self.urgent_process if path == "immediate" else self.process
+        prior = await self.publisher.states([vid for vid, _, _ in prepared])
         if process is not None and shadow is None:
             t0 = time.perf_counter()
-            scores = await process.score(scorer, present)
+            keep = frozenset(vid for vid, _, burst in prepared if decision.uses_detail(prior[vid], burst))
+            scores = await process.score(scorer, present, keep_ids=keep, detail_floor=decision.detail_floor)
             spent, shadow_scores = time.perf_counter() - t0, None
         else:  # a shadow compares on the same batch in the same thread
             scores, spent, shadow_scores = await asyncio.to_thread(run)
@@ -126,7 +163,7 @@ class ScoringLoop:
         batch = [Scored(vs, now_hour, burst, arrival.get(vid, 0.0))
                  for (vid, _, burst), vs in zip(prepared, scores, strict=True)]
         wm = max(self.checkpoint.watermark.values()) if self.checkpoint.watermark else 0.0
-        sent = await self.publisher.run(batch, decision, scorer.model, watermark=wm)
+        sent = await self.publisher.run(batch, decision, scorer.model, watermark=wm, prior=prior)
         await self._store_scores(batch, scorer, decision, shadow, shadow_scores, {s.score.video_id: d for s, d in sent})
         if shadow is not None and shadow_scores:
             shadow_batch = [Scored(vs, now_hour, b.burst, b.arrival_ms) for b, vs in zip(batch, shadow_scores, strict=True)]
@@ -177,7 +214,7 @@ class ScoringLoop:
                 doc["shadow"] = {"score": round(other.score, 4), "flagged": other.flagged,
                                  "model": {"name": shadow.model.name, "version": shadow.model.version,
                                            "sha256": shadow.model.sha256}}
-            pipe.set(ctx.score_key(vs.video_id), json.dumps(doc), ex=ctx.settings.idle_ttl_seconds)
+            pipe.set(ctx.score_key(vs.video_id), _JSON.encode(doc), ex=ctx.settings.idle_ttl_seconds)
         await ctx.metrics.timed_redis("store_scores", pipe.execute())
 
     async def current_score(self, video_id: str) -> dict | None:

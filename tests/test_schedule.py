@@ -1,0 +1,28 @@
+"""The durable re-scoring schedule on a real Redis: due order, the immediate path's own marks,
+leases that keep a video due when it changed while it was being scored."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from stream_detector.schedule import RescoreSchedule, now_ms
+from stream_detector.worker.ingest import URGENT_DUE_MS
+
+
+@pytest.mark.asyncio
+async def test_cadence_claims_leave_spike_marks_to_the_immediate_path(redis_client):
+    schedule = RescoreSchedule(redis_client, prefix=f"t{uuid.uuid4().hex[:8]}", topic="events", lease_s=30)
+    now = now_ms()
+    await schedule.mark({0: {"spiked": URGENT_DUE_MS, "closed": now - 1000, "later": now + 60_000}})
+    cadence, lease = await schedule.claim(0, 10, after_ms=URGENT_DUE_MS)
+    assert cadence == ["closed"]  # not the spike's mark, not what is due later
+    immediate, _ = await schedule.claim(0, 10, at_ms=URGENT_DUE_MS)
+    assert immediate == ["spiked"]
+    assert (await schedule.claim(0, 10))[0] == []  # both leased, "later" not due yet
+    # a change while "closed" is being scored keeps it due after the release
+    await schedule.mark({0: {"closed": URGENT_DUE_MS}})
+    assert await schedule.release(0, ["closed"], lease) == 0
+    again, _ = await schedule.claim(0, 10, at_ms=URGENT_DUE_MS)
+    assert again == ["closed"]
