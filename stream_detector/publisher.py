@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
+import numpy as np
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
@@ -29,7 +30,17 @@ from stream_detector.scoring import VideoScore
 from stream_detector.series import hour_start_iso
 
 log = logging.getLogger("stream_detector.publisher")
-_JSON = msgspec.json.Encoder()  # decision states: one per newly scored video
+
+
+def _plain(obj: object) -> object:
+    """numpy scalars as Python numbers (msgspec encodes no float or int subclass by itself)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+JSON_ENCODER = msgspec.json.Encoder(enc_hook=_plain)
+"""For the per-video documents (decision states, latest scores): one per scored video."""
 
 
 @dataclass
@@ -97,7 +108,7 @@ class FlagPublisher:
             old = prior.get(scored.score.video_id)
             state, rec = decision.decide(old, scored.score, now_hour=scored.now_hour, burst=scored.burst)
             if old is None or state != old:
-                states[key] = _JSON.encode(state.to_dict())
+                states[key] = JSON_ENCODER.encode(state.to_dict())
             if rec is None:
                 continue
             doc = build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,

@@ -148,6 +148,13 @@ def test_state_round_trips_through_json():
     state, _ = d.decide(None, scored(hours((100, 0.95), (120, 0.9))), now_hour=END + 1)
     again = VideoDecisionState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert again == state
+    # as the worker stores it, numpy scalars (a burst's hour, a score) included
+    from dataclasses import replace
+
+    from stream_detector.publisher import JSON_ENCODER
+
+    odd = replace(state, score=np.float64(0.93), burst_hours=[np.int64(END + 1)])
+    assert VideoDecisionState.from_dict(json.loads(JSON_ENCODER.encode(odd.to_dict()))) == odd
 
 
 def test_closed_window_drops_the_open_hour_and_pads_a_quiet_video():

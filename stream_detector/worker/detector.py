@@ -45,6 +45,7 @@ log = logging.getLogger("stream_detector.detector")
 FLAG_STATE_TTL_S = 30 * 24 * 3600
 COMMIT_INTERVAL_S = 0.5
 SCORE_POLL_S = 0.05
+IMMEDIATE_POLL_S = 1.0
 BROKER_PROBE_S = 1.0
 BROKER_PROBE_TIMEOUT_S = 1.5
 
@@ -254,11 +255,13 @@ class Detector:
         scoring = self.scoring
         await scoring.warm()
         n = max(1, self.ctx.settings.scoring_lanes)
-        passes = [("immediate", scoring.score_immediate, SCORE_POLL_S)]
-        passes += [(f"cadence-{i}", functools.partial(scoring.score_cadence, i, n), SCORE_POLL_S * (1 + i))
+        # the immediate path wakes when a spike's mark is written (and looks every
+        # IMMEDIATE_POLL_S anyway: marks from before a restart or a rebalance)
+        passes = [("immediate", scoring.score_immediate, IMMEDIATE_POLL_S, self.arrivals.spiked)]
+        passes += [(f"cadence-{i}", functools.partial(scoring.score_cadence, i, n), SCORE_POLL_S * (1 + i), None)
                    for i in range(n)]
-        lanes = [asyncio.create_task(self._score_lane(name, run, idle_s), name=f"detector-scoring-{name}")
-                 for name, run, idle_s in passes]
+        lanes = [asyncio.create_task(self._score_lane(name, run, idle_s, wake), name=f"detector-scoring-{name}")
+                 for name, run, idle_s, wake in passes]
         try:
             done, _ = await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -268,11 +271,14 @@ class Detector:
                 t.cancel()
             await asyncio.gather(*lanes, return_exceptions=True)
 
-    async def _score_lane(self, name: str, run: Callable[[], Awaitable[int]], idle_s: float) -> None:
+    async def _score_lane(self, name: str, run: Callable[[], Awaitable[int]], idle_s: float,
+                          wake: asyncio.Event | None = None) -> None:
         ctx = self.ctx
         backoff = 0.2
         try:
             while not ctx.stopping.is_set():
+                if wake is not None:
+                    wake.clear()  # before the pass: a spike marked during it wakes the next one
                 try:
                     worked = await run()
                 except TRANSIENT["redis"] + TRANSIENT["broker"] as exc:
@@ -283,8 +289,13 @@ class Detector:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.2
-                if not worked:
+                if worked:
+                    continue
+                if wake is None:
                     await asyncio.sleep(idle_s)
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), idle_s)
         except asyncio.CancelledError:
             raise
         except Exception:

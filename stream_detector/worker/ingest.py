@@ -45,6 +45,7 @@ class Arrivals:
     def __init__(self) -> None:
         self.arrival_ms: dict[str, float] = {}
         self.urgent: set[str] = set()
+        self.spiked = asyncio.Event()  # set once a spike's mark is written: the immediate path looks now
 
     def add(self, arrival: Mapping[str, float], spikes: set[str]) -> None:
         if len(self.arrival_ms) > MAX_TRACKED_VIDEOS:
@@ -57,6 +58,8 @@ class Arrivals:
             if t > self.arrival_ms.get(vid, 0.0):
                 self.arrival_ms[vid] = t
         self.urgent |= spikes
+        if spikes:
+            self.spiked.set()
 
     def take(self, ids: list[str]) -> tuple[dict[str, float], bool]:
         urgent = any(v in self.urgent for v in ids)

@@ -19,13 +19,12 @@ import json
 import logging
 import time
 
-import msgspec
 import numpy as np
 
 from stream_detector.decision import StreamDecision, closed_window
 from stream_detector.models import ModelArtifact
 from stream_detector.patterns import Burst, BurstDetector, usual_hour
-from stream_detector.publisher import FlagPublisher, Scored
+from stream_detector.publisher import JSON_ENCODER, FlagPublisher, Scored
 from stream_detector.schedule import now_ms
 from stream_detector.scoring import Scorer, VideoScore
 from stream_detector.series import HourlySeries
@@ -36,7 +35,6 @@ from stream_detector.worker.model_slot import ModelSlot
 from stream_detector.worker.score_process import ScoringProcess
 
 log = logging.getLogger("stream_detector.scoring_loop")
-_JSON = msgspec.json.Encoder()  # the latest-score documents: one per scored video, so the encoder counts
 
 
 class ScoringLoop:
@@ -53,6 +51,7 @@ class ScoringLoop:
         self.bursts = BurstDetector()
         self._next_partition: dict[int, int] = {}  # per lane: whose turn it is
         self._busy: set[str] = set()  # videos a batch is deciding now
+        self._handed_back: set[str] = set()  # spiked videos the immediate path left to a busy batch
         self._shadow_publishers: dict[str, FlagPublisher] = {}
 
     async def warm(self) -> None:
@@ -104,6 +103,8 @@ class ScoringLoop:
         if clash:
             due = URGENT_DUE_MS if path == "immediate" else now_ms()
             await schedule.mark({partition: dict.fromkeys(clash, due)})
+            if path == "immediate":
+                self._handed_back.update(clash)
             ids = [v for v in ids if v not in self._busy]
             if not ids:
                 return 0
@@ -113,6 +114,9 @@ class ScoringLoop:
             await self._score_batch(ids, arrival, "immediate" if urgent else path, partition)
         finally:
             self._busy.difference_update(ids)
+            if self._handed_back.intersection(ids):  # their spikes can be judged now
+                self._handed_back.difference_update(ids)
+                self.arrivals.spiked.set()
         await schedule.release(partition, ids, lease)
         return len(ids)
 
@@ -214,7 +218,7 @@ class ScoringLoop:
                 doc["shadow"] = {"score": round(other.score, 4), "flagged": other.flagged,
                                  "model": {"name": shadow.model.name, "version": shadow.model.version,
                                            "sha256": shadow.model.sha256}}
-            pipe.set(ctx.score_key(vs.video_id), _JSON.encode(doc), ex=ctx.settings.idle_ttl_seconds)
+            pipe.set(ctx.score_key(vs.video_id), JSON_ENCODER.encode(doc), ex=ctx.settings.idle_ttl_seconds)
         await ctx.metrics.timed_redis("store_scores", pipe.execute())
 
     async def current_score(self, video_id: str) -> dict | None:
