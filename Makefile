@@ -53,6 +53,8 @@ bench: $(STAMP_RUN)
 	$(PY) bench/throughput.py
 	$(PY) bench/score_cli.py
 	$(PY) bench/stream_quality.py
+	$(PIP) install -q 'confluent-kafka>=2.3'  # bench only: the client comparison, not a product dependency
+	$(PY) bench/kafka_clients.py
 
 lint: $(STAMP_DEV)
 	$(VENV)/bin/ruff check .
