@@ -64,3 +64,20 @@ async def test_child_process_scores_exactly_like_the_worker_and_survives_a_kill(
         assert proc._pool is not None and all(p.pid != child.pid for p in proc._pool._processes.values())
     finally:
         await proc.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_cadence_child_runs_at_a_lower_cpu_priority():
+    scorer = Scorer(ModelArtifact.load(DEFAULT_MODEL_PATH))
+    low, normal = ScoringProcess(Metrics(), niceness=3), ScoringProcess(Metrics())
+    try:
+        await low.warm(scorer)
+        await normal.warm(scorer)
+        mine = os.getpriority(os.PRIO_PROCESS, 0)
+        (child,) = low._pool._processes.values()  # noqa: SLF001 - the real child
+        (other,) = normal._pool._processes.values()  # noqa: SLF001
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == min(mine + 3, 19)
+        assert os.getpriority(os.PRIO_PROCESS, other.pid) == mine
+    finally:
+        await low.stop()
+        await normal.stop()

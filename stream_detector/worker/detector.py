@@ -46,6 +46,7 @@ FLAG_STATE_TTL_S = 30 * 24 * 3600
 COMMIT_INTERVAL_S = 0.5
 SCORE_POLL_S = 0.05
 IMMEDIATE_POLL_S = 1.0
+CADENCE_NICENESS = 5
 # records parsed between two turns of the event loop: every await of the scoring side waits for
 # the step in progress (a fetch of 5,000 records parsed at once held it ~40 ms); a slice is
 # judged like a smaller fetch would be
@@ -143,7 +144,9 @@ class Detector:
                                        state_key=ctx.flag_key, state_ttl_s=FLAG_STATE_TTL_S)
         # one child for cadence batches and one for the immediate path, so a spike is never
         # queued behind other lanes' cadence batches in the scoring process
-        self.score_processes = [ScoringProcess(ctx.metrics), ScoringProcess(ctx.metrics)] if s.scoring_process else []
+        # the cadence child runs at a lower CPU priority (CADENCE_NICENESS): closure bursts wait, spikes do not
+        self.score_processes = ([ScoringProcess(ctx.metrics, niceness=CADENCE_NICENESS), ScoringProcess(ctx.metrics)]
+                                if s.scoring_process else [])
         cadence, urgent = self.score_processes or (None, None)
         self.scoring = ScoringLoop(ctx, self.slot, self.checkpoint, self.arrivals, self.publisher,
                                    cadence, urgent_process=urgent)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections import OrderedDict
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -129,6 +130,13 @@ def _score_in_child(sha: str, data: bytes, threshold: float, windows: WindowBatc
     return ScoredBatch.pack(scores, keep)
 
 
+def _lower_priority(niceness: int) -> None:
+    """Runs first in the child: a cadence child yields the CPU to the consume loop and to the
+    immediate path's child when an hour closure makes thousands of videos due at once."""
+    if niceness > 0:
+        os.nice(niceness)
+
+
 def _ready() -> bool:
     """A first call that makes the pool start its child now (importing this module there
     imports the scoring core), so the first real batch does not wait for it."""
@@ -138,15 +146,17 @@ def _ready() -> bool:
 class ScoringProcess:
     """One child process that scores batches (see the module docstring)."""
 
-    def __init__(self, metrics: Metrics, start_timeout_s: float = 60.0) -> None:
+    def __init__(self, metrics: Metrics, start_timeout_s: float = 60.0, niceness: int = 0) -> None:
         self.metrics = metrics
         self.start_timeout_s = start_timeout_s
+        self.niceness = niceness
         self._pool: ProcessPoolExecutor | None = None
         self.restarts = 0
 
     async def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_lower_priority, initargs=(self.niceness,))
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(loop.run_in_executor(pool, _ready), self.start_timeout_s)
             self._pool = pool
