@@ -302,17 +302,6 @@ class LegacyDecision:
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
 
-    def uses_detail(self, state: VideoDecisionState | None, burst: Burst | None) -> bool:
-        """Whether deciding may read the scoring's hour detail (``VideoScore.detail``) whatever
-        the hour probabilities: a burst that fires (its window is merged and relabelled) or an
-        active flag (an episode that ends is published with its explanation). Otherwise only
-        hours at or above ``detail_floor`` make it flag and read the detail."""
-        return (state is not None and state.active) or (burst is not None and burst.evidence >= self.thresholds.burst)
-
-    @property
-    def detail_floor(self) -> float:
-        return self.thresholds.publish
-
     def decide(self, state: VideoDecisionState | None, vs: VideoScore, *, now_hour: int,
                burst: Burst | None = None) -> tuple[VideoDecisionState | None, Published | None]:
         if not (vs.flagged and vs.score >= self.threshold):
