@@ -58,25 +58,18 @@ def confluent_run(bootstrap: str, topic: str, partitions: int, expect: int) -> d
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         loads = json.loads
-        n = first_n = 0
-        t_first = t_last = None
+        meter = tb.RateMeter()
         deadline = time.monotonic() + 300
-        while n < expect and time.monotonic() < deadline:
-            msgs = consumer.consume(num_messages=5000, timeout=0.2)
+        while meter.n < expect and time.monotonic() < deadline:
             got = 0
-            for m in msgs:
+            for m in consumer.consume(num_messages=5000, timeout=0.2):
                 if m.error() is None:
                     loads(m.value())
                     got += 1
-            if got:
-                n += got
-                t_last = time.monotonic()
-                if t_first is None:
-                    t_first, first_n = t_last, got
-        if n < expect:
-            raise RuntimeError(f"confluent-kafka read {n}/{expect} events in 300 s")
-        return {"events_per_s": (n - first_n) / max(t_last - t_first, 1e-9),
-                "cpu_ms_per_1k": 1e6 * (cpu_s() - c0) / expect}
+            meter.add(got)
+        if meter.n < expect:
+            raise RuntimeError(f"confluent-kafka read {meter.n}/{expect} events in 300 s")
+        return {"events_per_s": meter.events_per_s, "cpu_ms_per_1k": 1e6 * (cpu_s() - c0) / expect}
     finally:
         consumer.close()
 

@@ -241,6 +241,31 @@ def _consumer_kwargs() -> dict:
     return {"max_partition_fetch_bytes": 4 * 1024 * 1024, "fetch_max_bytes": 16 * 1024 * 1024}
 
 
+class RateMeter:
+    """Events per second of a consume loop, between its first and its last non-empty fetch
+    (the first fetch's own events are left out: when they started arriving is unknown)."""
+
+    def __init__(self) -> None:
+        self.n = self.first_n = 0
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+
+    def add(self, got: int) -> None:
+        if got:
+            self.n += got
+            self.t_last = time.monotonic()
+            if self.t_first is None:
+                self.t_first, self.first_n = self.t_last, got
+
+    @property
+    def seconds(self) -> float:
+        return (self.t_last - self.t_first) if self.t_first is not None else 0.0
+
+    @property
+    def events_per_s(self) -> float:
+        return (self.n - self.first_n) / max(self.seconds, 1e-9)
+
+
 async def measure_ceiling(bootstrap: str, topic: str, partitions: int, expect: int, timeout_s: float) -> dict:
     """Raw aiokafka getmany + json.loads of the whole topic from offset 0 (no group)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
@@ -251,25 +276,19 @@ async def measure_ceiling(bootstrap: str, topic: str, partitions: int, expect: i
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         loads = json.loads
-        n = first_n = 0
-        t_first = t_last = None
+        meter = RateMeter()
         deadline = time.monotonic() + timeout_s
-        while n < expect and time.monotonic() < deadline:
+        while meter.n < expect and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=5000)
             got = 0
             for recs in batches.values():
                 for r in recs:
                     loads(r.value)
                 got += len(recs)
-            if got:
-                n += got
-                t_last = time.monotonic()
-                if t_first is None:
-                    t_first, first_n = t_last, got
-        if n < expect:
-            raise RuntimeError(f"ceiling consumer read {n}/{expect} events in {timeout_s:.0f}s")
-        rate = (n - first_n) / max(t_last - t_first, 1e-9)
-        return {"events_per_s": rate, "seconds": t_last - t_first}
+            meter.add(got)
+        if meter.n < expect:
+            raise RuntimeError(f"ceiling consumer read {meter.n}/{expect} events in {timeout_s:.0f}s")
+        return {"events_per_s": meter.events_per_s, "seconds": meter.seconds}
     finally:
         await consumer.stop()
 

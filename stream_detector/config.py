@@ -61,8 +61,8 @@ class Settings:
     # Scoring
     score_interval_seconds: float = 5.0
     score_batch_size: int = 1024
-    # videos per cadence scoring batch: bigger batches cost fewer round trips per video, but a
-    # spike in the same lane waits behind at most one of them
+    # videos per cadence scoring batch: bigger batches cost fewer round trips per video (spikes
+    # never wait behind one: the immediate path runs on its own)
     cadence_batch_size: int = 512
     # a minute count at least this high sends the video to the immediate path (burst check)
     spike_minute_count: int = 30
@@ -76,8 +76,8 @@ class Settings:
     # score in a child process (its own core, no GIL shared with the consume loop); false
     # scores in a thread of the worker (one-core pods)
     scoring_process: bool = True
-    # scoring batches in flight at once, one lane per partition % lanes (one scored while
-    # others read windows or publish); more lanes than owned partitions leave lanes idle
+    # cadence scoring batches in flight at once, one lane per partition % lanes (one scored
+    # while others read windows or publish); more lanes than owned partitions leave lanes idle
     scoring_lanes: int = 4
     # Web
     web_host: str = "127.0.0.1"

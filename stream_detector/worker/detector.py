@@ -4,8 +4,8 @@
   through the ``Checkpoint`` (every ``COMMIT_INTERVAL_S``, only what is written) → idle hour
   closures;
 - the scoring loop: the immediate path (``ScoringLoop.score_immediate``) and the cadence lanes
-  (``score_cadence``) until stopped; a Redis or broker outage is ridden out with backoff (leased videos stay due; a flag sent but not yet remembered is sent again
-  with the same id);
+  (``score_cadence``) until stopped; a Redis or broker outage is ridden out with backoff
+  (leased videos stay due; a flag sent but not yet remembered is sent again with the same id);
 - the broker probe: every ``BROKER_PROBE_S``, the end offsets of the owned partitions (the lag
   gauge, and whether the broker answers at all), in its own task so that a consume loop
   blocked on a frozen broker cannot delay the news.
@@ -143,8 +143,8 @@ class Detector:
         self.publisher = FlagPublisher(ctx.redis, ctx.producer, ctx.metrics, topic=s.flags_topic,
                                        state_key=ctx.flag_key, state_ttl_s=FLAG_STATE_TTL_S)
         # one child for cadence batches and one for the immediate path, so a spike is never
-        # queued behind other lanes' cadence batches in the scoring process
-        # the cadence child runs at a lower CPU priority (CADENCE_NICENESS): closure bursts wait, spikes do not
+        # queued behind cadence batches there; the cadence child runs at a lower CPU priority
+        # (CADENCE_NICENESS): in an hour closure's burst it waits, spikes do not
         self.score_processes = ([ScoringProcess(ctx.metrics, niceness=CADENCE_NICENESS), ScoringProcess(ctx.metrics)]
                                 if s.scoring_process else [])
         cadence, urgent = self.score_processes or (None, None)

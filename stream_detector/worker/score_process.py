@@ -124,9 +124,7 @@ def _score_in_child(sha: str, data: bytes, threshold: float, windows: WindowBatc
             _scorers.popitem(last=False)
     _scorers.move_to_end(key)
     scores = scorer.score(windows.series())
-    keep = None if keep_ids is None else [
-        vs.video_id in keep_ids or (vs.hour_probability.size > 0 and float(vs.hour_probability.max()) >= detail_floor)
-        for vs in scores]
+    keep = None if keep_ids is None else [vs.video_id in keep_ids or vs.score >= detail_floor for vs in scores]
     return ScoredBatch.pack(scores, keep)
 
 

@@ -75,6 +75,7 @@ class ScoringLoop:
     async def score_cadence(self, lane: int = 0, lanes: int = 1) -> int:
         """One cadence batch (videos due after an hour closure or late events), from the owned
         partitions of this lane in turn (partition % lanes == lane). Returns videos scored."""
+        self.slot.take()  # every pass, idle too: /model shows a pushed model within a poll
         ctx = self.ctx
         if ctx.consumer is None or ctx.schedule is None:
             return 0
