@@ -340,9 +340,23 @@ class Ingest:
             pipe.zremrangebyscore(ctx.active_key(p), "-inf", clocks[p][1] - confirm - 2)
         ctx.schedule.queue_marks(pipe, due)
         self.queue_active(pipe, {e.video_id for e in events})
-        await ctx.metrics.timed_redis("schedule", pipe.execute())
+        # The clock moves before the marks land: a pass that claims a closure's mark the
+        # moment it is written must judge the closed hour, not the clock before it (it would
+        # release the mark having scored the old window, and an idle video gets no other).
+        # Put back if the write fails, so that the retry still sees the closure.
+        before = {p: cp.clock.get(p) for p in clocks}
         for p, (_, new) in clocks.items():
             cp.clock[p] = new
+        try:
+            await ctx.metrics.timed_redis("schedule", pipe.execute())
+        except BaseException:
+            for p, old in before.items():
+                if old is None:
+                    cp.clock.pop(p, None)
+                else:
+                    cp.clock[p] = old
+            raise
+        for p in clocks:
             cp.idle_closed.discard(p)
 
     async def close_idle_partitions(self) -> None:

@@ -1,0 +1,90 @@
+"""An hour closure's marks on a real Redis: a pass that claims them the moment they land
+judges the closed hour, and a write that fails leaves the closure to its retry."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from stream_detector.config import Settings
+from stream_detector.dependencies import DependencyGuard
+from stream_detector.events import Event
+from stream_detector.metrics import Metrics
+from stream_detector.schedule import RescoreSchedule
+from stream_detector.worker.checkpoint import Checkpoint
+from stream_detector.worker.context import WorkerContext
+from stream_detector.worker.ingest import Arrivals, Ingest
+
+HOUR = 480_000  # an event hour (epoch hours) of the test's partition clock
+
+
+class AfterScheduleWrites(Metrics):
+    """Runs ``hook`` right after each schedule write returns: the moment a concurrent scoring
+    pass could claim what it wrote. With ``fail_call`` = n, the n-th schedule call raises
+    instead (an injected connection fault: a real one cannot be timed onto one call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hook = None
+        self.fail_call: int | None = None
+        self.calls = 0
+
+    async def timed_redis(self, operation, awaitable):
+        if operation == "schedule":
+            self.calls += 1
+            if self.calls == self.fail_call:
+                awaitable.close()
+                raise RedisConnectionError("injected: connection lost during the marks write")
+        result = await super().timed_redis(operation, awaitable)
+        if operation == "schedule" and self.hook is not None:
+            await self.hook()
+        return result
+
+
+def _ingest(redis_client, metrics: Metrics) -> tuple[Ingest, Checkpoint, RescoreSchedule]:
+    settings = Settings(key_prefix=f"t{uuid.uuid4().hex[:8]}", events_topic="events")
+    schedule = RescoreSchedule(redis_client, prefix=settings.key_prefix, topic="events")  # its own metrics
+    ctx = WorkerContext(settings, metrics, DependencyGuard(metrics, limit_s=5.0), redis=redis_client,
+                        schedule=schedule)
+    cp = Checkpoint(ctx)
+    cp.clock[0] = HOUR
+    cp.event_high[0] = (HOUR + 1) * 3600 + 10.0  # this batch's events opened the next hour
+    return Ingest(ctx, cp, Arrivals(), confirm_hours=lambda: 1), cp, schedule
+
+
+@pytest.mark.asyncio
+async def test_a_claim_the_moment_a_closure_is_marked_sees_the_closed_hour(redis_client):
+    metrics = AfterScheduleWrites()
+    ingest, cp, schedule = _ingest(redis_client, metrics)
+    await redis_client.zadd(ingest.ctx.active_key(0), {"idle": HOUR})  # last active in the closing hour
+    seen: dict[str, int] = {}
+
+    async def claim_now() -> None:
+        ids, _ = await schedule.claim(0, 10)
+        for vid in ids:
+            seen[vid] = cp.clock[0]  # the now_hour a scoring pass would judge with
+
+    metrics.hook = claim_now
+    await ingest.mark_due([Event("busy", (HOUR + 1) * 3600 + 5.0, (3, 0, 0, 0))], [0], set())
+    assert seen.get("idle") == HOUR + 1, seen  # claimed as soon as marked, and judged with the hour closed
+    assert cp.clock[0] == HOUR + 1
+
+
+@pytest.mark.asyncio
+async def test_a_failed_marks_write_leaves_the_closure_to_the_retry(redis_client):
+    metrics = AfterScheduleWrites()
+    ingest, cp, schedule = _ingest(redis_client, metrics)
+    await redis_client.zadd(ingest.ctx.active_key(0), {"idle": HOUR})
+    events = [Event("busy", (HOUR + 1) * 3600 + 5.0, (3, 0, 0, 0))]
+    metrics.fail_call = 2  # a closure reads the closing hour's videos (1), then writes the marks (2)
+    with pytest.raises(RedisConnectionError):
+        await ingest.mark_due(events, [0], set())
+    assert metrics.calls == 2
+    assert cp.clock[0] == HOUR  # not moved: the retry must still see the hour close
+    assert (await schedule.claim(0, 10))[0] == []
+    metrics.fail_call = None
+    await ingest.mark_due(events, [0], set())  # the guard's retry
+    claimed, _ = await schedule.claim(0, 10)
+    assert sorted(claimed) == ["busy", "idle"] and cp.clock[0] == HOUR + 1
