@@ -79,6 +79,9 @@ class Settings:
     # cadence scoring batches in flight at once, one lane per partition % lanes (one scored
     # while others read windows or publish); more lanes than owned partitions leave lanes idle
     scoring_lanes: int = 4
+    # the garbage collector's young-generation threshold in the worker (see gc_policy.py); a
+    # high one costs the consume loop far less CPU. 0 keeps CPython's default (700)
+    gc_young_threshold: int = 100_000
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 6066

@@ -16,6 +16,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
     generate_latest,
@@ -44,6 +45,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # python_gc_*: collections per generation, the cost gc_policy.py keeps low
+        GCCollector(registry=r)
         self.events_consumed = Counter(
             "detector_events_consumed_total",
             "Valid engagement events consumed, by metric (an event with several metrics counts once per metric)",

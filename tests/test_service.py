@@ -181,6 +181,7 @@ def test_web_views_answer_with_documented_shapes(streamed, simulated):
     metrics = w.metrics()
     consumed = sum(v for k, v in metrics.items() if k.startswith("detector_events_consumed_total{"))
     assert consumed > 0
+    assert any(k.startswith("python_gc_collections_total{") for k in metrics)  # the collector's cost, watched
     for name in ("detector_inference_latency_seconds_count", "detector_end_to_end_latency_seconds_count",
                  "detector_videos_scored_total", "detector_model_info"):
         assert name in metrics, name
