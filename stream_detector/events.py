@@ -68,8 +68,11 @@ _DETAIL_MAX = 200
 _EPOCH = datetime(1970, 1, 1)  # naive, for zone-less ISO strings (taken as UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """One valid event. A struct, not a dataclass: built ten times faster (a frozen dataclass
+    sets each field through ``object.__setattr__``), and invisible to the garbage collector
+    (its fields cannot refer back to it), so a batch of them does not make collections run."""
+
     video_id: str
     ts: float  # epoch seconds (UTC)
     counts: tuple[int, int, int, int]  # METRICS order: views, likes, comments, shares
