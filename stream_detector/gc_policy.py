@@ -3,8 +3,8 @@
 Why: the hot path allocates several container objects per event (records, decoded events,
 tuples), most alive for a whole batch of thousands. With CPython's default young-generation
 threshold (700) a collection runs every few hundred events and re-scans everything a batch
-still holds; on the sustained workload that was ~30 % of the worker's CPU (bench/throughput.py:
-17.3 ms per 1k events with the default, 11.6 with collection off). A high young threshold
+still holds: ~30 % of the consume loop's CPU (bench/throughput.py, paired runs: 17.3 ms per 1k
+events with the default, 11.6 with collection off). A high young threshold
 keeps cycles collected (memory stays bounded: at most ``young`` uncollected young objects, a
 few tens of MB) at a small fraction of the cost; freezing what start-up loaded (modules, the
 model, settings) keeps the full collections from walking it again and again.
