@@ -45,7 +45,15 @@ class PatternEvidence:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30)))
+    """1 / (1 + exp(-clip(x, -30, 30))), computed in place on one temporary (the same values)."""
+    y = np.maximum(x, -30.0)
+    if type(y) is not np.ndarray:  # a scalar
+        return 1.0 / (1.0 + np.exp(-np.minimum(y, 30.0)))
+    np.minimum(y, 30.0, out=y)
+    np.negative(y, out=y)
+    np.exp(y, out=y)
+    y += 1.0
+    return np.divide(1.0, y, out=y)
 
 
 def _rolling(x: np.ndarray, size: int, fn: str, centred: bool = True) -> np.ndarray:
@@ -57,6 +65,18 @@ def _rolling(x: np.ndarray, size: int, fn: str, centred: bool = True) -> np.ndar
     pad = [(0, 0)] * (x.ndim - 1) + [(left, right)]
     view = sliding_window_view(np.pad(x, pad, mode="edge"), size, axis=-1)
     return getattr(np, fn)(view, axis=-1)
+
+
+def _centred_sums(x: np.ndarray, size: int) -> np.ndarray:
+    """``_rolling(x, size, "sum")`` for a small ``size``: shifted slices of the edge-padded
+    array added in order (what the reduction does over so few terms), without the window view."""
+    left = size // 2
+    edge = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(left, size - 1 - left)], mode="edge")
+    w = x.shape[-1]
+    out = edge[..., :w].copy()
+    for j in range(1, size):
+        out += edge[..., j : j + w]
+    return out
 
 
 def _median3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -131,17 +151,23 @@ def lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray, phi: np.ndarr
     the answer is ``unknown`` rather than "they followed".
 
     ``where`` (N, 4, W): the (video, rising metric, hour) cells the caller will use; the rest
-    are 0. Callers gate the answer by size anyway, and few cells pass that gate, so only those
-    are computed (the same arithmetic per cell: the same values)."""
-    m = now.shape[1]
+    are 0 (see :func:`lagging_cells`)."""
     out = np.zeros(now.shape, dtype=np.float64)
-    if where is None:
-        where = np.ones(now.shape, dtype=bool)
-    i, r, t = np.nonzero(where)
-    if not i.size:
-        return out
+    cells = np.nonzero(np.ones(now.shape, dtype=bool) if where is None else where)
+    if cells[0].size:
+        out[cells] = lagging_cells(now, before, rise[cells], phi, cells, unknown)
+    return out
+
+
+def lagging_cells(now: np.ndarray, before: np.ndarray, rise: np.ndarray, phi: np.ndarray,
+                  cells: tuple[np.ndarray, np.ndarray, np.ndarray], unknown: float = 0.0) -> np.ndarray:
+    """:func:`lagging` at the given (video, rising metric, hour) cells only, ``rise`` given at
+    those cells: (K,). Callers gate the answer by size anyway, and few cells pass that gate,
+    so only those are computed (the same arithmetic per cell: the same values)."""
+    i, r, t = cells
+    m = now.shape[1]
     # every other metric o of each selected (video, rising metric r, hour) cell at once: (K, o)
-    factor = np.exp(np.clip(rise[i, r, t], 0.0, 8.0))
+    factor = np.exp(np.clip(rise, 0.0, 8.0))
     now_o = now[i, :, t]
     expected = before[i, :, t] * factor[:, None]
     other = np.arange(m)[None, :] != r[:, None]
@@ -152,8 +178,7 @@ def lagging(now: np.ndarray, before: np.ndarray, rise: np.ndarray, phi: np.ndarr
     if unknown:
         testable = ((expected >= 8) & other).any(axis=1)
         cell = np.maximum(cell, unknown * ~testable)
-    out[i, r, t] = cell
-    return out
+    return cell
 
 
 class Spike:
@@ -168,12 +193,14 @@ class Spike:
         counts = s.counts
         near = np.maximum(_neighbour_level(counts, -1), _neighbour_level(counts, +1))
         base = np.maximum(s.baseline, near)
-        excess = counts - base
-        jump = np.log1p(counts) - np.log1p(base)
-        z = nb_z(counts, base, s.dispersion[:, :, None])
-        big = excess >= 15
-        size = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0)) * big
-        per_metric = size * lagging(counts, base, jump, s.dispersion, unknown=0.6, where=big)
+        # only the cells with a big enough excess can carry evidence: the rest stay 0
+        cells = np.nonzero(counts - base >= 15)
+        c, b = counts[cells], base[cells]
+        jump = np.log1p(c) - np.log1p(b)
+        z = nb_z(c, b, s.dispersion[cells[0], cells[1]])
+        size = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0))
+        per_metric = np.zeros(counts.shape)
+        per_metric[cells] = size * lagging_cells(counts, base, jump, s.dispersion, cells, unknown=0.6)
         return per_metric.max(axis=1), per_metric >= 0.5
 
 
@@ -220,11 +247,12 @@ class DecayViolation:
         k = 12
         now = k * sig.rolling_median(s.counts, k + 1, stride=2)  # robust: one spike is not a plateau
         before = np.roll(now, 24, axis=-1)
-        rise = np.log1p(now) - np.log1p(before)  # vs the same stretch a day earlier
         old = (s.age >= 48)[:, None, :]
         phi = np.maximum(s.dispersion / 2.0, 0.1)  # texture is correlated over hours: 12-hour sums swing too
-        big = (now >= 60) & old
-        per_metric = _sigmoid(4.0 * (rise - 0.5)) * lagging(now, before, rise, phi, where=big) * big
+        cells = np.nonzero((now >= 60) & old)  # only these can carry evidence
+        rise = np.log1p(now[cells]) - np.log1p(before[cells])  # vs the same stretch a day earlier
+        per_metric = np.zeros(now.shape)
+        per_metric[cells] = _sigmoid(4.0 * (rise - 0.5)) * lagging_cells(now, before, rise, phi, cells)
         return per_metric.max(axis=1), per_metric >= 0.5
 
 
@@ -237,14 +265,23 @@ class Lockstep:
     min_history_hours = 0
 
     def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
-        counts = s.counts
         k = LOCKSTEP_HOURS
-        n, m, w = counts.shape
+        busy = _window_sums((s.counts >= 3).astype(float), k) >= k  # every hour of the window has counts
+        # every term below is gated by a busy window: only videos that have one are computed
+        videos = np.flatnonzero(busy.any(axis=(1, 2)))
+        per_metric = np.zeros(s.counts.shape)
+        if videos.size:
+            per_metric[videos] = self._busy(s.counts[videos], busy[videos])
+        return per_metric.max(axis=1), per_metric >= 0.5
+
+    @staticmethod
+    def _busy(counts: np.ndarray, busy: np.ndarray) -> np.ndarray:
+        k = LOCKSTEP_HOURS
+        w = counts.shape[-1]
         s1 = _window_sums(counts, k)
         s2 = _window_sums(counts**2, k)
         mean = s1 / k
         var = np.maximum(s2 / k - mean**2, 0.0)
-        busy = _window_sums((counts >= 3).astype(float), k) >= k  # every hour of the window has counts
         steady = _sigmoid(40.0 * (0.1 - var / np.maximum(mean, 1e-9))) * (mean >= 10) * busy
         steady[..., w - k + 1 :] = 0.0
         per_metric = _spread(steady, k)
@@ -262,7 +299,7 @@ class Lockstep:
             both = _spread(tight, k)
             per_metric[:, a] = np.maximum(per_metric[:, a], both)
             per_metric[:, b] = np.maximum(per_metric[:, b], both)
-        return per_metric.max(axis=1), per_metric >= 0.5
+        return per_metric
 
 
 class RatioAnomaly:
@@ -277,8 +314,7 @@ class RatioAnomaly:
 
     def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
         counts = s.counts
-        k = RATIO_HOURS
-        sums = _rolling(counts, k, "sum")
+        sums = _centred_sums(counts, RATIO_HOURS)
         views = sums[:, 0]
         per_metric = np.zeros(counts.shape, dtype=float)
         for m in (1, 2, 3):

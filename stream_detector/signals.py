@@ -66,10 +66,19 @@ def rolling_median(x: np.ndarray, size: int, stride: int = 1) -> np.ndarray:
     half = size // 2
     pad = [(0, 0)] * (x.ndim - 1) + [(half, half)]
     mode = "reflect" if x.shape[-1] > half else "edge"
-    view = sliding_window_view(np.pad(x, pad, mode=mode).astype(np.float32), size, axis=-1)
+    padded = np.pad(x, pad, mode=mode).astype(np.float32)
     w = x.shape[-1]
+    rows = padded.reshape(-1, padded.shape[-1])
     centres = np.arange(0, w, stride)
-    med = np.partition(view[..., centres, :], half, axis=-1)[..., half]
+    med = np.zeros((rows.shape[0], centres.size), dtype=np.float32)
+    # a row with at most `half` non-zero values has a zero median in every window: only the
+    # others are selected (most rows of a quiet video)
+    busy = np.flatnonzero(np.count_nonzero(rows, axis=-1) > half)
+    if busy.size:
+        windows = sliding_window_view(rows[busy], size, axis=-1)[:, centres, :]  # a copy
+        windows.partition(half, axis=-1)
+        med[busy] = windows[..., half]
+    med = med.reshape(*x.shape[:-1], centres.size)
     return np.repeat(med, stride, axis=-1)[..., :w].astype(np.float64)
 
 

@@ -198,3 +198,56 @@ def test_spread_is_the_trailing_max_over_covering_windows(rng, size):
     flags = rng.random((3, 4, 30)) * (rng.random((3, 4, 30)) > 0.8)
     want = np.stack([flags[..., max(0, t - size + 1): t + 1].max(axis=-1) for t in range(30)], axis=-1)
     np.testing.assert_array_equal(_spread(flags, size), want)
+
+
+@pytest.mark.parametrize(("size", "stride"), [(49, 4), (13, 2), (5, 1)])
+def test_rolling_median_equals_the_median_of_each_reflect_padded_window(rng, size, stride):
+    from stream_detector.signals import rolling_median
+
+    w, half = 60, size // 2
+    dense = rng.poisson(20.0, (3, 4, w)).astype(float)
+    sparse = dense * (rng.random((3, 4, w)) < 0.15)  # rows with few non-zero hours: the shortcut
+    signed = rng.normal(0, 1, (3, 4, w)) * (rng.random((3, 4, w)) < 0.3)  # negative values too
+    for x in (dense, sparse, signed, np.concatenate([dense, sparse, signed])):
+        padded = np.pad(x, [(0, 0), (0, 0), (half, half)], mode="reflect").astype(np.float32)
+        want = np.stack([np.median(padded[..., c : c + size], axis=-1) for c in range(0, w, stride)], axis=-1)
+        want = np.repeat(want, stride, axis=-1)[..., :w].astype(np.float64)
+        np.testing.assert_array_equal(rolling_median(x, size, stride), want)
+
+
+def test_sigmoid_in_place_equals_the_textbook_formula(rng):
+    from stream_detector.patterns import _sigmoid
+
+    x = np.concatenate([rng.normal(0, 10, 1000), [-1e9, -30.0, 0.0, 30.0, 1e9, np.nan]])
+    np.testing.assert_array_equal(_sigmoid(x), 1.0 / (1.0 + np.exp(-np.clip(x, -30, 30))))
+    assert _sigmoid(np.float64(2.0)) == 1.0 / (1.0 + np.exp(-2.0))
+    view = x[::2]
+    before = view.copy()
+    _sigmoid(view)
+    np.testing.assert_array_equal(view, before)  # the input is left alone
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
+def test_centred_sums_equal_the_edge_padded_rolling_sum(rng, size):
+    from stream_detector.patterns import _centred_sums, _rolling
+
+    x = rng.poisson(5.0, (2, 4, 30)).astype(float) * rng.uniform(0.5, 2.0, (2, 4, 30))
+    np.testing.assert_array_equal(_centred_sums(x, size), _rolling(x, size, "sum"))
+
+
+def test_lockstep_computed_on_busy_videos_only_equals_every_video_computed(rng):
+    from stream_detector import signals as sig
+    from stream_detector.patterns import LOCKSTEP_HOURS, Lockstep, _window_sums
+
+    quiet = [rng.poisson(0.5, (4, W)).astype(float) for _ in range(3)]
+    steady = organic(rng)
+    steady[1, 60:80] = np.round(0.1 * steady[0, 60:80])  # likes an exact fraction of views
+    counts = np.stack([quiet[0], organic(rng), quiet[1], steady, quiet[2]])
+    s = sig.compute(counts, np.full(len(counts), START), np.full(len(counts), -1))
+    evidence, metrics = Lockstep().evidence(s)
+    assert evidence[3].max() > 0.5  # the lockstep video is found
+    busy = _window_sums((counts >= 3).astype(float), LOCKSTEP_HOURS) >= LOCKSTEP_HOURS
+    every = Lockstep._busy(counts, busy)  # the same terms computed for every video
+    np.testing.assert_array_equal(evidence, every.max(axis=1))
+    np.testing.assert_array_equal(metrics, every >= 0.5)
+    assert not evidence[[0, 2, 4]].any()
