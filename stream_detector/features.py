@@ -8,9 +8,14 @@ video must look normal to the model, so nothing here encodes "3 AM UTC is suspic
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from stream_detector.signals import Signals, daily_profile, hours_since_publication, nan_median
+from stream_detector.signals import (
+    Signals,
+    daily_profile,
+    day_trend,
+    hours_since_publication,
+    nan_median,
+)
 from stream_detector.signals import observed_mask as _observed
 
 FEATURE_VERSION = 2  # 2: observation starts at the first activity (signals.observed_mask)
@@ -61,7 +66,7 @@ def build_features(
     n, m, w = counts.shape
     start_hours = np.asarray(start_hours, dtype=np.int64)
     mask = observed_mask(counts, start_hours, published_hours) if signals is None else signals.mask
-    logc = np.log1p(counts)
+    logc = np.log1p(counts) if signals is None else signals.log_counts
     level = _masked_median(logc, mask[:, None, :])
     rel = (logc - level[:, :, None]) * mask[:, None, :]
 
@@ -77,10 +82,10 @@ def build_features(
         hod = (start_hours[:, None] + np.arange(w)[None, :]) % 24
         usual = np.take_along_axis(profile, hod, axis=1)
         age = hours_since_publication(mask, start_hours, published_hours)
+        trend = day_trend(log_total)
     else:
         log_total, profile, usual, age = signals.log_total, signals.profile, signals.usual, signals.age
-    pad = np.pad(log_total, ((0, 0), (12, 11)), mode="edge")
-    trend = sliding_window_view(pad, 24, axis=1).mean(axis=-1)
+        trend = signals.day_trend
     excess = (log_total - trend - usual) * mask
     quiet = (usual - profile.max(axis=1, keepdims=True)) * mask
 

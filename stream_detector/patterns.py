@@ -190,17 +190,21 @@ class Spike:
     min_history_hours = 3
 
     def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
-        counts = s.counts
-        near = np.maximum(_neighbour_level(counts, -1), _neighbour_level(counts, +1))
-        base = np.maximum(s.baseline, near)
-        # only the cells with a big enough excess can carry evidence: the rest stay 0
-        cells = np.nonzero(counts - base >= 15)
-        c, b = counts[cells], base[cells]
-        jump = np.log1p(c) - np.log1p(b)
-        z = nb_z(c, b, s.dispersion[cells[0], cells[1]])
-        size = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0))
-        per_metric = np.zeros(counts.shape)
-        per_metric[cells] = size * lagging_cells(counts, base, jump, s.dispersion, cells, unknown=0.6)
+        per_metric = np.zeros(s.counts.shape)
+        # an excess of 15 needs a count of 15: only videos with one are computed, and in them
+        # only the cells with a big enough excess can carry evidence
+        videos = np.flatnonzero((s.counts >= 15).any(axis=(1, 2)))
+        if videos.size:
+            counts, phi = s.counts[videos], s.dispersion[videos]
+            near = np.maximum(_neighbour_level(counts, -1), _neighbour_level(counts, +1))
+            base = np.maximum(s.baseline[videos], near)
+            cells = np.nonzero(counts - base >= 15)
+            c, b = counts[cells], base[cells]
+            jump = np.log1p(c) - np.log1p(b)
+            z = nb_z(c, b, phi[cells[0], cells[1]])
+            size = _sigmoid(3.0 * (jump - np.log(3.0))) * _sigmoid(2.0 * (z - 4.0))
+            per_metric[(videos[cells[0]], *cells[1:])] = size * lagging_cells(counts, base, jump, phi, cells,
+                                                                               unknown=0.6)
         return per_metric.max(axis=1), per_metric >= 0.5
 
 
@@ -232,8 +236,10 @@ class OffpeakBurst:
         near = by_hod + np.roll(by_hod, 1, axis=1) + np.roll(by_hod, -1, axis=1)
         repeats = np.take_along_axis(near, hod, axis=1)
         evidence = hit * np.where(repeats >= 2, 1.0, 0.35)
-        jump = np.log1p(counts) - np.log1p(s.baseline)
-        return evidence, (jump >= np.log(2.0)) & strong[:, None, :]
+        cells = np.nonzero(np.broadcast_to(strong[:, None, :], counts.shape))  # the jump matters only there
+        jumped = np.zeros(counts.shape, dtype=bool)
+        jumped[cells] = s.log_counts[cells] - np.log1p(s.baseline[cells]) >= np.log(2.0)
+        return evidence, jumped
 
 
 class DecayViolation:

@@ -93,16 +93,28 @@ def nan_median(x: np.ndarray) -> np.ndarray:
 
 
 def masked_quantile(x: np.ndarray, valid: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
-    """Quantile over the last axis of the valid entries only; (values, number valid)."""
+    """Quantile over the last axis of the valid entries only (0 where none is); (values, number
+    valid). Only the rows with a valid entry are sorted (most rows of quiet videos have none)."""
+    x, valid = np.broadcast_arrays(x, valid)
     k = valid.sum(axis=-1)
-    filled = np.where(valid, x, np.inf)
-    s = np.sort(filled, axis=-1)
-    pos = np.clip(np.floor(q * np.maximum(k - 1, 0)).astype(np.int64), 0, x.shape[-1] - 1)
-    val = np.take_along_axis(s, pos[..., None], axis=-1)[..., 0]
-    return np.where(k > 0, val, 0.0), k
+    out = np.zeros(k.shape)
+    rows = np.nonzero(k > 0)
+    if rows[0].size:
+        s = np.sort(np.where(valid[rows], x[rows], np.inf), axis=-1)
+        pos = np.clip(np.floor(q * (k[rows] - 1)).astype(np.int64), 0, x.shape[-1] - 1)
+        out[rows] = np.take_along_axis(s, pos[:, None], axis=-1)[:, 0]
+    return out, k
 
 
-def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def day_trend(log_total: np.ndarray) -> np.ndarray:
+    """(N, W) centred 24 h mean of ``log_total``, edge-padded: what the daily profile and the
+    features detrend by."""
+    pad = np.pad(log_total, ((0, 0), (12, 11)), mode="edge")
+    return sliding_window_view(pad, 24, axis=1).mean(axis=-1)
+
+
+def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarray,
+                  trend: np.ndarray | None = None) -> np.ndarray:
     """(N, 24) the video's usual detrended activity by UTC hour of day, robust to bursts.
 
     Detrended by a centred 24 h rolling mean so post-publication decay does not masquerade as
@@ -110,8 +122,7 @@ def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarr
     itself) so a burst repeated at the same hour every night cannot hide inside the profile.
     """
     n, w = log_total.shape
-    pad = np.pad(log_total, ((0, 0), (12, 11)), mode="edge")
-    trend = sliding_window_view(pad, 24, axis=1).mean(axis=-1)
+    trend = day_trend(log_total) if trend is None else trend
     resid = np.where(mask > 0, log_total - trend, np.nan)
     days = -(-w // 24)
     resid = np.pad(resid, ((0, 0), (0, days * 24 - w)), constant_values=np.nan)
@@ -124,7 +135,8 @@ def daily_profile(log_total: np.ndarray, start_hours: np.ndarray, mask: np.ndarr
     return neighbours.mean(axis=0)
 
 
-def dispersion(counts: np.ndarray, mask: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+def dispersion(counts: np.ndarray, mask: np.ndarray, baseline: np.ndarray,
+               log_counts: np.ndarray | None = None) -> np.ndarray:
     """(N, 4) negative-binomial phi per video and metric (see module docstring).
 
     From consecutive observed hours with a usual level >= 3 (below it counting noise is all
@@ -133,7 +145,7 @@ def dispersion(counts: np.ndarray, mask: np.ndarray, baseline: np.ndarray) -> np
     is phi. A quantile rather than the MAD, so a texture with frequent bursts widens it, and
     not the maximum, so one bought spike does not.
     """
-    logc = np.log1p(counts)
+    logc = np.log1p(counts) if log_counts is None else log_counts
     diff = np.abs(np.diff(logc, axis=-1))
     pair = (mask[:, 1:] > 0) & (mask[:, :-1] > 0)
     valid = pair[:, None, :] & (baseline[..., 1:] >= 3.0)
@@ -157,8 +169,10 @@ class Signals:
     age: np.ndarray  # (N, W) hours since publication (or first activity)
     baseline: np.ndarray  # (N, 4, W) the video's usual count around each hour
     dispersion: np.ndarray  # (N, 4) phi
+    log_counts: np.ndarray  # (N, 4, W) log1p(counts)
     log_total: np.ndarray  # (N, W)
-    trend: np.ndarray  # (N, W) centred 24 h mean of log_total
+    trend: np.ndarray  # (N, W) centred 24 h mean of log_total (reflect-padded)
+    day_trend: np.ndarray  # (N, W) the same, edge-padded (what the daily profile detrends by)
     profile: np.ndarray  # (N, 24) daily rhythm by UTC hour of day
     usual: np.ndarray  # (N, W) the profile at each hour
     quiet: np.ndarray  # (N, W) how far below its daily peak the video usually is at this hour
@@ -178,9 +192,11 @@ def compute(counts: np.ndarray, start_hours: np.ndarray, published_hours: np.nda
     context_after = np.broadcast_to((w - 1 - np.arange(w))[None, :], (n, w)).astype(np.float64)
     age = hours_since_publication(mask, start_hours, published_hours)
     baseline = rolling_median(counts, BASELINE_HOURS, stride=4)
+    log_counts = np.log1p(counts)
     log_total = np.log1p(counts.sum(axis=1))
     trend = rolling_mean(log_total, 24)
-    profile = daily_profile(log_total, start_hours, mask)
+    detrend = day_trend(log_total)
+    profile = daily_profile(log_total, start_hours, mask, detrend)
     hod = (start_hours[:, None] + np.arange(w)[None, :]) % 24
     usual = np.take_along_axis(profile, hod, axis=1)
     quiet = profile.max(axis=1, keepdims=True) - usual
@@ -192,9 +208,11 @@ def compute(counts: np.ndarray, start_hours: np.ndarray, published_hours: np.nda
         context_after=context_after,
         age=age,
         baseline=baseline,
-        dispersion=dispersion(counts, mask, baseline),
+        dispersion=dispersion(counts, mask, baseline, log_counts),
+        log_counts=log_counts,
         log_total=log_total,
         trend=trend,
+        day_trend=detrend,
         profile=profile,
         usual=usual,
         quiet=quiet,

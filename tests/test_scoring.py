@@ -251,3 +251,21 @@ def test_lockstep_computed_on_busy_videos_only_equals_every_video_computed(rng):
     np.testing.assert_array_equal(evidence, every.max(axis=1))
     np.testing.assert_array_equal(metrics, every >= 0.5)
     assert not evidence[[0, 2, 4]].any()
+
+
+def test_masked_quantile_matches_numpy_quantile_on_the_valid_entries(rng):
+    from stream_detector.signals import masked_quantile
+
+    x = rng.normal(0, 1, (5, 3, 40))
+    valid = rng.random((5, 3, 40)) < 0.4
+    valid[0] = False  # rows with nothing valid: 0
+    valid[1, 0] = True
+    for q in (0.5, 0.8):
+        got, k = masked_quantile(x, valid, q)
+        np.testing.assert_array_equal(k, valid.sum(axis=-1))
+        for idx in np.ndindex(k.shape):
+            vals = np.sort(x[idx][valid[idx]])
+            want = vals[int(np.floor(q * (len(vals) - 1)))] if len(vals) else 0.0
+            assert got[idx] == want
+    got, _ = masked_quantile(x[:, 0], valid[0, 0][None, :], 0.5)  # a mask broadcast over rows
+    assert not got.any()
