@@ -126,6 +126,24 @@ def closed_window(series: HourlySeries, now_hour: int, confirm_hours: int = 1) -
     return HourlySeries(series.video_id, series.start_hour, counts, series.published_hour, series.meta)
 
 
+def closed_windows(counts: np.ndarray, end_hours: np.ndarray, now_hour: int, confirm_hours: int,
+                   window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`closed_window` then ``last(window)`` for a batch of stored windows at once:
+    ``counts`` (V, 4, T) each ending at ``end_hours`` -> (rows with a closed hour (V,) bool,
+    their trailing ``window`` closed hours (V, 4, window), the first hour of each). The
+    closed window ends at min(now_hour - 1, end + confirm_hours): hours still filling are cut,
+    a video that went quiet gets up to ``confirm_hours`` closed empty hours."""
+    v, m, t = counts.shape
+    end = np.asarray(end_hours, dtype=np.int64)
+    new_end = np.minimum(now_hour - 1, end + confirm_hours)
+    keep = new_end >= end - (t - 1)
+    first = new_end - (window - 1)
+    idx = (first - (end - (t - 1)))[:, None] + np.arange(window)[None, :]  # position in the stored window
+    inside = (idx >= 0) & (idx < t)
+    taken = np.take_along_axis(counts, np.clip(idx, 0, t - 1)[:, None, :].repeat(m, axis=1), axis=2)
+    return keep, np.where(inside[:, None, :], taken, 0.0), first
+
+
 def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str) -> bool:
     """Worth telling moderators again: a new pattern named, a flag that became critical from low
     or medium, or a flag that doubled (in windows, or in hours by at least 6). Growth in

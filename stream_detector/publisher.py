@@ -43,6 +43,9 @@ JSON_ENCODER = msgspec.json.Encoder(enc_hook=_plain)
 """For the per-video documents (decision states, latest scores): one per scored video."""
 
 
+_NOTHING = VideoDecisionState()  # what a missing state key means (``decide`` starts from it)
+
+
 @dataclass
 class Scored:
     """One video's scoring, ready for a decision."""
@@ -107,7 +110,7 @@ class FlagPublisher:
             key = self.state_key(scored.score.video_id)
             old = prior.get(scored.score.video_id)
             state, rec = decision.decide(old, scored.score, now_hour=scored.now_hour, burst=scored.burst)
-            if old is None or state != old:
+            if state is not None and state != (old or _NOTHING):  # a video with nothing to remember has no key
                 states[key] = JSON_ENCODER.encode(state.to_dict())
             if rec is None:
                 continue

@@ -351,8 +351,21 @@ class WindowStore:
         ``meta`` carries ``minute_head`` (minutes since the epoch) and ``minute_counts``
         (4 × MINUTE_SLOTS, oldest minute first, ending at ``minute_head``).
         """
+        a = await self.read_arrays(video_ids)
+        W = self.window_hours
+        return {
+            vid: HourlySeries(vid, int(a.head_hours[r]) - (W - 1), a.counts[r],
+                              int(a.published_hours[r]) if a.published_hours[r] >= 0 else None,
+                              {"minute_head": int(a.minute_heads[r]), "minute_counts": a.minute_counts[r]})
+            for r, vid in enumerate(a.video_ids)
+        }
+
+    async def read_arrays(self, video_ids: Sequence[str]) -> WindowArrays:
+        """The same windows as :meth:`read`, as arrays (one row per video found, in the order
+        asked): what the scoring loop reads, without an object per video."""
+        W = self.window_hours
         if not video_ids:
-            return {}
+            return WindowArrays.empty(W)
         keys = [self.key(v) for v in video_ids]
         with self._timed("read"):
             if self._cluster:
@@ -366,8 +379,7 @@ class WindowStore:
             if v is not None and len(v) == size and int.from_bytes(v[:4], "big") == self.layout
         ]
         if not ok:
-            return {}
-        W = self.window_hours
+            return WindowArrays.empty(W)
         cells = np.frombuffer(b"".join(values[j] for j in ok), dtype=">u4").reshape(len(ok), -1)
         head = cells[:, 1].astype(np.int64)
         mhead = cells[:, 2].astype(np.int64)
@@ -380,23 +392,33 @@ class WindowStore:
         mring = cells[:, HEADER_CELLS + 4 * W :].reshape(len(ok), MINUTE_SLOTS, 4)
         mslots = (mhead[:, None] - (MINUTE_SLOTS - 1) + np.arange(MINUTE_SLOTS)) % MINUTE_SLOTS
         mcounts = mring[rows, mslots].transpose(0, 2, 1).astype(np.int64)
-        out: dict[str, HourlySeries] = {}
-        for r, j in enumerate(ok):
-            vid = video_ids[j]
-            out[vid] = HourlySeries(
-                vid,
-                int(start[r]),
-                hourly[r],
-                int(pub[r]) if pub[r] > 0 else None,
-                {"minute_head": int(mhead[r]), "minute_counts": mcounts[r]},
-            )
-        return out
+        return WindowArrays([video_ids[j] for j in ok], head, hourly, np.where(pub > 0, pub, -1), mhead, mcounts)
 
     async def memory_usage(self, video_id: str) -> int:
         """``MEMORY USAGE`` of the video's key (0 if absent)."""
         with self._timed("memory_usage"):
             used = await self.redis.memory_usage(self.key(video_id), samples=0)
         return int(used or 0)
+
+
+@dataclass
+class WindowArrays:
+    """Windows read from Redis, one row per video: ``counts[r]`` (4, W) are the W hours ending
+    at ``head_hours[r]``; ``published_hours`` -1 when unknown; the minute ring (4, MINUTE_SLOTS)
+    oldest minute first, ending at ``minute_heads[r]``."""
+
+    video_ids: list[str]
+    head_hours: np.ndarray  # (V,)
+    counts: np.ndarray  # (V, 4, W) float64
+    published_hours: np.ndarray  # (V,)
+    minute_heads: np.ndarray  # (V,)
+    minute_counts: np.ndarray  # (V, 4, MINUTE_SLOTS) int64
+
+    @classmethod
+    def empty(cls, window_hours: int) -> WindowArrays:
+        z = np.zeros(0, dtype=np.int64)
+        return cls([], z, np.zeros((0, len(METRICS), window_hours)), z, z,
+                   np.zeros((0, len(METRICS), MINUTE_SLOTS), dtype=np.int64))
 
 
 @dataclass

@@ -11,6 +11,7 @@ from stream_detector.decision import (
     Thresholds,
     VideoDecisionState,
     closed_window,
+    closed_windows,
 )
 from stream_detector.operating_points import OperatingCurve, OperatingPointError
 from stream_detector.patterns import PATTERNS, Burst
@@ -166,6 +167,24 @@ def test_closed_window_drops_the_open_hour_and_pads_a_quiet_video():
     assert quiet.end_hour == 1010 and quiet.counts[:, -1].sum() == 0
     assert np.array_equal(quiet.counts[:, :10], counts)
     assert closed_window(s, now_hour=1010).end_hour == 1009
+
+
+@pytest.mark.parametrize("window", [12, 10, 7])
+def test_closed_windows_of_a_batch_equal_each_closed_window_made_trailing(window):
+    rng = np.random.default_rng(3)
+    t = 10
+    ends = np.array([1009, 1009, 1004, 1020, 1012, 1000, 990])
+    counts = rng.poisson(5.0, (len(ends), 4, t)).astype(float)
+    for now_hour in (995, 1000, 1005, 1009, 1010, 1011, 1013, 1030):
+        for confirm in (0, 1, 2):
+            keep, closed, first = closed_windows(counts, ends, now_hour, confirm, window)
+            for r, end in enumerate(ends):
+                one = closed_window(HourlySeries("v", int(end) - t + 1, counts[r], None), now_hour, confirm)
+                assert keep[r] == (one.hours > 0), (now_hour, confirm, r)
+                if one.hours:
+                    want = one.last(window)
+                    assert first[r] == want.start_hour
+                    np.testing.assert_array_equal(closed[r], want.counts)
 
 
 def test_operating_curve_maps_rates_to_thresholds_and_back():

@@ -166,18 +166,18 @@ class ScoringProcess:
         for the immediate path's child) does not wait ~1-2 s for both."""
         await self.score(scorer, [])
 
-    async def score(self, scorer: Scorer, series: list[HourlySeries], *, keep_ids: frozenset[str] | None = None,
-                    detail_floor: float = 0.0) -> list[VideoScore]:
+    async def score(self, scorer: Scorer, series: list[HourlySeries] | WindowBatch, *,
+                    keep_ids: frozenset[str] | None = None, detail_floor: float = 0.0) -> list[VideoScore]:
         """``scorer.score(series)``, in the child. With ``keep_ids``, the hour detail comes back
         only for those videos and for those with an hour probability >= ``detail_floor``."""
         model = scorer.model
+        windows = series if isinstance(series, WindowBatch) else WindowBatch.of(series, scorer.window)
         if not model.data:  # an artifact built in memory without its bytes: score here
-            return await asyncio.to_thread(scorer.score, series)
+            return await asyncio.to_thread(scorer.score, windows.series())
         try:
             pool = await self._ensure()
             batch = await asyncio.get_running_loop().run_in_executor(
-                pool, _score_in_child, model.sha256, model.data, scorer.threshold,
-                WindowBatch.of(series, scorer.window), keep_ids, detail_floor)
+                pool, _score_in_child, model.sha256, model.data, scorer.threshold, windows, keep_ids, detail_floor)
             return batch.unpack()
         except (BrokenExecutor, TimeoutError, OSError) as exc:
             self.metrics.internal_errors.labels(stage="scoring_process").inc()
@@ -185,7 +185,7 @@ class ScoringProcess:
                       "starts for the next one", type(exc).__name__, exc)
             self._discard()
             self.restarts += 1
-            return await asyncio.to_thread(scorer.score, series)
+            return await asyncio.to_thread(scorer.score, windows.series())
 
     def _discard(self) -> None:
         pool, self._pool = self._pool, None

@@ -21,18 +21,18 @@ import time
 
 import numpy as np
 
-from stream_detector.decision import StreamDecision, closed_window
+from stream_detector.decision import StreamDecision, closed_windows
 from stream_detector.models import ModelArtifact
 from stream_detector.patterns import Burst, BurstDetector, usual_hour
 from stream_detector.publisher import JSON_ENCODER, FlagPublisher, Scored
 from stream_detector.schedule import now_ms
 from stream_detector.scoring import Scorer, VideoScore
-from stream_detector.series import HourlySeries
+from stream_detector.windows import WindowArrays
 from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
 from stream_detector.worker.ingest import URGENT_DUE_MS, Arrivals
 from stream_detector.worker.model_slot import ModelSlot
-from stream_detector.worker.score_process import ScoringProcess
+from stream_detector.worker.score_process import ScoringProcess, WindowBatch
 
 log = logging.getLogger("stream_detector.scoring_loop")
 
@@ -121,16 +121,18 @@ class ScoringLoop:
         await schedule.release(partition, ids, lease)
         return len(ids)
 
-    def _prepare(self, raw: HourlySeries, now_hour: int, confirm: int) -> tuple[HourlySeries, Burst | None]:
-        """The closed window the hourly decision judges, and the minute ring's burst evidence."""
-        closed = closed_window(raw, now_hour, confirm)
-        burst = None
-        ring = raw.meta.get("minute_counts")
-        if ring is not None and raw.end_hour >= now_hour and int(np.max(ring)) >= self.bursts.min_peak:
-            usual, observed, mix = usual_hour(closed.counts)
+    def _bursts(self, win: WindowArrays, closed: np.ndarray, now_hour: int) -> list[Burst | None]:
+        """The minute ring's burst evidence per video, judged against its closed hours: only for
+        videos whose newest hour is still open and whose ring holds a minute big enough."""
+        out: list[Burst | None] = [None] * len(win.video_ids)
+        if not len(out):
+            return out
+        ring_peak = win.minute_counts.max(axis=(1, 2))
+        for r in np.flatnonzero((win.head_hours >= now_hour) & (ring_peak >= self.bursts.min_peak)).tolist():
+            usual, observed, mix = usual_hour(closed[r])
             if observed >= self.bursts.min_history_hours:
-                burst = self.bursts.evidence(ring, usual, int(raw.meta.get("minute_head", 0)), mix)
-        return closed, burst
+                out[r] = self.bursts.evidence(win.minute_counts[r], usual, int(win.minute_heads[r]), mix)
+        return out
 
     async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str, partition: int) -> None:
         ctx, m = self.ctx, self.ctx.metrics
@@ -138,35 +140,39 @@ class ScoringLoop:
         scorer, shadow = self.slot.take()  # a pushed model takes over here, between two scoring batches
         decision = self.slot.decision_for(scorer.model)
         now_hour = self.checkpoint.clock.get(partition, 0)
-        series = await ctx.windows.read(ids)
-        prepared = [(v, *self._prepare(series[v], now_hour, decision.thresholds.confirm_hours))
-                    for v in ids if v in series]
-        prepared = [x for x in prepared if x[1].hours > 0]
-        if not prepared:
+        win = await ctx.windows.read_arrays(ids)
+        keep, closed, first = closed_windows(win.counts, win.head_hours, now_hour,
+                                             decision.thresholds.confirm_hours, scorer.window)
+        bursts = self._bursts(win, closed, now_hour)
+        rows = np.flatnonzero(keep).tolist()
+        if not rows:
             return
-        present = [closed for _, closed, _ in prepared]
+        windows = WindowBatch([win.video_ids[r] for r in rows], first[rows].tolist(),
+                              [int(h) if h >= 0 else None for h in win.published_hours[rows].tolist()], closed[rows])
+        prepared = [(win.video_ids[r], bursts[r]) for r in rows]
 
         def run() -> tuple[list[VideoScore], float, list[VideoScore] | None]:
             t0 = time.perf_counter()
+            present = windows.series()
             ours = scorer.score(present)
             spent = time.perf_counter() - t0
             theirs = self.slot.shadow_score(shadow, present, ours) if shadow is not None else None
             return ours, spent, theirs
 
         process = self.urgent_process if path == "immediate" else self.process
-        prior = await self.publisher.states([vid for vid, _, _ in prepared])
+        prior = await self.publisher.states([vid for vid, _ in prepared])
         if process is not None and shadow is None:
             t0 = time.perf_counter()
-            keep = frozenset(vid for vid, _, burst in prepared if decision.uses_detail(prior[vid], burst))
-            scores = await process.score(scorer, present, keep_ids=keep, detail_floor=decision.detail_floor)
+            keep_ids = frozenset(vid for vid, burst in prepared if decision.uses_detail(prior[vid], burst))
+            scores = await process.score(scorer, windows, keep_ids=keep_ids, detail_floor=decision.detail_floor)
             spent, shadow_scores = time.perf_counter() - t0, None
         else:  # a shadow compares on the same batch in the same thread
             scores, spent, shadow_scores = await asyncio.to_thread(run)
         m.inference_latency.observe(spent)
-        m.inference_batch_size.observe(len(present))
-        m.videos_scored.labels(path=path).inc(len(present))
+        m.inference_batch_size.observe(len(prepared))
+        m.videos_scored.labels(path=path).inc(len(prepared))
         batch = [Scored(vs, now_hour, burst, arrival.get(vid, 0.0))
-                 for (vid, _, burst), vs in zip(prepared, scores, strict=True)]
+                 for (vid, burst), vs in zip(prepared, scores, strict=True)]
         wm = max(self.checkpoint.watermark.values()) if self.checkpoint.watermark else 0.0
         sent = await self.publisher.run(batch, decision, scorer.model, watermark=wm, prior=prior)
         await self._store_scores(batch, scorer, decision, shadow, shadow_scores, {s.score.video_id: d for s, d in sent})
