@@ -26,6 +26,7 @@ by the worker). The design, and why:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -110,6 +111,13 @@ class VideoDecisionState:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+@functools.lru_cache(maxsize=16)
+def _confirmed_mask(hours: int, confirm_hours: int) -> np.ndarray:
+    mask = np.arange(hours) <= hours - 1 - confirm_hours
+    mask.flags.writeable = False  # shared by every caller
+    return mask
+
+
 def closed_window(series: HourlySeries, now_hour: int, confirm_hours: int = 1) -> HourlySeries:
     """The part of a Redis window the hourly path may judge: hours before ``now_hour`` (the
     partition's current event hour). A video that went quiet gets up to ``confirm_hours``
@@ -138,10 +146,14 @@ def closed_windows(counts: np.ndarray, end_hours: np.ndarray, now_hour: int, con
     new_end = np.minimum(now_hour - 1, end + confirm_hours)
     keep = new_end >= end - (t - 1)
     first = new_end - (window - 1)
-    idx = (first - (end - (t - 1)))[:, None] + np.arange(window)[None, :]  # position in the stored window
-    inside = (idx >= 0) & (idx < t)
-    taken = np.take_along_axis(counts, np.clip(idx, 0, t - 1)[:, None, :].repeat(m, axis=1), axis=2)
-    return keep, np.where(inside[:, None, :], taken, 0.0), first
+    shift = first - (end - (t - 1))  # closed hour j is stored hour j + shift
+    out = np.zeros((v, m, window))
+    for k in np.unique(shift).tolist():  # a few distinct shifts per batch: one slice copy each
+        rows = np.flatnonzero(shift == k)
+        lo, hi = max(0, -k), min(window, t - k)  # output hours that exist in the stored window
+        if lo < hi:
+            out[rows, :, lo:hi] = counts[rows, :, lo + k : hi + k]
+    return keep, out, first
 
 
 def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str) -> bool:
@@ -205,8 +217,7 @@ class StreamDecision:
 
     def confirmed(self, vs: VideoScore) -> np.ndarray:
         """(W,) hours of the scored (closed) window with enough closed context after them."""
-        w = len(vs.hour_probability)
-        return np.arange(w) <= w - 1 - self.thresholds.confirm_hours
+        return _confirmed_mask(len(vs.hour_probability), self.thresholds.confirm_hours)
 
     def publishable(self, vs: VideoScore) -> np.ndarray:
         """(W,) confirmed hours at or above the publish threshold."""
@@ -215,8 +226,8 @@ class StreamDecision:
     def statistic(self, vs: VideoScore) -> float:
         """The highest confirmed hour probability: the video would be flagged at any publish
         threshold at or below it (what calibration and the operating points are built on)."""
-        p = np.where(self.confirmed(vs), vs.hour_probability, 0.0)
-        return float(p.max()) if p.size else 0.0
+        confirmed = vs.hour_probability[: max(len(vs.hour_probability) - self.thresholds.confirm_hours, 0)]
+        return float(confirmed.max()) if confirmed.size else 0.0
 
     def uses_detail(self, state: VideoDecisionState | None, burst: Burst | None) -> bool:
         """Whether deciding may read the scoring's hour detail (``VideoScore.detail``) whatever

@@ -2,7 +2,7 @@
 
 For a batch of scored videos: read their decision states (one MGET), run the decision
 (``decision.StreamDecision``), send the records (new / updated / withdrawn) to the flags
-topic, wait for the broker's acknowledgements, then write the new states (one pipeline).
+topic, wait for the broker's acknowledgements, then write the new states (one script call).
 State is written after the send, never before: a crash in between re-sends the same record
 with the same ``flag_id`` (consumers de-duplicate on it) instead of losing it.
 """
@@ -123,11 +123,7 @@ class FlagPublisher:
             await fut
         done = time.time()
         self._count(sends, done)
-        if states:
-            pipe = self.redis.pipeline(transaction=False)
-            for k, v in states.items():
-                pipe.set(k, v, ex=self.state_ttl_s)
-            await self.metrics.timed_redis("flag_state", pipe.execute())
+        await self.metrics.timed_redis("flag_state", redis_client.set_ex(self.redis, states, self.state_ttl_s))
         return [(s, d) for s, d, _ in sends]
 
     def _count(self, sends: list, done: float) -> None:

@@ -165,3 +165,22 @@ def test_a_worker_on_the_cluster_keeps_exact_counts_and_flags(cluster, kafka_boo
         assert dep.read_topic(dep.flags, idle_s=2.0), "the simulated fakes are flagged on a cluster too"
     finally:
         worker.terminate()
+
+
+@pytest.mark.asyncio
+async def test_set_ex_writes_keys_of_every_slot_on_a_cluster(cluster):
+    from stream_detector import redis_client as rc
+
+    client = RedisCluster(host="127.0.0.1", port=cluster[0], decode_responses=False, socket_timeout=5.0,
+                          socket_connect_timeout=2.0)
+    try:
+        await client.initialize()
+        prefix = f"x{random.randrange(10**6)}"
+        mapping = {f"{prefix}:s:{{video-{k}}}": f"doc {k}".encode() for k in range(60)}
+        await rc.set_ex(client, mapping, 90)
+        assert await client.mget_nonatomic(list(mapping)) == list(mapping.values())
+        assert {client.get_node_from_key(k).port for k in mapping} == {n.port for n in client.get_primaries()}
+        ttls = [await client.ttl(k) for k in list(mapping)[:5]]
+        assert all(0 < t <= 90 for t in ttls)
+    finally:
+        await client.aclose()

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from stream_detector import redis_client
 from stream_detector.decision import StreamDecision, closed_windows
 from stream_detector.models import ModelArtifact
 from stream_detector.patterns import Burst, BurstDetector, usual_hour
@@ -198,35 +199,33 @@ class ScoringLoop:
     async def _store_scores(self, batch: list[Scored], scorer: Scorer, decision: StreamDecision,
                             shadow: Scorer | None = None, shadow_scores: list[VideoScore] | None = None,
                             sent: dict[str, dict] | None = None) -> None:
-        """Keep the latest score per video for /score/{video_id} (one pipeline per batch): the
+        """Keep the latest score per video for /score/{video_id} (one write per batch): the
         scoring of its closed window (the offline verdict, as `stream-detector score` gives it)
         and, under ``stream``, the last flag record published now."""
         ctx = self.ctx
         assert ctx.redis is not None
         model = scorer.model
-        pipe = ctx.redis.pipeline(transaction=False)
+        model_doc = {"name": model.name, "version": model.version, "sha256": model.sha256}
+        publish = round(decision.thresholds.publish, 4)
+        now = time.time()
+        docs = {}
         for i, item in enumerate(batch):
             vs = item.score
-            doc = vs.to_dict() | {
-                "threshold": round(vs.threshold, 4),
-                "explanation": vs.explanation,
-                "end_hour": vs.end_hour,
-                "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
-                "scored_at": time.time(),
-                "stream": {"publish_threshold": round(decision.thresholds.publish, 4),
-                           "statistic": round(decision.statistic(vs), 4),
-                           "burst": round(item.burst.evidence, 4) if item.burst is not None else None},
-            }
+            stream = {"publish_threshold": publish, "statistic": round(decision.statistic(vs), 4),
+                      "burst": round(item.burst.evidence, 4) if item.burst is not None else None}
+            doc = vs.to_dict()  # the offline verdict, then what the stream made of it
+            doc.update(threshold=round(vs.threshold, 4), explanation=vs.explanation, end_hour=vs.end_hour,
+                       model=model_doc, scored_at=now, stream=stream)
             rec = (sent or {}).get(vs.video_id)
             if rec is not None:
-                doc["stream"]["published"] = {"flag_id": rec["flag_id"], "status": rec["status"]}
+                stream["published"] = {"flag_id": rec["flag_id"], "status": rec["status"]}
             if shadow is not None and shadow_scores:
                 other = shadow_scores[i]
                 doc["shadow"] = {"score": round(other.score, 4), "flagged": other.flagged,
                                  "model": {"name": shadow.model.name, "version": shadow.model.version,
                                            "sha256": shadow.model.sha256}}
-            pipe.set(ctx.score_key(vs.video_id), JSON_ENCODER.encode(doc), ex=ctx.settings.idle_ttl_seconds)
-        await ctx.metrics.timed_redis("store_scores", pipe.execute())
+            docs[ctx.score_key(vs.video_id)] = JSON_ENCODER.encode(doc)
+        await ctx.metrics.timed_redis("store_scores", redis_client.set_ex(ctx.redis, docs, ctx.settings.idle_ttl_seconds))
 
     async def current_score(self, video_id: str) -> dict | None:
         ctx = self.ctx
