@@ -33,14 +33,19 @@ replay de-duplication for that video.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import msgspec
+import numpy as np
 
 from .series import METRICS
+
+log = logging.getLogger("stream_detector.events")
 
 REASONS: dict[str, str] = {
     "oversized": "record value larger than max_event_bytes",
@@ -181,14 +186,117 @@ def parse_event(
         except _WIRE_ERRORS:
             wire = None
         if wire is not None:
-            event = _accept(wire, raw, now, max_count, max_future_s)
-            if event is not None:
-                return event
+            times = _accept(wire, raw, now, max_count, max_future_s)
+            if times is not None:
+                return Event(wire.video_id, times[0], (wire.views, wire.likes, wire.comments, wire.shares),
+                             times[1], wire.category, wire.region)
     return validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
 
 
-def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s: float) -> Event | None:
-    """The typed decode's event if it passes every check; None sends it to the validator."""
+@dataclass
+class EventColumns:
+    """Valid events as columns: what the window store, the schedule and the counters read,
+    without an object per event (``ColumnBuilder`` fills them while parsing)."""
+
+    video_ids: list[str]
+    ts: np.ndarray  # (n,) float64, epoch seconds
+    counts: np.ndarray  # (n, 4) int64, METRICS order
+    published: list[tuple[int, float]]  # (row, published_at) of the rows that carry one
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    @classmethod
+    def of_events(cls, events: Sequence[Event]) -> EventColumns:
+        b = ColumnBuilder()
+        for e in events:
+            b.add(e)
+        return b.build()
+
+    def take(self, rows: Sequence[int]) -> EventColumns:
+        """The given rows, in that order."""
+        rows = list(rows)
+        at = {r: k for k, r in enumerate(rows)}
+        return EventColumns([self.video_ids[r] for r in rows], self.ts[rows], self.counts[rows],
+                            [(at[r], p) for r, p in self.published if r in at])
+
+
+@dataclass
+class ColumnBuilder:
+    """Columns being filled, one appended event at a time (see :func:`parse_batch`)."""
+
+    video_ids: list[str] = field(default_factory=list)
+    ts: list[float] = field(default_factory=list)
+    counts: list[int] = field(default_factory=list)  # flat: 4 per event
+    published: list[tuple[int, float]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    def add(self, e: Event) -> None:
+        if e.published_at is not None:
+            self.published.append((len(self.video_ids), e.published_at))
+        self.video_ids.append(e.video_id)
+        self.ts.append(e.ts)
+        self.counts.extend(e.counts)
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Keep only these rows (ascending), e.g. without the late events of a batch."""
+        rows = list(rows)
+        at = {r: k for k, r in enumerate(rows)}
+        self.video_ids = [self.video_ids[r] for r in rows]
+        self.ts = [self.ts[r] for r in rows]
+        self.counts = [c for r in rows for c in self.counts[4 * r : 4 * r + 4]]
+        self.published = [(at[r], p) for r, p in self.published if r in at]
+
+    def build(self) -> EventColumns:
+        n = len(self.video_ids)
+        return EventColumns(self.video_ids, np.array(self.ts, dtype=np.float64),
+                            np.array(self.counts, dtype=np.int64).reshape(n, len(METRICS)), self.published)
+
+
+def parse_batch(values: Sequence[bytes | None], into: ColumnBuilder, *, now: float, max_bytes: int,
+                max_count: int, max_future_s: float) -> list[tuple[int, Rejection]]:
+    """Parse record values into columns: each valid event is appended to ``into`` (in input
+    order); each invalid one comes back as (its position, why). The same decisions as
+    :func:`parse_event`, record by record, without an ``Event`` object for the common case. A
+    record the parser itself fails on is ``internal_error``: it never stops the batch."""
+    vids, tss, counts, pubs = into.video_ids, into.ts, into.counts, into.published
+    add_vid, add_ts, add_counts = vids.append, tss.append, counts.extend
+    decode = _decode_wire
+    rejected: list[tuple[int, Rejection]] = []
+    for i, raw in enumerate(values):
+        try:
+            if type(raw) is bytes and len(raw) <= max_bytes:
+                try:
+                    w = decode(raw)
+                except _WIRE_ERRORS:
+                    w = None
+                if w is not None:
+                    times = _accept(w, raw, now, max_count, max_future_s)
+                    if times is not None:  # every computation is done: the appends cannot fail half-way
+                        if times[1] is not None:
+                            pubs.append((len(vids), times[1]))
+                        add_vid(w.video_id)
+                        add_ts(times[0])
+                        add_counts((w.views, w.likes, w.comments, w.shares))
+                        continue
+            event = validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
+        except Exception as exc:  # noqa: BLE001 - one record must never stop its partition
+            log.exception("parse failed on record %d of a batch", i)
+            rejected.append((i, Rejection("internal_error", f"parse: {type(exc).__name__}: {exc}")))
+            continue
+        if type(event) is Rejection:
+            rejected.append((i, event))
+        else:
+            into.add(event)
+    return rejected
+
+
+def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s: float
+            ) -> tuple[float, float | None] | None:
+    """(ts, published_at) of the typed decode's event if it passes every check; None sends it
+    to the validator."""
     vid = w.video_id
     if not vid or len(vid) > MAX_VIDEO_ID_CHARS or vid.isspace():
         return None
@@ -217,7 +325,7 @@ def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s:
             return None
     if _duplicate_field(raw) is not None:
         return None
-    return Event(vid, ts, c, pub, w.category, w.region)
+    return ts, pub
 
 
 def validate_event(

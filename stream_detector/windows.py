@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from redis.exceptions import NoScriptError
 
-from .events import Event
+from .events import Event, EventColumns
 from .metrics import Metrics
 from .series import METRICS, HourlySeries
 
@@ -152,20 +152,22 @@ class WindowStore:
     # ------------------------------------------------------------------ apply
     async def apply(
         self,
-        events: Sequence[Event],
-        offsets: Sequence[int] | None,
-        partitions: Sequence[int] | None = None,
+        events: EventColumns | Sequence[Event],
+        offsets: Sequence[int] | np.ndarray | None,
+        partitions: Sequence[int] | np.ndarray | None = None,
     ) -> ApplyResult:
         """Add a consumed batch to the windows, exactly once per (partition, offset).
 
-        ``offsets[i]`` is the Kafka offset of ``events[i]``; ``partitions[i]`` its partition
-        (default: all 0; pass it when a batch spans partitions so a video keyed to the wrong
-        partition cannot make valid events look replayed). ``offsets=None`` disables replay
-        protection for this batch. Late events (older than the video's head hour − (W−1))
-        are not stored and are returned in ``result.late``.
+        ``events``: columns (the consume path's form) or ``Event`` objects. ``offsets[i]`` is
+        the Kafka offset of event i; ``partitions[i]`` its partition (default: all 0; pass it
+        when a batch spans partitions so a video keyed to the wrong partition cannot make valid
+        events look replayed). ``offsets=None`` disables replay protection for this batch. Late
+        events (older than the video's head hour − (W−1)) are not stored and are returned in
+        ``result.late``.
         """
+        cols = events if isinstance(events, EventColumns) else EventColumns.of_events(events)
         result = ApplyResult()
-        n = len(events)
+        n = len(cols)
         if n == 0:
             return result
         if offsets is None:
@@ -186,15 +188,10 @@ class WindowStore:
         if part.shape != (n,):
             raise ValueError("partitions must have one entry per event")
 
-        video_ids = [e.video_id for e in events]
-        ts = np.fromiter([e.ts for e in events], dtype=np.float64, count=n)
-        counts = np.array([e.counts for e in events], dtype=np.int64).reshape(n, 4)
-        hours = np.floor_divide(ts, 3600.0).astype(np.int64)
-        minutes = np.floor_divide(ts, 60.0).astype(np.int64)
-        pub = [(i, e.published_at) for i, e in enumerate(events) if e.published_at is not None]
-
-        groups = self._slot_groups(video_ids) if self._cluster else [np.arange(n)]
-        batch = _Batch(video_ids, hours, minutes, counts, off, part, pub, forced)
+        hours = np.floor_divide(cols.ts, 3600.0).astype(np.int64)
+        minutes = np.floor_divide(cols.ts, 60.0).astype(np.int64)
+        groups = self._slot_groups(cols.video_ids) if self._cluster else [np.arange(n)]
+        batch = _Batch(cols.video_ids, hours, minutes, cols.counts, off, part, cols.published, forced)
         outcomes = await asyncio.gather(*(self._apply_group(batch, g) for g in groups))
         for late, replayed, changed, spikes, no_dedup in outcomes:
             result.late.extend(late)

@@ -18,12 +18,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_detector import keys
-from stream_detector.events import Event, Rejection, dead_letter_headers, parse_event
+from stream_detector.events import (
+    ColumnBuilder,
+    Event,
+    EventColumns,
+    Rejection,
+    dead_letter_headers,
+    parse_batch,
+    parse_event,
+)
 from stream_detector.flags import iso
 from stream_detector.schedule import now_ms
 from stream_detector.series import METRICS
@@ -69,12 +78,14 @@ class Arrivals:
 
 @dataclass
 class Prepared:
-    """A fetched batch, parsed and judged, not yet written."""
+    """A fetched batch, parsed and judged, not yet written: its valid events as columns, with
+    the Kafka offset, partition and source record of each."""
 
-    events: list[Event] = field(default_factory=list)
+    columns: ColumnBuilder = field(default_factory=ColumnBuilder)
     offsets: list[int] = field(default_factory=list)
     partitions: list[int] = field(default_factory=list)
-    sources: list[tuple] = field(default_factory=list)  # (record, tp) of each valid event
+    records: list = field(default_factory=list)  # the source record of each valid event
+    tps: dict[int, TopicPartition] = field(default_factory=dict)  # partition -> its TopicPartition
     arrival: dict[str, float] = field(default_factory=dict)  # newest Kafka timestamp per video
     dead: list[tuple] = field(default_factory=list)  # (record, tp, rejection)
     fetched: dict[TopicPartition, int] = field(default_factory=dict)  # next offset per partition
@@ -88,14 +99,14 @@ class Prepared:
             return
         parts = {tp.partition for tp in gone}
         keep = [i for i, p in enumerate(self.partitions) if p not in parts]
-        self.events = [self.events[i] for i in keep]
+        self.columns.keep(keep)
         self.offsets = [self.offsets[i] for i in keep]
         self.partitions = [self.partitions[i] for i in keep]
-        self.sources = [self.sources[i] for i in keep]
+        self.records = [self.records[i] for i in keep]
         self.dead = [d for d in self.dead if d[1] not in gone]
         self.fetched = {tp: o for tp, o in self.fetched.items() if tp not in gone}
         self.highs = {p: h for p, h in self.highs.items() if p not in parts}
-        videos = {e.video_id for e in self.events}
+        videos = set(self.columns.video_ids)
         self.arrival = {v: t for v, t in self.arrival.items() if v in videos}
 
 
@@ -118,45 +129,48 @@ class Ingest:
         s, m = ctx.settings, ctx.metrics
         now = time.time()
         b = Prepared() if into is None else into
+        cols = b.columns
         owned = ctx.owned()
         for tp, records in batches.items():
             if tp not in owned:
                 continue  # revoked since the fetch: never committed here, the new owner replays them
             p = tp.partition
-            parsed_ok: list[tuple] = []
-            for rec in records:
-                b.n += 1
-                try:
-                    parsed = parse_event(rec.value, now=now, max_bytes=s.max_event_bytes,
-                                         max_count=s.max_count_per_event, max_future_s=s.max_future_seconds)
-                except Exception as exc:  # noqa: BLE001 - one record must never stop its partition
-                    log.exception("parse failed on %s[%d]@%d", tp.topic, tp.partition, rec.offset)
-                    parsed = Rejection("internal_error", f"parse: {type(exc).__name__}: {exc}")
-                    m.internal_errors.labels(stage="parse").inc()
-                if isinstance(parsed, Rejection):
-                    b.dead.append((rec, tp, parsed))
-                    continue
-                parsed_ok.append((rec, parsed))
+            b.tps[p] = tp
+            b.n += len(records)
+            start = len(cols)
+            rejected = parse_batch([rec.value for rec in records], cols, now=now, max_bytes=s.max_event_bytes,
+                                   max_count=s.max_count_per_event, max_future_s=s.max_future_seconds)
+            valid = records
+            if rejected:
+                for i, rejection in rejected:
+                    b.dead.append((records[i], tp, rejection))
+                    if rejection.reason == "internal_error":
+                        m.internal_errors.labels(stage="parse").inc()
+                gone = {i for i, _ in rejected}
+                valid = [rec for i, rec in enumerate(records) if i not in gone]
             # judged against the event time before the batch: a replayed batch can span hours
             # of event time, and its own events must not make each other late
+            ts = cols.ts[start:]
             low = cp.robust_high(p, []) - s.allowed_lateness_seconds
-            high = cp.robust_high(p, [e.ts for _, e in parsed_ok])
-            arrival = b.arrival
-            for rec, parsed in parsed_ok:
-                if parsed.ts < low:
-                    b.dead.append((rec, tp, Rejection("late", f"ts {parsed.ts:.0f} < watermark {low:.0f}")))
-                    m.events_late.inc()
-                    continue
-                b.events.append(parsed)
-                b.offsets.append(rec.offset)
-                b.partitions.append(p)
-                b.sources.append((rec, tp))
-                if rec.key is not None and rec.key != parsed.video_id.encode():
-                    m.key_mismatch.inc()
-                if rec.timestamp > arrival.get(parsed.video_id, 0.0):
-                    arrival[parsed.video_id] = rec.timestamp
-            if parsed_ok:
+            high = cp.robust_high(p, ts)
+            if ts:
                 cp.last_events[p] = time.monotonic()
+                if min(ts) < low:
+                    late = {k for k, t in enumerate(ts) if t < low}
+                    for k in sorted(late):
+                        b.dead.append((valid[k], tp, Rejection("late", f"ts {ts[k]:.0f} < watermark {low:.0f}")))
+                        m.events_late.inc()
+                    cols.keep([r for r in range(len(cols)) if r < start or r - start not in late])
+                    valid = [rec for k, rec in enumerate(valid) if k not in late]
+            b.offsets.extend(rec.offset for rec in valid)
+            b.partitions.extend([p] * len(valid))
+            b.records.extend(valid)
+            arrival = b.arrival
+            for rec, vid in zip(valid, cols.video_ids[start:], strict=True):
+                if rec.key is not None and rec.key != vid.encode():
+                    m.key_mismatch.inc()
+                if rec.timestamp > arrival.get(vid, 0.0):
+                    arrival[vid] = rec.timestamp
             b.highs[p] = max(b.highs.get(p, 0.0), high)  # applied when written (see write)
             if records:
                 cp.check_continuity(tp, records[0].offset)
@@ -174,16 +188,19 @@ class Ingest:
         # committed offsets would make a dropped prepared batch's events look late on replay
         for p, high in b.highs.items():
             cp.advance(p, high)
-        events, partitions, sources, dead = b.events, b.partitions, b.sources, b.dead
+        dead = b.dead
         self.consumed += b.n
         m.consume_batch_size.observe(b.n)
         if cp.watermark:
             m.watermark.set(max(cp.watermark.values()))
-        if events:
-            offsets = b.offsets
+        if len(b.columns):
+            events = b.columns.build()
+            offsets = np.asarray(b.offsets, dtype=np.int64)
+            partitions = np.asarray(b.partitions, dtype=np.int64)
+            records = b.records
 
             async def write_windows():
-                for tp in await cp.find_lost(set(partitions)):
+                for tp in await cp.find_lost(set(b.partitions)):
                     await self.rebuild(tp)
                 cp.lost.clear()
                 return await self.apply_isolating(events, offsets, partitions)
@@ -191,19 +208,17 @@ class Ingest:
             result, poisoned = await ctx.guard.call("redis", "windows", write_windows, ctx.stopping)
             if poisoned:
                 for idx, reason in poisoned.items():
-                    rec, tp = sources[idx]
-                    dead.append((rec, tp, Rejection("internal_error", reason)))
+                    dead.append((records[idx], b.tps[b.partitions[idx]], Rejection("internal_error", reason)))
                 keep = [i for i in range(len(events)) if i not in poisoned]
-                events = [events[i] for i in keep]
-                partitions = [partitions[i] for i in keep]
-                sources = [sources[i] for i in keep]
+                events, partitions = events.take(keep), partitions[keep]
+                records = [records[i] for i in keep]
                 position = {i: k for k, i in enumerate(keep)}
                 late = [position[i] for i in result.late]
             else:
                 late = result.late
             for idx in late:
-                rec, tp = sources[idx]
-                dead.append((rec, tp, Rejection("late", f"ts {events[idx].ts:.0f} older than the {s.window_hours} h window")))
+                dead.append((records[idx], b.tps[int(partitions[idx])],
+                             Rejection("late", f"ts {events.ts[idx]:.0f} older than the {s.window_hours} h window")))
             await ctx.guard.call("redis", "schedule",
                                  lambda: self.mark_due(events, partitions, result.spikes), ctx.stopping)
             await ctx.guard.call("redis", "active videos", self.refresh_active_gauge, ctx.stopping)
@@ -213,33 +228,31 @@ class Ingest:
             await ctx.guard.call("broker", "dead letters", lambda: self.dead_letter(dead), ctx.stopping)
         cp.written(b.fetched)  # committable: windows, marks and dead letters are written
 
-    def _count_consumed(self, events: list[Event]) -> None:
-        totals = [0, 0, 0, 0]
-        for e in events:
-            c = e.counts
-            totals[0] += c[0] > 0
-            totals[1] += c[1] > 0
-            totals[2] += c[2] > 0
-            totals[3] += c[3] > 0
-        for name, k in zip(METRICS, totals, strict=True):
+    def _count_consumed(self, events: EventColumns) -> None:
+        totals = np.count_nonzero(events.counts > 0, axis=0)
+        for name, k in zip(METRICS, totals.tolist(), strict=True):
             if k:
                 self.ctx.metrics.events_consumed.labels(metric=name).inc(k)
 
-    async def apply_isolating(self, events: list[Event], offsets: list[int],
-                              partitions: list[int]) -> tuple[ApplyResult, dict[int, str]]:
+    async def apply_isolating(self, events: EventColumns | list[Event], offsets, partitions
+                              ) -> tuple[ApplyResult, dict[int, str]]:
         """Apply a batch to the windows; if it fails for a reason that is not the connection
         (one record the code cannot handle), bisect down to the failing records so that they
         alone are dead-lettered and the rest of the partition goes on. Re-applying a half that
         already landed is safe: the windows skip offsets they hold."""
         windows, m = self.ctx.windows, self.ctx.metrics
         assert windows is not None
+        cols = events if isinstance(events, EventColumns) else EventColumns.of_events(events)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        partitions = np.asarray(partitions, dtype=np.int64)
         poisoned: dict[int, str] = {}
         merged = ApplyResult()
 
         async def run(idx: list[int]) -> None:
+            whole = len(idx) == len(cols)
             try:
-                part = await windows.apply([events[i] for i in idx], [offsets[i] for i in idx],
-                                           [partitions[i] for i in idx])
+                part = await windows.apply(cols if whole else cols.take(idx), offsets if whole else offsets[idx],
+                                           partitions if whole else partitions[idx])
             except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - isolate the record, never crash-loop on it
@@ -260,7 +273,7 @@ class Ingest:
             if part.no_dedup:
                 m.no_dedup.inc(part.no_dedup)
 
-        await run(list(range(len(events))))
+        await run(list(range(len(cols))))
         merged.late.sort()
         if poisoned:
             m.internal_errors.labels(stage="windows").inc(len(poisoned))
@@ -288,10 +301,12 @@ class Ingest:
             ctx.metrics.events_invalid.labels(reason=rejection.reason).inc()
 
     # -- the schedule ------------------------------------------------------------------------
-    async def mark_due(self, events: list[Event], partitions: list[int], spikes: set[str]) -> None:
+    async def mark_due(self, events: EventColumns | list[Event], partitions, spikes: set[str]) -> None:
         """Schedule what the new events make worth scoring (see the module docstring)."""
         ctx, cp = self.ctx, self.checkpoint
         assert ctx.schedule is not None and ctx.redis is not None
+        cols = events if isinstance(events, EventColumns) else EventColumns.of_events(events)
+        partitions = np.asarray(partitions, dtype=np.int64).tolist()
         confirm = self.confirm_hours()
         now = now_ms()
         cadence = now + int(ctx.settings.score_interval_seconds * 1000)
@@ -304,9 +319,8 @@ class Ingest:
             clocks[p] = (old, max(old, new))
         due: dict[int, dict[str, int]] = {}
         heads: dict[int, dict[str, int]] = {}
-        for e, p in zip(events, partitions, strict=True):
-            hour = int(e.ts // 3600)
-            vid = e.video_id
+        hours = np.floor_divide(cols.ts, 3600.0).astype(np.int64).tolist()
+        for vid, hour, p in zip(cols.video_ids, hours, partitions, strict=True):
             head = heads.setdefault(p, {})
             if hour > head.get(vid, -1):
                 head[vid] = hour
@@ -339,7 +353,7 @@ class Ingest:
             pipe.zadd(ctx.active_key(p), head, gt=True)
             pipe.zremrangebyscore(ctx.active_key(p), "-inf", clocks[p][1] - confirm - 2)
         ctx.schedule.queue_marks(pipe, due)
-        self.queue_active(pipe, {e.video_id for e in events})
+        self.queue_active(pipe, set(cols.video_ids))
         # The clock moves before the marks land: a pass that claims a closure's mark the
         # moment it is written must judge the closed hour, not the clock before it (it would
         # release the mark having scored the old window, and an idle video gets no other).
