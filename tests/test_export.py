@@ -422,3 +422,40 @@ def test_predict_matches_forward_and_batches():
     got = predict(model, x, batch_size=8)
     assert got.dtype == np.float32 and got.shape == (37, W)
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_tcn_is_exported_with_2d_convolutions_and_the_others_as_traced(exported):
+    arch, _, path, _, sess = exported
+    proto = onnx.load(str(path))
+    kernels = [next(a.ints for a in n.attribute if a.name == "kernel_shape") for n in proto.graph.node
+               if n.op_type == "Conv"]
+    if arch == "tcn":
+        assert kernels and all(len(k) == 2 and k[0] == 1 for k in kernels)  # onnxruntime's NCHWc path
+    x = np.random.default_rng(5).standard_normal((3, C, W)).astype(np.float32)
+    (y,) = sess.run([OUTPUT_NAME], {INPUT_NAME: x})
+    assert y.shape == (3, W)  # the contract's shapes whatever the layout inside
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conv2d_graph_gives_the_traced_graphs_scores_or_leaves_it_alone(arch):
+    from training.export import _to_onnx_proto
+    from training.onnx_layout import conv2d_graph
+
+    model = _model(arch).eval()
+    traced = _to_onnx_proto(model, C, W, 17)
+    lifted = conv2d_graph(traced)
+    if arch != "tcn":
+        assert lifted is None  # an LSTM, a transposed convolution: not rewritten
+        return
+    onnx.checker.check_model(lifted, full_check=True)
+    x = np.random.default_rng(6).standard_normal((40, C, W)).astype(np.float32) * 2
+
+    def run(proto):
+        sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    np.testing.assert_allclose(run(lifted), run(traced), atol=1e-4)
+    with torch.no_grad():
+        np.testing.assert_allclose(run(lifted), model(torch.from_numpy(x)).numpy(), atol=1e-4)
+    assert conv2d_graph(lifted) is None  # a lifted graph is left alone
+    assert len(lifted.graph.input) == 1 and len(lifted.graph.input[0].type.tensor_type.shape.dim) == 3
