@@ -88,3 +88,33 @@ async def test_a_failed_marks_write_leaves_the_closure_to_the_retry(redis_client
     await ingest.mark_due(events, [0], set())  # the guard's retry
     claimed, _ = await schedule.claim(0, 10)
     assert sorted(claimed) == ["busy", "idle"] and cp.clock[0] == HOUR + 1
+
+
+async def _calls(redis_client, command: str) -> int:
+    stats = await redis_client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+@pytest.mark.asyncio
+async def test_active_sets_are_written_only_with_what_changed_and_stay_exact(redis_client):
+    ingest, cp, _ = _ingest(redis_client, Metrics())
+    cp.event_high[0] = HOUR * 3600 + 10.0  # the clock stays at HOUR: no closure in these batches
+    key = ingest.ctx.active_key(0)
+
+    async def batch(*pairs: tuple[str, int]) -> tuple[int, int]:
+        before = await _calls(redis_client, "zadd"), await _calls(redis_client, "pfadd")
+        await ingest.mark_due([Event(v, h * 3600 + 30.0, (1, 0, 0, 0)) for v, h in pairs], [0] * len(pairs), set())
+        return await _calls(redis_client, "zadd") - before[0], await _calls(redis_client, "pfadd") - before[1]
+
+    assert await batch(("a", HOUR), ("b", HOUR)) == (1, 1)
+    assert await batch(("a", HOUR), ("b", HOUR), ("a", HOUR)) == (0, 0)  # nothing new: nothing sent
+    assert await batch(("b", HOUR), ("c", HOUR)) == (1, 1)  # only the new video c
+    assert {v.decode(): s for v, s in await redis_client.zrange(key, 0, -1, withscores=True)} == {
+        "a": HOUR, "b": HOUR, "c": HOUR}
+    ingest.written.forget(0)  # a revocation or a rebuild: written again
+    assert (await batch(("a", HOUR),))[0] == 1
+    cp.event_high[0] = (HOUR + 1) * 3600 + 5.0  # this batch closes HOUR: the active set is written again
+    await batch(("a", HOUR + 1), ("c", HOUR + 1))
+    assert {v.decode(): s for v, s in await redis_client.zrange(key, 0, -1, withscores=True)} == {
+        "a": HOUR + 1, "b": HOUR, "c": HOUR + 1}
+    assert await batch(("a", HOUR + 1), ("c", HOUR + 1)) == (0, 0)

@@ -68,6 +68,7 @@ class _Rebalance(ConsumerRebalanceListener):
                 await d.checkpoint.commit("rebalance")  # the new owner takes over the due schedule
             for tp in revoked:
                 d.checkpoint.forget(tp)
+                d.ingest.written.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned) -> None:
         await self.detector.checkpoint.load(assigned)

@@ -76,6 +76,47 @@ class Arrivals:
         return {v: self.arrival_ms.pop(v, 0.0) for v in ids}, urgent
 
 
+class AlreadyWritten:
+    """What this worker has written lately to the per-partition active sets (each video's
+    newest event hour) and to the hour's HyperLogLog of active videos, so that a batch sends
+    only what changed: most events of a video fall in an hour it was already written for
+    (bench/throughput.py: those writes were most of the consume loop's Redis packing). Each
+    memory is dropped when it grows past ``limit`` entries, a partition's when its event clock
+    moves or its windows are rebuilt, the HyperLogLog's every wall-clock hour: forgetting only
+    costs writing again what Redis already holds (both writes are idempotent)."""
+
+    def __init__(self, limit: int = 250_000) -> None:
+        self.limit = limit
+        self.heads: dict[int, dict[str, int]] = {}  # partition -> video -> newest hour written
+        self.counted: set[str] = set()  # videos added to the HyperLogLog of ``counted_hour``
+        self.counted_hour = -1
+
+    def new_heads(self, partition: int, head: dict[str, int]) -> dict[str, int]:
+        seen = self.heads.get(partition)
+        if not seen:
+            return head
+        return {v: h for v, h in head.items() if h > seen.get(v, -1)}
+
+    def wrote_heads(self, partition: int, head: dict[str, int]) -> None:
+        seen = self.heads.setdefault(partition, {})
+        if len(seen) + len(head) > self.limit:
+            seen.clear()
+        seen.update(head)
+
+    def forget(self, partition: int) -> None:
+        self.heads.pop(partition, None)
+
+    def new_counted(self, hour: int, videos: set[str]) -> set[str]:
+        if hour != self.counted_hour:
+            self.counted, self.counted_hour = set(), hour
+        return videos - self.counted
+
+    def wrote_counted(self, videos: set[str]) -> None:
+        if len(self.counted) + len(videos) > self.limit:
+            self.counted = set()
+        self.counted |= videos
+
+
 @dataclass
 class Prepared:
     """A fetched batch, parsed and judged, not yet written: its valid events as columns, with
@@ -119,6 +160,7 @@ class Ingest:
         self.confirm_hours = confirm_hours  # callable: the serving decision's confirm_hours
         self.consumed = 0
         self._active_refreshed = 0.0
+        self.written = AlreadyWritten()
 
     # -- one batch ---------------------------------------------------------------------------
     def prepare(self, batches: dict[TopicPartition, list], into: Prepared | None = None) -> Prepared:
@@ -349,11 +391,22 @@ class Ingest:
                 old, new = clocks[p]
                 ctx.metrics.hours_closed.labels(reason="events").inc(new - old)
         pipe = ctx.redis.pipeline(transaction=False)
+        written = self.written
+        fresh_heads = {}
         for p, head in heads.items():
-            pipe.zadd(ctx.active_key(p), head, gt=True)
-            pipe.zremrangebyscore(ctx.active_key(p), "-inf", clocks[p][1] - confirm - 2)
+            old, new = clocks[p]
+            if new > old:
+                written.forget(p)  # the trim below may drop what it remembers
+            fresh = fresh_heads[p] = written.new_heads(p, head)
+            if fresh:
+                pipe.zadd(ctx.active_key(p), fresh, gt=True)
+            if new > old:
+                pipe.zremrangebyscore(ctx.active_key(p), "-inf", new - confirm - 2)
         ctx.schedule.queue_marks(pipe, due)
-        self.queue_active(pipe, set(cols.video_ids))
+        wall_hour = int(time.time() // 3600)
+        counted = written.new_counted(wall_hour, set(cols.video_ids))
+        if counted:
+            self.queue_active(pipe, wall_hour, counted)
         # The clock moves before the marks land: a pass that claims a closure's mark the
         # moment it is written must judge the closed hour, not the clock before it (it would
         # release the mark having scored the old window, and an idle video gets no other).
@@ -362,7 +415,8 @@ class Ingest:
         for p, (_, new) in clocks.items():
             cp.clock[p] = new
         try:
-            await ctx.metrics.timed_redis("schedule", pipe.execute())
+            if len(pipe):
+                await ctx.metrics.timed_redis("schedule", pipe.execute())
         except BaseException:
             for p, old in before.items():
                 if old is None:
@@ -372,6 +426,9 @@ class Ingest:
             raise
         for p in clocks:
             cp.idle_closed.discard(p)
+        for p, fresh in fresh_heads.items():
+            written.wrote_heads(p, fresh)
+        written.wrote_counted(counted)
 
     async def close_idle_partitions(self) -> None:
         """A partition with no events for ``DETECTOR_IDLE_CLOSE_SECONDS`` closes its open event
@@ -405,9 +462,9 @@ class Ingest:
         if due:
             await ctx.schedule.mark(due)
 
-    def queue_active(self, pipe, video_ids: set[str]) -> None:
+    def queue_active(self, pipe, wall_hour: int, video_ids: set[str]) -> None:
         """Distinct videos updated per hour in a HyperLogLog (a PFADD in the batch's pipeline)."""
-        key = keys.active_videos(self.ctx.settings.key_prefix, int(time.time() // 3600))
+        key = keys.active_videos(self.ctx.settings.key_prefix, wall_hour)
         pipe.pfadd(key, *video_ids)
         pipe.expire(key, 25 * 3600)
 
@@ -429,6 +486,7 @@ class Ingest:
         The input topic's retention must cover the window (README: "State in Redis")."""
         ctx, cp = self.ctx, self.checkpoint
         s = ctx.settings
+        self.written.forget(tp.partition)  # Redis lost what it remembers
         upto = cp.positions.get(tp)
         if upto is None:
             committed = await ctx.consumer.committed(tp) if ctx.consumer is not None else None
