@@ -334,14 +334,15 @@ class RatioAnomaly:
         med, k_used = sig.masked_quantile(rates, usable, 0.5)
         own_rate = np.where(k_used >= 6, med, by_total)
         enough = s.history >= self.OWN_RATE_HISTORY
+        observed = s.mask > 0
         for i, m in enumerate((1, 2, 3)):
             expect = views * own_rate[:, i : i + 1]
             dev = np.log((sums[:, m] + 1.0) / (expect + 1.0))
-            valid = (s.mask > 0) & (expect >= 5)
-            spread, _ = sig.masked_quantile(np.abs(dev), valid, 0.5)  # the median: a long fake is not the norm
+            off = np.abs(dev)
+            spread, _ = sig.masked_quantile(off, observed & (expect >= 5), 0.5)  # the median: a long fake is not the norm
             wide = np.maximum(np.log(4.0), 2.0 * 1.4826 * spread)[:, None]
             z = (sums[:, m] - expect) / np.sqrt(3.0 * expect + 4.0)
-            far = _sigmoid(3.0 * (np.abs(dev) - wide)) * _sigmoid(np.abs(z) - 6.0) * enough
+            far = _sigmoid(3.0 * (off - wide)) * _sigmoid(np.abs(z) - 6.0) * enough
             per_metric[:, m] = np.maximum(per_metric[:, m], far)
             per_metric[:, 0] = np.maximum(per_metric[:, 0], far * (dev < 0))
         expected_reactions = views * (own_rate[:, 0:1] + own_rate[:, 1:2])

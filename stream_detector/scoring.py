@@ -260,9 +260,18 @@ class Scorer:
             return []
         w = self.window
         chunks = [s.last(w) for s in series]
-        counts = np.stack([c.counts for c in chunks])
-        starts = np.array([c.start_hour for c in chunks], dtype=np.int64)
-        pubs = np.array([-1 if c.published_hour is None else c.published_hour for c in chunks], dtype=np.int64)
+        return self.score_windows([c.video_id for c in chunks], np.stack([c.counts for c in chunks]),
+                                  np.array([c.start_hour for c in chunks], dtype=np.int64),
+                                  np.array([-1 if c.published_hour is None else c.published_hour for c in chunks],
+                                           dtype=np.int64))
+
+    def score_windows(self, video_ids: Sequence[str], counts: np.ndarray, starts: np.ndarray,
+                      pubs: np.ndarray) -> list[VideoScore]:
+        """:meth:`score` of windows given as arrays: ``counts`` (N, 4, W) each the model's window
+        length, starting at ``starts``; ``pubs`` the published hours (-1: unknown)."""
+        if not len(video_ids):
+            return []
+        w = counts.shape[-1]
         h = self.hour_probabilities(counts, starts, pubs)
         comb = self.model.combiner
         contribution = np.asarray(comb.pattern_weights)[None, :, None] * h.evidence.evidence
@@ -272,17 +281,22 @@ class Scorer:
         history = sg.history if sg is not None else np.zeros_like(h.mask)
         results = []
         threshold = self.threshold
-        for i, chunk in enumerate(chunks):
-            detail = HourDetail(int(starts[i]), counts[i], h.evidence.evidence[i], contribution[i], model_push[i],
-                                metrics[i], h.evidence.baseline[i], history[i],
-                                sg.age[i] if sg is not None else None, sg.quiet[i] if sg is not None else None)
-            p = h.probability[i]
-            score = float(p.max()) if p.size else 0.0
-            vs = VideoScore(chunk.video_id, score, score >= threshold, threshold, chunk.end_hour, [], "", p, detail)
-            if vs.flagged:
-                hot = (p >= min(comb.hour_threshold, threshold)) | (p >= threshold)
-                vs.windows = vs.windows_where(hot)
-            vs.explanation = vs.explain(vs.windows, threshold)
+        prob = h.probability
+        scores = (prob.max(axis=1) if prob.shape[1] else np.zeros(len(video_ids))).tolist()
+        evidence, baseline = h.evidence.evidence, h.evidence.baseline
+        age = sg.age if sg is not None else [None] * len(video_ids)
+        quiet = sg.quiet if sg is not None else [None] * len(video_ids)
+        for i, (vid, start) in enumerate(zip(video_ids, starts.tolist(), strict=True)):
+            detail = HourDetail(start, counts[i], evidence[i], contribution[i], model_push[i], metrics[i],
+                                baseline[i], history[i], age[i], quiet[i])
+            p, score = prob[i], scores[i]
+            flagged = score >= threshold
+            vs = VideoScore(vid, score, flagged, threshold, start + w - 1, [], "", p, detail)
+            if flagged:
+                vs.windows = vs.windows_where((p >= min(comb.hour_threshold, threshold)) | (p >= threshold))
+                vs.explanation = vs.explain(vs.windows, threshold)
+            else:
+                vs.explanation = _explain(None, [], score, threshold)
             results.append(vs)
         return results
 

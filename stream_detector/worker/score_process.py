@@ -123,7 +123,8 @@ def _score_in_child(sha: str, data: bytes, threshold: float, windows: WindowBatc
         while len(_scorers) > _CACHE_SIZE:
             _scorers.popitem(last=False)
     _scorers.move_to_end(key)
-    scores = scorer.score(windows.series())
+    scores = scorer.score_windows(windows.video_ids, windows.counts, np.asarray(windows.start_hours, dtype=np.int64),
+                                  np.array([-1 if p is None else p for p in windows.published_hours], dtype=np.int64))
     keep = None if keep_ids is None else [vs.video_id in keep_ids or vs.score >= detail_floor for vs in scores]
     return ScoredBatch.pack(scores, keep)
 
