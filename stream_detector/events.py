@@ -39,6 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Annotated
 
 import msgspec
 import numpy as np
@@ -140,11 +141,12 @@ assert METRICS == ("views", "likes", "comments", "shares")  # _duplicate_field s
 
 def _duplicate_field(raw: bytes) -> str | None:
     """A known field given twice. Cheap byte counts first; only a suspicious record is parsed
-    again with a hook that sees every key (a value may contain the key's text)."""
+    again with a hook that sees every key (a value may contain the key's text, and a key may
+    be spelled with ``\\u`` escapes, which byte counts do not see)."""
     c = raw.count  # unrolled: this runs on every record, a generator costs a third more
     if not (c(b'"video_id"') > 1 or c(b'"ts"') > 1 or c(b'"views"') > 1 or c(b'"likes"') > 1
             or c(b'"comments"') > 1 or c(b'"shares"') > 1 or c(b'"published_at"') > 1
-            or c(b'"category"') > 1 or c(b'"region"') > 1):
+            or c(b'"category"') > 1 or c(b'"region"') > 1 or b"\\u" in raw):
         return None
     seen: list[str] = []
 
@@ -158,18 +160,37 @@ def _duplicate_field(raw: bytes) -> str | None:
     return seen[0] if seen else None
 
 
+_Count = Annotated[int, msgspec.Meta(ge=0)]  # an explicit negative count fails the decode: the validator names it
+_ABSENT = -1  # a metric the record does not have (msgspec does not check defaults)
+
+
 class _WireEvent(msgspec.Struct):
-    """A valid event's shape; unknown fields are skipped. Anything else fails to decode."""
+    """A valid event's shape; unknown fields are skipped. Anything else fails to decode. Absent
+    fields keep a sentinel so the duplicate check counts only the fields a record has."""
 
     video_id: str
     ts: float | str
-    views: int = 0
-    likes: int = 0
-    comments: int = 0
-    shares: int = 0
-    published_at: float | str | None = None
-    category: str | None = None
-    region: str | None = None
+    views: _Count = _ABSENT
+    likes: _Count = _ABSENT
+    comments: _Count = _ABSENT
+    shares: _Count = _ABSENT
+    published_at: float | str | None | msgspec.UnsetType = msgspec.UNSET
+    category: str | None | msgspec.UnsetType = msgspec.UNSET
+    region: str | None | msgspec.UnsetType = msgspec.UNSET
+
+
+def _given_twice(w: _WireEvent, raw: bytes) -> bool:
+    """Whether a field the record has appears more than once in its bytes (each decoded field
+    appears at least once; an absent one cannot be duplicated): ``_duplicate_field`` with the
+    counts of absent fields skipped. A ``\\u`` escape anywhere is left to the full check, which
+    sees keys spelled with escapes too."""
+    c = raw.count
+    return (c(b'"video_id"') > 1 or c(b'"ts"') > 1 or b"\\u" in raw
+            or (w.views != _ABSENT and c(b'"views"') > 1) or (w.likes != _ABSENT and c(b'"likes"') > 1)
+            or (w.comments != _ABSENT and c(b'"comments"') > 1) or (w.shares != _ABSENT and c(b'"shares"') > 1)
+            or (w.published_at is not msgspec.UNSET and c(b'"published_at"') > 1)
+            or (w.category is not msgspec.UNSET and c(b'"category"') > 1)
+            or (w.region is not msgspec.UNSET and c(b'"region"') > 1))
 
 
 _decode_wire = msgspec.json.Decoder(_WireEvent).decode
@@ -186,10 +207,11 @@ def parse_event(
         except _WIRE_ERRORS:
             wire = None
         if wire is not None:
-            times = _accept(wire, raw, now, max_count, max_future_s)
-            if times is not None:
-                return Event(wire.video_id, times[0], (wire.views, wire.likes, wire.comments, wire.shares),
-                             times[1], wire.category, wire.region)
+            got = _accept(wire, raw, now, max_count, max_future_s)
+            if got is not None:
+                return Event(wire.video_id, got[0], got[2], got[1],
+                             wire.category if type(wire.category) is str else None,
+                             wire.region if type(wire.region) is str else None)
     return validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
 
 
@@ -273,13 +295,13 @@ def parse_batch(values: Sequence[bytes | None], into: ColumnBuilder, *, now: flo
                 except _WIRE_ERRORS:
                     w = None
                 if w is not None:
-                    times = _accept(w, raw, now, max_count, max_future_s)
-                    if times is not None:  # every computation is done: the appends cannot fail half-way
-                        if times[1] is not None:
-                            pubs.append((len(vids), times[1]))
+                    got = _accept(w, raw, now, max_count, max_future_s)
+                    if got is not None:  # every computation is done: the appends cannot fail half-way
+                        if got[1] is not None:
+                            pubs.append((len(vids), got[1]))
                         add_vid(w.video_id)
-                        add_ts(times[0])
-                        add_counts((w.views, w.likes, w.comments, w.shares))
+                        add_ts(got[0])
+                        add_counts(got[2])
                         continue
             event = validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
         except Exception as exc:  # noqa: BLE001 - one record must never stop its partition
@@ -294,9 +316,9 @@ def parse_batch(values: Sequence[bytes | None], into: ColumnBuilder, *, now: flo
 
 
 def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s: float
-            ) -> tuple[float, float | None] | None:
-    """(ts, published_at) of the typed decode's event if it passes every check; None sends it
-    to the validator."""
+            ) -> tuple[float, float | None, tuple[int, int, int, int]] | None:
+    """(ts, published_at, counts) of the typed decode's event if it passes every check; None
+    sends it to the validator."""
     vid = w.video_id
     if not vid or len(vid) > MAX_VIDEO_ID_CHARS or vid.isspace():
         return None
@@ -305,15 +327,18 @@ def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s:
             vid.encode("utf-8")
         except UnicodeEncodeError:
             return None
-    c = (w.views, w.likes, w.comments, w.shares)
-    if min(c) < 0 or max(c) > max_count:
+    c = (w.views if w.views > 0 else 0, w.likes if w.likes > 0 else 0,
+         w.comments if w.comments > 0 else 0, w.shares if w.shares > 0 else 0)
+    if max(c) > max_count:
         return None
     ts = w.ts if type(w.ts) is float else _parse_time(w.ts)
     limit = now + max_future_s
     if ts is None or not MIN_TS <= ts <= limit:
         return None
     pub = w.published_at
-    if pub is not None:
+    if pub is msgspec.UNSET:
+        pub = None
+    elif pub is not None:
         if type(pub) is not float:
             pub = _parse_time(pub)
         if pub is None or not MIN_TS <= pub <= limit or pub > ts + max_future_s:
@@ -323,9 +348,9 @@ def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s:
             raw.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    if _duplicate_field(raw) is not None:
+    if _given_twice(w, raw):
         return None
-    return ts, pub
+    return ts, pub, c
 
 
 def validate_event(

@@ -45,6 +45,12 @@ def ok(**fields: object) -> dict:
         (ok(video_id="   "), "bad_video_id"),
         (b'{"video_id": "v1", "ts": 1764039800, "likes": 1, "likes": 900}', "duplicate_field"),
         (b'{"video_id": "v1", "video_id": "v2", "ts": 1764039800}', "duplicate_field"),
+        (b'{"video_id": "v1", "ts": 1764039800, "views": 1, "vi\\u0065ws": 900}', "duplicate_field"),  # escaped key
+        (b'{"video_id": "v1", "ts": 1764039800, "shares": 0, "shares": 0}', "duplicate_field"),
+        (b'{"video_id": "v1", "ts": 1764039800, "category": "a", "category": null}', "duplicate_field"),
+        (b'{"video_id": "v1", "ts": 1764039800, "region": "US", "likes": 1, "region": "FR"}', "duplicate_field"),
+        (b'{"video_id": "v1", "ts": 1764039800, "published_at": null, "published_at": 1764039000}',
+         "duplicate_field"),
         (b"\xef\xbb\xbf" + json.dumps(ok(likes=1)).encode(), "not_json"),  # byte-order mark
         (json.dumps(ok(likes=1)).encode("utf-16"), "not_json"),
         (json.dumps(ok(likes=1)).encode("utf-32-le"), "not_json"),
@@ -234,3 +240,19 @@ def test_typed_fast_path_and_full_validator_agree_on_every_record() -> None:
     kinds = {type(r).__name__ for r in fast}
     assert kinds == {"Event", "Rejection"}  # the corpus exercises both outcomes
     assert sum(isinstance(r, Event) for r in fast) > 300
+
+
+def test_parse_batch_gives_the_same_events_and_rejections_as_parse_event() -> None:
+    from stream_detector.events import ColumnBuilder, parse_batch
+
+    corpus = _corpus() + [None, "not bytes"]  # type: ignore[list-item]
+    one = [parse_event(raw, **LIMITS) for raw in corpus]
+    into = ColumnBuilder()
+    rejected = parse_batch(corpus, into, **LIMITS)
+    assert dict(rejected) == {i: r for i, r in enumerate(one) if isinstance(r, Rejection)}
+    events = [r for r in one if isinstance(r, Event)]
+    cols = into.build()
+    assert cols.video_ids == [e.video_id for e in events]
+    assert cols.ts.tolist() == [e.ts for e in events]
+    assert cols.counts.tolist() == [list(e.counts) for e in events]
+    assert cols.published == [(k, e.published_at) for k, e in enumerate(events) if e.published_at is not None]
