@@ -201,17 +201,11 @@ def parse_event(
     raw: bytes, *, now: float, max_bytes: int, max_count: int, max_future_s: float
 ) -> Event | Rejection:
     """Decode and validate one record value. Never raises on bad input."""
-    if type(raw) is bytes and len(raw) <= max_bytes:
-        try:
-            wire = _decode_wire(raw)
-        except _WIRE_ERRORS:
-            wire = None
-        if wire is not None:
-            got = _accept(wire, raw, now, max_count, max_future_s)
-            if got is not None:
-                return Event(wire.video_id, got[0], got[2], got[1],
-                             wire.category if type(wire.category) is str else None,
-                             wire.region if type(wire.region) is str else None)
+    got = _typed(raw, now, max_bytes, max_count, max_future_s)
+    if got is not None:
+        w, ts, pub, counts = got
+        return Event(w.video_id, ts, counts, pub, w.category if type(w.category) is str else None,
+                     w.region if type(w.region) is str else None)
     return validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
 
 
@@ -285,24 +279,18 @@ def parse_batch(values: Sequence[bytes | None], into: ColumnBuilder, *, now: flo
     record the parser itself fails on is ``internal_error``: it never stops the batch."""
     vids, tss, counts, pubs = into.video_ids, into.ts, into.counts, into.published
     add_vid, add_ts, add_counts = vids.append, tss.append, counts.extend
-    decode = _decode_wire
+    typed = _typed
     rejected: list[tuple[int, Rejection]] = []
     for i, raw in enumerate(values):
         try:
-            if type(raw) is bytes and len(raw) <= max_bytes:
-                try:
-                    w = decode(raw)
-                except _WIRE_ERRORS:
-                    w = None
-                if w is not None:
-                    got = _accept(w, raw, now, max_count, max_future_s)
-                    if got is not None:  # every computation is done: the appends cannot fail half-way
-                        if got[1] is not None:
-                            pubs.append((len(vids), got[1]))
-                        add_vid(w.video_id)
-                        add_ts(got[0])
-                        add_counts(got[2])
-                        continue
+            got = typed(raw, now, max_bytes, max_count, max_future_s)
+            if got is not None:  # every computation is done: the appends cannot fail half-way
+                if got[2] is not None:
+                    pubs.append((len(vids), got[2]))
+                add_vid(got[0].video_id)
+                add_ts(got[1])
+                add_counts(got[3])
+                continue
             event = validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
         except Exception as exc:  # noqa: BLE001 - one record must never stop its partition
             log.exception("parse failed on record %d of a batch", i)
@@ -315,10 +303,16 @@ def parse_batch(values: Sequence[bytes | None], into: ColumnBuilder, *, now: flo
     return rejected
 
 
-def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s: float
-            ) -> tuple[float, float | None, tuple[int, int, int, int]] | None:
-    """(ts, published_at, counts) of the typed decode's event if it passes every check; None
-    sends it to the validator."""
+def _typed(raw: bytes, now: float, max_bytes: int, max_count: int, max_future_s: float
+           ) -> tuple[_WireEvent, float, float | None, tuple[int, int, int, int]] | None:
+    """The typed decode, (wire, ts, published_at, counts), of a record that passes every check
+    as it is; None sends it to the validator, which names what is wrong."""
+    if type(raw) is not bytes or len(raw) > max_bytes:
+        return None
+    try:
+        w = _decode_wire(raw)
+    except _WIRE_ERRORS:
+        return None
     vid = w.video_id
     if not vid or len(vid) > MAX_VIDEO_ID_CHARS or vid.isspace():
         return None
@@ -350,7 +344,7 @@ def _accept(w: _WireEvent, raw: bytes, now: float, max_count: int, max_future_s:
             return None
     if _given_twice(w, raw):
         return None
-    return ts, pub, c
+    return w, ts, pub, c
 
 
 def validate_event(

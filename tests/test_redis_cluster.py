@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import pytest_asyncio
 import redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -98,32 +99,38 @@ def cluster(tmp_path_factory):
             p.wait(timeout=10)
 
 
-@pytest.mark.asyncio
-async def test_window_batches_are_split_per_slot_and_exact_on_a_three_master_cluster(cluster):
+@pytest_asyncio.fixture
+async def cluster_client(cluster):
     client = RedisCluster(host="127.0.0.1", port=cluster[0], decode_responses=False, socket_timeout=5.0,
                           socket_connect_timeout=2.0)
     try:
         await client.initialize()
-        masters = {n.port for n in client.get_primaries()}
-        assert len(masters) == 3
-        ws = store(client, prefix=f"c{random.randrange(10**6)}")
-        assert ws._cluster
-        events = random_events(random.Random(11), 3000, videos=60, hours=200)
-        offsets = list(range(len(events)))
-        for start in range(0, len(events), 400):
-            await ws.apply(events[start : start + 400], offsets[start : start + 400])
-        await assert_matches(ws, events)
-        # the keys really are spread over the three masters
-        owners = {client.get_node_from_key(ws.key(f"video-{k}")).port for k in range(60)}
-        assert owners == masters
-        # a replay of everything is skipped, slot by slot
-        again = await ws.apply(events[:400], offsets[:400])
-        assert again.replayed == 400
-        await assert_matches(ws, events)
-        got = await ws.read([f"video-{k}" for k in range(60)])
-        assert len(got) == 60 and all(np.isfinite(s.counts).all() for s in got.values())
+        yield client
     finally:
         await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_window_batches_are_split_per_slot_and_exact_on_a_three_master_cluster(cluster_client):
+    client = cluster_client
+    masters = {n.port for n in client.get_primaries()}
+    assert len(masters) == 3
+    ws = store(client, prefix=f"c{random.randrange(10**6)}")
+    assert ws._cluster
+    events = random_events(random.Random(11), 3000, videos=60, hours=200)
+    offsets = list(range(len(events)))
+    for start in range(0, len(events), 400):
+        await ws.apply(events[start : start + 400], offsets[start : start + 400])
+    await assert_matches(ws, events)
+    # the keys really are spread over the three masters
+    owners = {client.get_node_from_key(ws.key(f"video-{k}")).port for k in range(60)}
+    assert owners == masters
+    # a replay of everything is skipped, slot by slot
+    again = await ws.apply(events[:400], offsets[:400])
+    assert again.replayed == 400
+    await assert_matches(ws, events)
+    got = await ws.read([f"video-{k}" for k in range(60)])
+    assert len(got) == 60 and all(np.isfinite(s.counts).all() for s in got.values())
 
 
 def test_a_worker_on_the_cluster_keeps_exact_counts_and_flags(cluster, kafka_bootstrap, tmp_path):
@@ -168,19 +175,14 @@ def test_a_worker_on_the_cluster_keeps_exact_counts_and_flags(cluster, kafka_boo
 
 
 @pytest.mark.asyncio
-async def test_set_ex_writes_keys_of_every_slot_on_a_cluster(cluster):
+async def test_set_ex_writes_keys_of_every_slot_on_a_cluster(cluster_client):
     from stream_detector import redis_client as rc
 
-    client = RedisCluster(host="127.0.0.1", port=cluster[0], decode_responses=False, socket_timeout=5.0,
-                          socket_connect_timeout=2.0)
-    try:
-        await client.initialize()
-        prefix = f"x{random.randrange(10**6)}"
-        mapping = {f"{prefix}:s:{{video-{k}}}": f"doc {k}".encode() for k in range(60)}
-        await rc.set_ex(client, mapping, 90)
-        assert await client.mget_nonatomic(list(mapping)) == list(mapping.values())
-        assert {client.get_node_from_key(k).port for k in mapping} == {n.port for n in client.get_primaries()}
-        ttls = [await client.ttl(k) for k in list(mapping)[:5]]
-        assert all(0 < t <= 90 for t in ttls)
-    finally:
-        await client.aclose()
+    client = cluster_client
+    prefix = f"x{random.randrange(10**6)}"
+    mapping = {f"{prefix}:s:{{video-{k}}}": f"doc {k}".encode() for k in range(60)}
+    await rc.set_ex(client, mapping, 90)
+    assert await client.mget_nonatomic(list(mapping)) == list(mapping.values())
+    assert {client.get_node_from_key(k).port for k in mapping} == {n.port for n in client.get_primaries()}
+    ttls = [await client.ttl(k) for k in list(mapping)[:5]]
+    assert all(0 < t <= 90 for t in ttls)
