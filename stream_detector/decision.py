@@ -234,7 +234,11 @@ class StreamDecision:
         the hour probabilities: a burst that fires (its window is merged and relabelled) or an
         active flag (an episode that ends is published with its explanation). Otherwise only
         hours at or above ``detail_floor`` make it flag and read the detail."""
-        return (state is not None and state.active) or (burst is not None and burst.evidence >= self.thresholds.burst)
+        return (state is not None and state.active) or self.fires(burst)
+
+    def fires(self, burst: Burst | None) -> bool:
+        """Whether the immediate path's evidence flags the video at once."""
+        return burst is not None and burst.evidence >= self.thresholds.burst
 
     @property
     def detail_floor(self) -> float:
@@ -253,7 +257,7 @@ class StreamDecision:
             # name more side patterns and flag more organic hours: measured, not taken)
             windows = vs.windows_where(_grow(hot, p >= th.extent))
         burst_hours = list(state.burst_hours)
-        fired = burst is not None and burst.evidence >= th.burst
+        fired = self.fires(burst)
         if fired:
             hour = burst.minute // 60
             windows.append(FlaggedWindow(hour, hour + 1, burst.evidence, burst.metrics, ("spike",)))

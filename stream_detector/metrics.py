@@ -116,6 +116,11 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.videos_deferred = Counter(
+            "detector_immediate_deferred_total",
+            "Videos the immediate path handed to the cadence path: their minute ring held no burst that fires",
+            registry=r,
+        )
         self.flags = Counter(
             "detector_flags_total",
             "Flags published (new or updated), by severity",

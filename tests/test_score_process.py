@@ -81,3 +81,46 @@ async def test_a_cadence_child_runs_at_a_lower_cpu_priority():
     finally:
         await low.stop()
         await normal.stop()
+
+
+_PARENT = """
+import asyncio, os, sys, time
+from stream_detector.metrics import Metrics
+from stream_detector.worker.score_process import ScoringProcess, _ready
+
+async def main():
+    proc = ScoringProcess(Metrics())
+    pool = await proc._ensure()
+    pid = await asyncio.get_running_loop().run_in_executor(pool, os.getpid)
+    print(pid, flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def test_a_scoring_child_ends_with_its_worker_killed_outright():
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)  # no cleanup runs in the worker
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the scoring child outlived its killed worker"
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False

@@ -21,9 +21,12 @@ thread of the worker instead, the death is counted (``detector_internal_errors_t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
 from collections import OrderedDict
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from dataclasses import dataclass, fields
@@ -38,6 +41,7 @@ from stream_detector.series import HourlySeries
 log = logging.getLogger("stream_detector.score_process")
 
 _CACHE_SIZE = 3
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _scorers: OrderedDict[tuple[str, float], Scorer] = OrderedDict()  # in the child only
 
 
@@ -129,9 +133,16 @@ def _score_in_child(sha: str, data: bytes, threshold: float, windows: WindowBatc
     return ScoredBatch.pack(scores, keep)
 
 
-def _lower_priority(niceness: int) -> None:
-    """Runs first in the child: a cadence child yields the CPU to the consume loop and to the
-    immediate path's child when an hour closure makes thousands of videos due at once."""
+def _child_init(niceness: int, worker_pid: int) -> None:
+    """Runs first in the child. The child ends with its worker: a worker killed outright
+    (SIGKILL, the OOM killer) must not leave scoring processes behind, idle and holding their
+    memory (Linux's parent-death signal; the pool starts its child from the worker's main
+    thread, whose end is the worker's). And a cadence child yields the CPU to the consume loop
+    and to the immediate path's child when an hour closure makes thousands of videos due."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the child outlives a killed worker
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != worker_pid:  # the worker died before the signal was armed
+        os._exit(0)
     if niceness > 0:
         os.nice(niceness)
 
@@ -155,7 +166,7 @@ class ScoringProcess:
     async def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:
             pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_lower_priority, initargs=(self.niceness,))
+                                       initializer=_child_init, initargs=(self.niceness, os.getpid()))
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(loop.run_in_executor(pool, _ready), self.start_timeout_s)
             self._pool = pool

@@ -113,7 +113,8 @@ class ScoringLoop:
         self._busy.update(ids)
         try:
             arrival, urgent = self.arrivals.take(ids)
-            await self._score_batch(ids, arrival, "immediate" if urgent else path, partition)
+            await self._score_batch(ids, arrival, "immediate" if urgent else path, partition,
+                                    immediate_pass=path == "immediate")
         finally:
             self._busy.difference_update(ids)
             if self._handed_back.intersection(ids):  # their spikes can be judged now
@@ -135,9 +136,10 @@ class ScoringLoop:
                 out[r] = self.bursts.evidence(win.minute_counts[r], usual, int(win.minute_heads[r]), mix)
         return out
 
-    async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str, partition: int) -> None:
+    async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str, partition: int, *,
+                           immediate_pass: bool = False) -> None:
         ctx, m = self.ctx, self.ctx.metrics
-        assert ctx.windows is not None
+        assert ctx.windows is not None and ctx.schedule is not None
         scorer, shadow = self.slot.take()  # a pushed model takes over here, between two scoring batches
         decision = self.slot.decision_for(scorer.model)
         now_hour = self.checkpoint.clock.get(partition, 0)
@@ -146,6 +148,18 @@ class ScoringLoop:
                                              decision.thresholds.confirm_hours, scorer.window)
         bursts = self._bursts(win, closed, now_hour)
         rows = np.flatnonzero(keep).tolist()
+        if immediate_pass:
+            # The immediate path decides what a burst changes now. A video whose minute ring
+            # holds no burst that fires has nothing to judge now but its closed hours: the
+            # cadence path judges those (the same answer, in its batches of hundreds, where
+            # a video costs a fraction of a batch of a few). Its mark goes back to them.
+            calm = [r for r in range(len(win.video_ids)) if not decision.fires(bursts[r])]
+            if calm:
+                ids_calm = [win.video_ids[r] for r in calm]
+                await ctx.schedule.mark({partition: dict.fromkeys(ids_calm, now_ms())})
+                self.arrivals.add({v: arrival[v] for v in ids_calm if arrival.get(v)}, set())
+                m.videos_deferred.inc(len(calm))
+                rows = [r for r in rows if decision.fires(bursts[r])]
         if not rows:
             return
         windows = WindowBatch([win.video_ids[r] for r in rows], first[rows].tolist(),

@@ -1,0 +1,74 @@
+"""The immediate path on a real Redis and a real broker: it decides the videos whose minute
+ring holds a burst that fires, and hands the others back to the cadence path."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from stream_detector.config import DEFAULT_MODEL_PATH, Settings
+from stream_detector.dependencies import DependencyGuard
+from stream_detector.events import Event
+from stream_detector.metrics import Metrics
+from stream_detector.models import ModelArtifact
+from stream_detector.publisher import FlagPublisher
+from stream_detector.schedule import RescoreSchedule, now_ms
+from stream_detector.windows import WindowStore
+from stream_detector.worker.checkpoint import Checkpoint
+from stream_detector.worker.context import WorkerContext
+from stream_detector.worker.ingest import URGENT_DUE_MS, Arrivals
+from stream_detector.worker.model_slot import ModelSlot
+from stream_detector.worker.scoring import ScoringLoop
+
+NOW_HOUR = int(time.time() // 3600)  # the open event hour: the minute rings are in it
+
+
+def _history(vid: str, views: int, likes: int) -> list[Event]:
+    """40 closed hours of steady engagement, ten events an hour."""
+    return [Event(vid, (NOW_HOUR - 40 + h) * 3600 + 360.0 * k, (views // 10, likes // 10, 0, 0))
+            for h in range(40) for k in range(10)]
+
+
+@pytest.mark.asyncio
+async def test_immediate_path_decides_firing_bursts_and_hands_back_the_rest(redis_client, kafka_bootstrap):
+    metrics = Metrics()
+    settings = Settings(key_prefix=f"imm{uuid.uuid4().hex[:8]}", events_topic="events",
+                        flags_topic=f"flags-{uuid.uuid4().hex[:8]}")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        ctx = WorkerContext(settings, metrics, DependencyGuard(metrics, limit_s=5.0), redis=redis_client,
+                            producer=producer,
+                            windows=WindowStore(redis_client, ttl_seconds=3600, prefix=settings.key_prefix,
+                                                spike_minute_count=30, metrics=metrics),
+                            schedule=RescoreSchedule(redis_client, prefix=settings.key_prefix, topic="events"))
+        minute = NOW_HOUR * 3600 + 600.0
+        events = _history("calm", 1000, 100) + _history("bought", 1000, 100)
+        events += [Event("calm", minute, (40, 4, 0, 0))]  # a busy minute in the video's own mix
+        events += [Event("bought", minute, (0, 900, 0, 0))]  # 900 likes alone in one minute
+        result = await ctx.windows.apply(events, list(range(len(events))))
+        assert result.spikes == {"calm", "bought"}  # both reached the spike count: both are urgent
+        await ctx.schedule.mark({0: {"calm": URGENT_DUE_MS, "bought": URGENT_DUE_MS}})
+
+        slot = ModelSlot(settings, ModelArtifact.load(DEFAULT_MODEL_PATH), metrics)
+        checkpoint = Checkpoint(ctx)
+        checkpoint.clock[0] = NOW_HOUR
+        publisher = FlagPublisher(redis_client, producer, metrics, topic=settings.flags_topic,
+                                  state_key=ctx.flag_key, state_ttl_s=3600)
+        loop = ScoringLoop(ctx, slot, checkpoint, Arrivals(), publisher)  # scores in a thread
+        assert await loop._score_claimed(0, 10, URGENT_DUE_MS, "immediate") == 2
+
+        assert metrics.videos_deferred._value.get() == 1
+        assert metrics.videos_scored.labels(path="immediate")._value.get() == 1
+        due = dict(await redis_client.zrange(ctx.schedule.key(0), 0, -1, withscores=True))
+        assert set(due) == {b"calm"}  # handed back, due now: the cadence path's to judge
+        assert abs(due[b"calm"] - now_ms()) < 10_000
+        assert (await ctx.schedule.claim(0, 10, after_ms=URGENT_DUE_MS))[0] == ["calm"]
+        assert publisher.published == 1  # the bought burst, flagged at once
+        assert await redis_client.get(ctx.flag_key("bought")) is not None
+        assert await redis_client.get(ctx.flag_key("calm")) is None
+    finally:
+        await producer.stop()
