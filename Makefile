@@ -14,7 +14,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(STAMP_RUN): pyproject.toml | $(VENV)/bin/python
+$(STAMP_RUN): pyproject.toml setup.py stream_detector/_fastparse.c | $(VENV)/bin/python
 	$(PIP) install -q -e .
 	touch $@
 

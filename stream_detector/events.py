@@ -11,8 +11,12 @@ a typed decode first (msgspec, into the shape of a valid event: the common case 
 than half of ``json.loads`` + checks); whatever that does not accept as it is goes through
 :func:`validate_event`, the full validator, which names the reason. Both paths accept exactly
 the same events (``tests/test_events.py`` compares them on valid and hostile corpora). The
-worker sends rejected records to the dead-letter topic with their original bytes as the
-value and :func:`dead_letter_headers` as headers, and counts them by reason.
+consume path calls :func:`parse_records` on a fetch's records: a compiled parser
+(``_fastparse.c``, ~10x cheaper) takes the plain events it is sure of and leaves every other
+record to :func:`parse_event` (``tests/test_fastparse.py``: the same decisions, bit for bit, on
+valid, hostile and mutated corpora). The worker sends rejected records to the dead-letter topic
+with their original bytes as the value and :func:`dead_letter_headers` as headers, and counts
+them by reason.
 
 Leniencies (documented, deliberate): a metric that is ``null`` counts as absent (0); a
 float count with no fractional part (``3.0``) is accepted as 3; ``category`` / ``region``
@@ -37,7 +41,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -212,7 +216,7 @@ def parse_event(
 @dataclass
 class EventColumns:
     """Valid events as columns: what the window store, the schedule and the counters read,
-    without an object per event (``ColumnBuilder`` fills them while parsing)."""
+    without an object per event (:func:`parse_records` makes them)."""
 
     video_ids: list[str]
     ts: np.ndarray  # (n,) float64, epoch seconds
@@ -224,83 +228,123 @@ class EventColumns:
 
     @classmethod
     def of_events(cls, events: Sequence[Event]) -> EventColumns:
-        b = ColumnBuilder()
-        for e in events:
-            b.add(e)
-        return b.build()
+        return cls([e.video_id for e in events], np.array([e.ts for e in events], dtype=np.float64),
+                   np.array([e.counts for e in events], dtype=np.int64).reshape(len(events), len(METRICS)),
+                   [(k, e.published_at) for k, e in enumerate(events) if e.published_at is not None])
 
-    def take(self, rows: Sequence[int]) -> EventColumns:
+    @classmethod
+    def concat(cls, parts: Sequence[EventColumns]) -> EventColumns:
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return cls.of_events([])
+        ids: list[str] = []
+        published: list[tuple[int, float]] = []
+        for part in parts:
+            published.extend((len(ids) + k, p) for k, p in part.published)
+            ids.extend(part.video_ids)
+        return cls(ids, np.concatenate([p.ts for p in parts]), np.concatenate([p.counts for p in parts]), published)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> EventColumns:
         """The given rows, in that order."""
-        rows = list(rows)
-        at = {r: k for k, r in enumerate(rows)}
-        return EventColumns([self.video_ids[r] for r in rows], self.ts[rows], self.counts[rows],
+        rows = np.asarray(rows, dtype=np.int64)
+        at = {r: k for k, r in enumerate(rows.tolist())}
+        return EventColumns([self.video_ids[r] for r in rows.tolist()], self.ts[rows], self.counts[rows],
                             [(at[r], p) for r, p in self.published if r in at])
 
 
-@dataclass
-class ColumnBuilder:
-    """Columns being filled, one appended event at a time (see :func:`parse_batch`)."""
+try:  # setup.py builds it; without a C compiler every record takes the Python parser below
+    from stream_detector import _fastparse
+except ImportError:  # pragma: no cover - exercised by tests/test_fastparse.py's forced fallback
+    _fastparse = None
 
-    video_ids: list[str] = field(default_factory=list)
-    ts: list[float] = field(default_factory=list)
-    counts: list[int] = field(default_factory=list)  # flat: 4 per event
-    published: list[tuple[int, float]] = field(default_factory=list)
+_ST_PYTHON, _ST_KEY_MISMATCH = 1, 2  # the compiled parser's status bits (_fastparse.c)
+
+
+@dataclass
+class ParsedRecords:
+    """Kafka records parsed (one fetch of one partition): the valid events as columns, in record
+    order, what each came from, and the rejected records with their reasons."""
+
+    rows: np.ndarray  # (n,) int64: the record index of each valid event
+    columns: EventColumns
+    offsets: np.ndarray  # (n,) int64: Kafka offset of each valid event
+    key_mismatch: np.ndarray  # (n,) bool: record key set and not the event's video_id
+    arrival: dict[str, int]  # newest Kafka timestamp (ms) per video among the valid events
+    rejected: list[tuple[int, Rejection]]  # (record index, why), in record order
 
     def __len__(self) -> int:
-        return len(self.video_ids)
+        return len(self.rows)
 
-    def add(self, e: Event) -> None:
-        if e.published_at is not None:
-            self.published.append((len(self.video_ids), e.published_at))
-        self.video_ids.append(e.video_id)
-        self.ts.append(e.ts)
-        self.counts.extend(e.counts)
-
-    def keep(self, rows: Sequence[int]) -> None:
-        """Keep only these rows (ascending), e.g. without the late events of a batch."""
-        rows = list(rows)
-        at = {r: k for k, r in enumerate(rows)}
-        self.video_ids = [self.video_ids[r] for r in rows]
-        self.ts = [self.ts[r] for r in rows]
-        self.counts = [c for r in rows for c in self.counts[4 * r : 4 * r + 4]]
-        self.published = [(at[r], p) for r, p in self.published if r in at]
-
-    def build(self) -> EventColumns:
-        n = len(self.video_ids)
-        return EventColumns(self.video_ids, np.array(self.ts, dtype=np.float64),
-                            np.array(self.counts, dtype=np.int64).reshape(n, len(METRICS)), self.published)
+    def without(self, drop: np.ndarray, records: Sequence) -> ParsedRecords:
+        """The same without the valid events where ``drop`` is true (late ones): their records'
+        arrival and keys no longer count."""
+        keep = np.flatnonzero(~drop)
+        rows = self.rows[keep]
+        arrival: dict[str, int] = {}
+        cols = self.columns.take(keep)
+        for vid, r in zip(cols.video_ids, rows.tolist(), strict=True):
+            t = records[r].timestamp
+            if t > arrival.get(vid, 0):
+                arrival[vid] = t
+        return ParsedRecords(rows, cols, self.offsets[keep], self.key_mismatch[keep], arrival, self.rejected)
 
 
-def parse_batch(values: Sequence[bytes | None], into: ColumnBuilder, *, now: float, max_bytes: int,
-                max_count: int, max_future_s: float) -> list[tuple[int, Rejection]]:
-    """Parse record values into columns: each valid event is appended to ``into`` (in input
-    order); each invalid one comes back as (its position, why). The same decisions as
-    :func:`parse_event`, record by record, without an ``Event`` object for the common case. A
-    record the parser itself fails on is ``internal_error``: it never stops the batch."""
-    vids, tss, counts, pubs = into.video_ids, into.ts, into.counts, into.published
-    add_vid, add_ts, add_counts = vids.append, tss.append, counts.extend
-    typed = _typed
+def parse_records(records: Sequence, *, now: float, max_bytes: int, max_count: int,
+                  max_future_s: float) -> ParsedRecords:
+    """Parse Kafka records (anything with ``value``, ``key``, ``offset`` and ``timestamp``):
+    the same decisions as :func:`parse_event`, record by record. The compiled parser takes the
+    records it is sure of (plain ASCII events in the contract's forms) and leaves every other
+    one to :func:`parse_event`, which names what is wrong. A record the parser itself fails on
+    is ``internal_error``: it never stops the batch."""
+    n = len(records)
+    if _fastparse is not None:
+        status, ids, ts_b, counts_b, pub_b, off_b, _vidx, arrival = _fastparse.parse_records(
+            records, now, max_bytes, max_count, float(max_future_s))
+        st = np.frombuffer(status, dtype=np.uint8)
+        ts = np.frombuffer(ts_b, dtype=np.float64)
+        counts = np.frombuffer(counts_b, dtype=np.int64).reshape(n, len(METRICS))
+        pub = np.frombuffer(pub_b, dtype=np.float64)
+        offsets = np.frombuffer(off_b, dtype=np.int64)
+        python = np.flatnonzero(st & _ST_PYTHON).tolist()
+    else:
+        st = np.full(n, _ST_PYTHON, dtype=np.uint8)
+        ids, arrival = [None] * n, {}
+        ts, pub = np.zeros(n), np.full(n, np.nan)
+        counts = np.zeros((n, len(METRICS)), dtype=np.int64)
+        offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
+        python = range(n)
     rejected: list[tuple[int, Rejection]] = []
-    for i, raw in enumerate(values):
-        try:
-            got = typed(raw, now, max_bytes, max_count, max_future_s)
-            if got is not None:  # every computation is done: the appends cannot fail half-way
-                if got[2] is not None:
-                    pubs.append((len(vids), got[2]))
-                add_vid(got[0].video_id)
-                add_ts(got[1])
-                add_counts(got[3])
+    if python:
+        st, ts, counts, pub = st.copy(), ts.copy(), counts.copy(), pub.copy()  # writable
+        for i in python:
+            rec = records[i]
+            try:
+                event = parse_event(rec.value, now=now, max_bytes=max_bytes, max_count=max_count,
+                                    max_future_s=max_future_s)
+            except Exception as exc:  # noqa: BLE001 - one record must never stop its partition
+                log.exception("parse failed on record %d of a batch", i)
+                rejected.append((i, Rejection("internal_error", f"parse: {type(exc).__name__}: {exc}")))
                 continue
-            event = validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
-        except Exception as exc:  # noqa: BLE001 - one record must never stop its partition
-            log.exception("parse failed on record %d of a batch", i)
-            rejected.append((i, Rejection("internal_error", f"parse: {type(exc).__name__}: {exc}")))
-            continue
-        if type(event) is Rejection:
-            rejected.append((i, event))
-        else:
-            into.add(event)
-    return rejected
+            if type(event) is Rejection:
+                rejected.append((i, event))
+                continue
+            vid = event.video_id
+            ids[i], ts[i], counts[i] = vid, event.ts, event.counts
+            if event.published_at is not None:
+                pub[i] = event.published_at
+            st[i] = _ST_KEY_MISMATCH if rec.key is not None and rec.key != vid.encode() else 0
+            if rec.timestamp > arrival.get(vid, 0):
+                arrival[vid] = rec.timestamp
+    if rejected:
+        rows = np.flatnonzero((st & _ST_PYTHON) == 0)
+        video_ids = [ids[i] for i in rows.tolist()]
+        ts, counts, pub, offsets, st = ts[rows], counts[rows], pub[rows], offsets[rows], st[rows]
+    else:
+        rows, video_ids = np.arange(n, dtype=np.int64), ids
+    published = [(k, float(pub[k])) for k in np.flatnonzero(~np.isnan(pub)).tolist()]
+    return ParsedRecords(rows, EventColumns(video_ids, ts, counts, published), offsets,
+                         (st & _ST_KEY_MISMATCH) > 0, arrival, rejected)
 
 
 def _typed(raw: bytes, now: float, max_bytes: int, max_count: int, max_future_s: float

@@ -100,10 +100,13 @@ def _metric(text: str, name: str, **labels: str) -> float:
 @pytest.mark.container
 def test_image_is_non_root_holds_the_model_and_no_training_code(engine):
     out = _docker("run", "--rm", *HARDENING, "--entrypoint", "python", IMAGE, "-c",
-                  "import os, importlib.util as u, stream_detector.config as c, stream_detector.flags as f;"
+                  "import os, importlib.util as u, stream_detector.config as c, stream_detector.flags as f,"
+                  " stream_detector.events as e;"
                   "print(os.getuid(), os.getgid(), os.path.isfile(c.DEFAULT_MODEL_PATH), f.SCHEMA_PATH.is_file(),"
-                  " u.find_spec('training') is None, u.find_spec('torch') is None)").stdout.split()
-    assert out == [str(RUN_AS_UID), str(RUN_AS_UID), "True", "True", "True", "True"], out
+                  " u.find_spec('training') is None, u.find_spec('torch') is None, e._fastparse is not None)"
+                  ).stdout.split()
+    # ... and the compiled parser of the consume path (built in the builder stage)
+    assert out == [str(RUN_AS_UID), str(RUN_AS_UID), "True", "True", "True", "True", "True"], out
     # the root filesystem really is read-only under the flags the manifests use
     probe = _docker("run", "--rm", *HARDENING, "--entrypoint", "sh", IMAGE, "-c",
                     "touch /app-probe 2>/dev/null && echo writable || echo read-only;"

@@ -242,16 +242,22 @@ def test_typed_fast_path_and_full_validator_agree_on_every_record() -> None:
     assert sum(isinstance(r, Event) for r in fast) > 300
 
 
-def test_parse_batch_gives_the_same_events_and_rejections_as_parse_event() -> None:
-    from stream_detector.events import ColumnBuilder, parse_batch
+class Record:  # the fields of aiokafka's ConsumerRecord the parser reads
+    def __init__(self, offset: int, value: object, key: object = None, timestamp: int = 0) -> None:
+        self.offset, self.value, self.key, self.timestamp = offset, value, key, timestamp
+
+
+def test_parse_records_gives_the_same_events_and_rejections_as_parse_event() -> None:
+    from stream_detector.events import parse_records
 
     corpus = _corpus() + [None, "not bytes"]  # type: ignore[list-item]
     one = [parse_event(raw, **LIMITS) for raw in corpus]
-    into = ColumnBuilder()
-    rejected = parse_batch(corpus, into, **LIMITS)
-    assert dict(rejected) == {i: r for i, r in enumerate(one) if isinstance(r, Rejection)}
+    got = parse_records([Record(100 + i, raw) for i, raw in enumerate(corpus)], **LIMITS)
+    assert dict(got.rejected) == {i: r for i, r in enumerate(one) if isinstance(r, Rejection)}
     events = [r for r in one if isinstance(r, Event)]
-    cols = into.build()
+    assert got.rows.tolist() == [i for i, r in enumerate(one) if isinstance(r, Event)]
+    assert got.offsets.tolist() == [100 + i for i in got.rows.tolist()]
+    cols = got.columns
     assert cols.video_ids == [e.video_id for e in events]
     assert cols.ts.tolist() == [e.ts for e in events]
     assert cols.counts.tolist() == [list(e.counts) for e in events]

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -34,6 +33,41 @@ WATERMARK_QUANTILE = 0.99  # one in a hundred of them may run ahead without movi
 COMMIT_TIMEOUT_S = 5.0
 
 
+class RecentTimes:
+    """The last ``size`` event times of a partition (a ring) and their quantile, computed once
+    per change: the consume loop asks for it twice per slice of every batch."""
+
+    def __init__(self, size: int) -> None:
+        self.values = np.zeros(size, dtype=np.float64)
+        self.count = 0  # values held (<= size)
+        self.pos = 0  # where the next one goes
+        self._quantile: tuple[float, float] | None = None  # (q, value) of the ring as it is
+
+    def extend(self, ts: np.ndarray) -> None:
+        size = len(self.values)
+        if len(ts) >= size:
+            self.values[:] = ts[-size:]
+            self.pos, self.count = 0, size
+        else:
+            end = self.pos + len(ts)
+            if end <= size:
+                self.values[self.pos:end] = ts
+            else:
+                split = size - self.pos
+                self.values[self.pos:] = ts[:split]
+                self.values[: end - size] = ts[split:]
+            self.pos = end % size
+            self.count = min(size, self.count + len(ts))
+        self._quantile = None
+
+    def quantile(self, q: float) -> float | None:
+        if not self.count:
+            return None
+        if self._quantile is None or self._quantile[0] != q:
+            self._quantile = (q, float(np.quantile(self.values[: self.count], q)))
+        return self._quantile[1]
+
+
 class Checkpoint:
     def __init__(self, ctx: WorkerContext) -> None:
         self.ctx = ctx
@@ -48,22 +82,22 @@ class Checkpoint:
         self.idle_closed: set[int] = set()
         self.saved: set[int] = set()  # partitions whose state marker this worker wrote or found
         self.lost: set[TopicPartition] = set()  # partitions whose windows Redis lost: to rebuild
-        self._recent_ts: dict[int, collections.deque] = {}
+        self._recent_ts: dict[int, RecentTimes] = {}
         self.uncommitted = False
         self.last_commit = 0.0
 
     # -- event time ------------------------------------------------------------------------
-    def robust_high(self, partition: int, batch_ts: list[float]) -> float:
+    def robust_high(self, partition: int, batch_ts: np.ndarray | None = None) -> float:
         """The partition's event-time high mark after adding ``batch_ts``, never below the
         persisted watermark + lateness."""
         ring = self._recent_ts.get(partition)
         if ring is None:
-            ring = self._recent_ts[partition] = collections.deque(maxlen=WATERMARK_EVENTS)
-        ring.extend(batch_ts)
+            ring = self._recent_ts[partition] = RecentTimes(WATERMARK_EVENTS)
+        if batch_ts is not None and len(batch_ts):
+            ring.extend(np.asarray(batch_ts, dtype=np.float64))
         floor = self.watermark.get(partition, 0.0) + self.ctx.settings.allowed_lateness_seconds
-        if not ring:
-            return floor
-        return max(floor, float(np.quantile(np.fromiter(ring, dtype=np.float64, count=len(ring)), WATERMARK_QUANTILE)))
+        q = ring.quantile(WATERMARK_QUANTILE)
+        return floor if q is None else max(floor, q)
 
     def advance(self, partition: int, high: float) -> None:
         lateness = self.ctx.settings.allowed_lateness_seconds

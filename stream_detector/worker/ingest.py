@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,13 +25,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from stream_detector import keys
 from stream_detector.events import (
-    ColumnBuilder,
     Event,
     EventColumns,
+    ParsedRecords,
     Rejection,
     dead_letter_headers,
-    parse_batch,
-    parse_event,
+    parse_records,
 )
 from stream_detector.flags import iso
 from stream_detector.schedule import now_ms
@@ -56,16 +55,19 @@ class Arrivals:
         self.urgent: set[str] = set()
         self.spiked = asyncio.Event()  # set once a spike's mark is written: the immediate path looks now
 
-    def add(self, arrival: Mapping[str, float], spikes: set[str]) -> None:
+    def add(self, arrivals: Sequence[Mapping[str, float]], spikes: set[str]) -> None:
+        """Newest arrival per video (one mapping per slice of a batch) and the spiked videos."""
         if len(self.arrival_ms) > MAX_TRACKED_VIDEOS:
             # entries of videos now scored by another worker (after a rebalance) never pop here;
             # dropping them only loses latency samples and the "immediate" label, not scoring
             log.warning("dropping %d tracked arrival times (bound %d)", len(self.arrival_ms), MAX_TRACKED_VIDEOS)
             self.arrival_ms.clear()
             self.urgent.clear()
-        for vid, t in arrival.items():
-            if t > self.arrival_ms.get(vid, 0.0):
-                self.arrival_ms[vid] = t
+        known = self.arrival_ms
+        for arrival in arrivals:
+            for vid, t in arrival.items():
+                if t > known.get(vid, 0.0):
+                    known[vid] = t
         self.urgent |= spikes
         if spikes:
             self.spiked.set()
@@ -118,37 +120,60 @@ class AlreadyWritten:
 
 
 @dataclass
-class Prepared:
-    """A fetched batch, parsed and judged, not yet written: its valid events as columns, with
-    the Kafka offset, partition and source record of each."""
+class Slice:
+    """Records of one partition from one fetch, parsed, and their timely valid events."""
 
-    columns: ColumnBuilder = field(default_factory=ColumnBuilder)
-    offsets: list[int] = field(default_factory=list)
-    partitions: list[int] = field(default_factory=list)
-    records: list = field(default_factory=list)  # the source record of each valid event
+    tp: TopicPartition
+    records: list
+    parsed: ParsedRecords
+
+
+@dataclass
+class Prepared:
+    """A fetched batch, parsed and judged, not yet written: its slices (the valid events as
+    columns, with the Kafka offset and source record of each), what is to be dead-lettered, and
+    where each partition's fetch ended."""
+
+    slices: list[Slice] = field(default_factory=list)
     tps: dict[int, TopicPartition] = field(default_factory=dict)  # partition -> its TopicPartition
-    arrival: dict[str, float] = field(default_factory=dict)  # newest Kafka timestamp per video
     dead: list[tuple] = field(default_factory=list)  # (record, tp, rejection)
     fetched: dict[TopicPartition, int] = field(default_factory=dict)  # next offset per partition
     highs: dict[int, float] = field(default_factory=dict)  # event-time high mark per partition
     n: int = 0
+
+    def __len__(self) -> int:
+        """Valid, timely events."""
+        return sum(len(s.parsed) for s in self.slices)
+
+    def columns(self) -> EventColumns:
+        return EventColumns.concat([s.parsed.columns for s in self.slices])
+
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([s.parsed.offsets for s in self.slices]) if self.slices else np.zeros(0, np.int64)
+
+    def partitions(self) -> np.ndarray:
+        if not self.slices:
+            return np.zeros(0, np.int64)
+        return np.concatenate([np.full(len(s.parsed), s.tp.partition, dtype=np.int64) for s in self.slices])
+
+    def records(self) -> list:
+        """The source record of each valid event (the dead-letter path's, not the hot path's)."""
+        return [s.records[r] for s in self.slices for r in s.parsed.rows.tolist()]
+
+    def arrivals(self) -> list[dict[str, int]]:
+        """Newest Kafka timestamp per video, one mapping per slice."""
+        return [s.parsed.arrival for s in self.slices]
 
     def keep_owned(self, owned: set) -> None:
         """Drop what belongs to partitions revoked since the batch was prepared."""
         gone = {tp for tp in self.fetched if tp not in owned} | {tp for _, tp, _ in self.dead if tp not in owned}
         if not gone:
             return
-        parts = {tp.partition for tp in gone}
-        keep = [i for i, p in enumerate(self.partitions) if p not in parts]
-        self.columns.keep(keep)
-        self.offsets = [self.offsets[i] for i in keep]
-        self.partitions = [self.partitions[i] for i in keep]
-        self.records = [self.records[i] for i in keep]
+        self.slices = [s for s in self.slices if s.tp not in gone]
         self.dead = [d for d in self.dead if d[1] not in gone]
         self.fetched = {tp: o for tp, o in self.fetched.items() if tp not in gone}
+        parts = {tp.partition for tp in gone}
         self.highs = {p: h for p, h in self.highs.items() if p not in parts}
-        videos = set(self.columns.video_ids)
-        self.arrival = {v: t for v, t in self.arrival.items() if v in videos}
 
 
 class Ingest:
@@ -171,7 +196,6 @@ class Ingest:
         s, m = ctx.settings, ctx.metrics
         now = time.time()
         b = Prepared() if into is None else into
-        cols = b.columns
         owned = ctx.owned()
         for tp, records in batches.items():
             if tp not in owned:
@@ -179,40 +203,30 @@ class Ingest:
             p = tp.partition
             b.tps[p] = tp
             b.n += len(records)
-            start = len(cols)
-            rejected = parse_batch([rec.value for rec in records], cols, now=now, max_bytes=s.max_event_bytes,
+            parsed = parse_records(records, now=now, max_bytes=s.max_event_bytes,
                                    max_count=s.max_count_per_event, max_future_s=s.max_future_seconds)
-            valid = records
-            if rejected:
-                for i, rejection in rejected:
-                    b.dead.append((records[i], tp, rejection))
-                    if rejection.reason == "internal_error":
-                        m.internal_errors.labels(stage="parse").inc()
-                gone = {i for i, _ in rejected}
-                valid = [rec for i, rec in enumerate(records) if i not in gone]
+            for i, rejection in parsed.rejected:
+                b.dead.append((records[i], tp, rejection))
+                if rejection.reason == "internal_error":
+                    m.internal_errors.labels(stage="parse").inc()
             # judged against the event time before the batch: a replayed batch can span hours
             # of event time, and its own events must not make each other late
-            ts = cols.ts[start:]
-            low = cp.robust_high(p, []) - s.allowed_lateness_seconds
+            ts = parsed.columns.ts
+            low = cp.robust_high(p) - s.allowed_lateness_seconds
             high = cp.robust_high(p, ts)
-            if ts:
+            if len(ts):
                 cp.last_events[p] = time.monotonic()
-                if min(ts) < low:
-                    late = {k for k, t in enumerate(ts) if t < low}
-                    for k in sorted(late):
-                        b.dead.append((valid[k], tp, Rejection("late", f"ts {ts[k]:.0f} < watermark {low:.0f}")))
+                late = ts < low
+                if late.any():
+                    for k in np.flatnonzero(late).tolist():
+                        b.dead.append((records[int(parsed.rows[k])], tp,
+                                       Rejection("late", f"ts {ts[k]:.0f} < watermark {low:.0f}")))
                         m.events_late.inc()
-                    cols.keep([r for r in range(len(cols)) if r < start or r - start not in late])
-                    valid = [rec for k, rec in enumerate(valid) if k not in late]
-            b.offsets.extend(rec.offset for rec in valid)
-            b.partitions.extend([p] * len(valid))
-            b.records.extend(valid)
-            arrival = b.arrival
-            for rec, vid in zip(valid, cols.video_ids[start:], strict=True):
-                if rec.key is not None and rec.key != vid.encode():
-                    m.key_mismatch.inc()
-                if rec.timestamp > arrival.get(vid, 0.0):
-                    arrival[vid] = rec.timestamp
+                    parsed = parsed.without(late, records)
+                b.slices.append(Slice(tp, records, parsed))
+                mismatched = int(np.count_nonzero(parsed.key_mismatch))
+                if mismatched:
+                    m.key_mismatch.inc(mismatched)
             b.highs[p] = max(b.highs.get(p, 0.0), high)  # applied when written (see write)
             if records:
                 cp.check_continuity(tp, records[0].offset)
@@ -235,22 +249,22 @@ class Ingest:
         m.consume_batch_size.observe(b.n)
         if cp.watermark:
             m.watermark.set(max(cp.watermark.values()))
-        if len(b.columns):
-            events = b.columns.build()
-            offsets = np.asarray(b.offsets, dtype=np.int64)
-            partitions = np.asarray(b.partitions, dtype=np.int64)
-            records = b.records
+        if len(b):
+            events = b.columns()
+            offsets = b.offsets()
+            partitions = b.partitions()
 
             async def write_windows():
-                for tp in await cp.find_lost(set(b.partitions)):
+                for tp in await cp.find_lost({sl.tp.partition for sl in b.slices}):
                     await self.rebuild(tp)
                 cp.lost.clear()
                 return await self.apply_isolating(events, offsets, partitions)
 
             result, poisoned = await ctx.guard.call("redis", "windows", write_windows, ctx.stopping)
+            records = b.records() if poisoned or result.late else None
             if poisoned:
                 for idx, reason in poisoned.items():
-                    dead.append((records[idx], b.tps[b.partitions[idx]], Rejection("internal_error", reason)))
+                    dead.append((records[idx], b.tps[int(partitions[idx])], Rejection("internal_error", reason)))
                 keep = [i for i in range(len(events)) if i not in poisoned]
                 events, partitions = events.take(keep), partitions[keep]
                 records = [records[i] for i in keep]
@@ -264,7 +278,7 @@ class Ingest:
             await ctx.guard.call("redis", "schedule",
                                  lambda: self.mark_due(events, partitions, result.spikes), ctx.stopping)
             await ctx.guard.call("redis", "active videos", self.refresh_active_gauge, ctx.stopping)
-            self.arrivals.add(b.arrival, result.spikes)
+            self.arrivals.add(b.arrivals(), result.spikes)
             self._count_consumed(events)  # replayed events are counted by the window store
         if dead:
             await ctx.guard.call("broker", "dead letters", lambda: self.dead_letter(dead), ctx.stopping)
@@ -515,18 +529,13 @@ class Ingest:
                 recs = [r for r in got.get(tp, []) if r.offset < upto]
                 if not got:
                     break  # nothing more retained
-                evs, offs = [], []
-                for rec in recs:
-                    e = parse_event(rec.value, now=now, max_bytes=s.max_event_bytes, max_count=s.max_count_per_event,
-                                    max_future_s=s.max_future_seconds)
-                    if isinstance(e, Event):
-                        evs.append(e)
-                        offs.append(rec.offset)
-                if evs:
-                    await ctx.guard.call("redis", "rebuild", lambda evs=evs, offs=offs: ctx.windows.apply(
-                        evs, offs, [tp.partition] * len(evs)))
-                    applied += len(evs)
-                    videos.update(e.video_id for e in evs)
+                parsed = parse_records(recs, now=now, max_bytes=s.max_event_bytes,
+                                       max_count=s.max_count_per_event, max_future_s=s.max_future_seconds)
+                if len(parsed):
+                    await ctx.guard.call("redis", "rebuild", lambda parsed=parsed: ctx.windows.apply(
+                        parsed.columns, parsed.offsets, np.full(len(parsed), tp.partition, dtype=np.int64)))
+                    applied += len(parsed)
+                    videos.update(parsed.columns.video_ids)
         finally:
             await reader.stop()
         if videos:  # every rebuilt video is judged again (its decision state went with Redis)

@@ -157,7 +157,7 @@ class ScoringLoop:
             if calm:
                 ids_calm = [win.video_ids[r] for r in calm]
                 await ctx.schedule.mark({partition: dict.fromkeys(ids_calm, now_ms())})
-                self.arrivals.add({v: arrival[v] for v in ids_calm if arrival.get(v)}, set())
+                self.arrivals.add([{v: arrival[v] for v in ids_calm if arrival.get(v)}], set())
                 m.videos_deferred.inc(len(calm))
                 rows = [r for r in rows if decision.fires(bursts[r])]
         if not rows:
