@@ -41,7 +41,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -222,9 +222,17 @@ class EventColumns:
     ts: np.ndarray  # (n,) float64, epoch seconds
     counts: np.ndarray  # (n, 4) int64, METRICS order
     published: list[tuple[int, float]]  # (row, published_at) of the rows that carry one
+    _groups: VideoGroups | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.video_ids)
+
+    def groups(self) -> VideoGroups:
+        """The events grouped by video (computed once: the window store and the schedule both
+        read it)."""
+        if self._groups is None:
+            self._groups = VideoGroups.of(self.video_ids)
+        return self._groups
 
     @classmethod
     def of_events(cls, events: Sequence[Event]) -> EventColumns:
@@ -251,6 +259,32 @@ class EventColumns:
         at = {r: k for k, r in enumerate(rows.tolist())}
         return EventColumns([self.video_ids[r] for r in rows.tolist()], self.ts[rows], self.counts[rows],
                             [(at[r], p) for r, p in self.published if r in at])
+
+
+@dataclass
+class VideoGroups:
+    """The distinct videos of a batch of events, first seen first, and each event's position
+    among them (``index``); ``order`` sorts the events by video, stably, and ``starts`` is where
+    each video's run begins in that order."""
+
+    videos: list[str]
+    index: np.ndarray  # (n,) int64
+
+    @classmethod
+    def of(cls, video_ids: Sequence[str]) -> VideoGroups:
+        index: dict[str, int] = {}
+        at = index.setdefault
+        vidx = np.fromiter((at(v, len(index)) for v in video_ids), dtype=np.int64, count=len(video_ids))
+        return cls(list(index), vidx)
+
+    def __post_init__(self) -> None:
+        self.order = np.argsort(self.index, kind="stable")
+        sv = self.index[self.order]
+        self.starts = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]]) if len(sv) else np.zeros(0, np.int64)
+
+    def reduce(self, ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
+        """``ufunc`` over each video's events (e.g. ``np.maximum``): one value per video."""
+        return ufunc.reduceat(values[self.order], self.starts) if len(self.starts) else values[:0]
 
 
 try:  # setup.py builds it; without a C compiler every record takes the Python parser below

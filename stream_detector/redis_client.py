@@ -11,17 +11,48 @@ from __future__ import annotations
 import weakref
 from collections.abc import Mapping, Sequence
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 CLUSTER_SCHEME = "redis+cluster://"
 
 
+class HiredisPacking:
+    """Commands packed by hiredis (C) instead of redis-py's asyncio connection, which packs
+    every argument in Python: a window batch's EVALSHA with 2,500 keys costs 0.35 ms instead
+    of 1.6 ms. Arguments hiredis does not take (memoryview) go the redis-py way, which also
+    refuses what Redis cannot be sent (bool, None) with its own error."""
+
+    def pack_command(self, *args):
+        if isinstance(args[0], str):  # a command name with literal arguments ("CONFIG GET")
+            args = tuple(args[0].encode().split()) + args[1:]
+        elif b" " in args[0]:
+            args = tuple(args[0].split()) + args[1:]
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:
+            return super().pack_command(*args)
+
+
+_packing_classes: dict[type, type] = {}
+
+
+def _with_hiredis_packing(pool) -> None:
+    base = pool.connection_class
+    cls = _packing_classes.get(base)
+    if cls is None:
+        cls = _packing_classes[base] = type(f"Hiredis{base.__name__}", (HiredisPacking, base), {})
+    pool.connection_class = cls
+
+
 def connect(url: str, *, socket_timeout: float = 5.0) -> aioredis.Redis | RedisCluster:
     if url.startswith(CLUSTER_SCHEME):
         return RedisCluster.from_url("redis://" + url[len(CLUSTER_SCHEME):], socket_timeout=socket_timeout,
                                      socket_connect_timeout=socket_timeout)
-    return aioredis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+    client = aioredis.from_url(url, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+    _with_hiredis_packing(client.connection_pool)
+    return client
 
 
 def is_cluster(client: object) -> bool:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from redis.exceptions import NoScriptError
 
-from .events import Event, EventColumns
+from .events import Event, EventColumns, VideoGroups
 from .metrics import Metrics
 from .series import METRICS, HourlySeries
 
@@ -191,7 +191,8 @@ class WindowStore:
         hours = np.floor_divide(cols.ts, 3600.0).astype(np.int64)
         minutes = np.floor_divide(cols.ts, 60.0).astype(np.int64)
         groups = self._slot_groups(cols.video_ids) if self._cluster else [np.arange(n)]
-        batch = _Batch(cols.video_ids, hours, minutes, cols.counts, off, part, cols.published, forced)
+        batch = _Batch(cols.video_ids, hours, minutes, cols.counts, off, part, cols.published, forced,
+                       None if self._cluster else cols.groups())
         outcomes = await asyncio.gather(*(self._apply_group(batch, g) for g in groups))
         for late, replayed, changed, spikes, no_dedup in outcomes:
             result.late.extend(late)
@@ -259,14 +260,13 @@ class WindowStore:
 
     def _pack(self, b: _Batch, idx: np.ndarray) -> _Packed:
         """Aggregate the events ``idx`` per video-hour and video-minute into script blobs."""
-        index: dict[str, int] = {}
         vids = b.video_ids
-        vidx = np.fromiter(
-            (index.setdefault(vids[i], len(index)) for i in idx.tolist()),
-            dtype=np.int64,
-            count=idx.size,
-        )
-        videos = list(index)
+        whole = idx.size == len(vids)  # the batch's first attempt: its grouping is the batch's
+        if whole and b.groups is not None:
+            g = b.groups
+        else:
+            g = VideoGroups.of([vids[i] for i in idx.tolist()])
+        videos, vidx = g.videos, g.index
         nv = len(videos)
         off = b.off[idx]
         part = b.part[idx]
@@ -275,18 +275,15 @@ class WindowStore:
         counts = b.counts[idx]
 
         rec = np.zeros(nv, dtype=_VIDEO_DTYPE)
-        order = np.argsort(vidx, kind="stable")
-        sv = vidx[order]
-        starts = np.flatnonzero(np.r_[True, sv[1:] != sv[:-1]])
-        rec["min_off"] = np.minimum.reduceat(off[order], starts)
-        rec["max_off"] = np.maximum.reduceat(off[order], starts)
-        pmin = np.minimum.reduceat(part[order], starts)
-        pmax = np.maximum.reduceat(part[order], starts)
+        rec["min_off"] = g.reduce(np.minimum, off)
+        rec["max_off"] = g.reduce(np.maximum, off)
+        pmin = g.reduce(np.minimum, part)
+        pmax = g.reduce(np.maximum, part)
         mixed = pmin != pmax
         rec["partition"] = pmin
         rec["flags"] = np.where(mixed | b.forced, _FLAG_NO_DEDUP, 0)
-        rec["max_hour"] = np.maximum.reduceat(hours[order], starts)
-        rec["max_minute"] = np.maximum.reduceat(minutes[order], starts)
+        rec["max_hour"] = g.reduce(np.maximum, hours)
+        rec["max_minute"] = g.reduce(np.maximum, minutes)
         if b.pub:
             pub_hour = np.zeros(nv, dtype=np.int64)
             pos = {int(i): k for k, i in enumerate(idx.tolist())} if idx.size != len(vids) else None
@@ -428,6 +425,7 @@ class _Batch:
     part: np.ndarray
     pub: list[tuple[int, float]]
     forced: bool
+    groups: VideoGroups | None  # of all the batch's events (None: grouped per call)
 
 
 @dataclass

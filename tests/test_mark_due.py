@@ -118,3 +118,49 @@ async def test_active_sets_are_written_only_with_what_changed_and_stay_exact(red
     assert {v.decode(): s for v, s in await redis_client.zrange(key, 0, -1, withscores=True)} == {
         "a": HOUR + 1, "b": HOUR, "c": HOUR + 1}
     assert await batch(("a", HOUR + 1), ("c", HOUR + 1)) == (0, 0)
+
+
+def _due_and_heads_per_event(cols, partitions, clocks, spikes, now, cadence, confirm):
+    """The rule event by event, as the consume loop once ran it: the reference."""
+    from stream_detector.worker.ingest import URGENT_DUE_MS
+
+    due, heads = {}, {}
+    hours = (cols.ts // 3600).astype(int).tolist()
+    for vid, hour, p in zip(cols.video_ids, hours, partitions.tolist(), strict=True):
+        head = heads.setdefault(p, {})
+        if hour > head.get(vid, -1):
+            head[vid] = hour
+        old, new = clocks[p]
+        marks = due.setdefault(p, {})
+        if vid in spikes:
+            marks[vid] = URGENT_DUE_MS
+        elif hour < old:
+            marks[vid] = min(marks.get(vid, cadence), cadence)
+        elif new > old and hour >= old - confirm:
+            marks[vid] = min(marks.get(vid, now), now)
+    return due, heads
+
+
+def test_due_and_heads_per_video_match_the_rule_event_by_event():
+    import random
+
+    import numpy as np
+
+    from stream_detector.events import EventColumns
+    from stream_detector.worker.ingest import due_and_heads
+
+    rng = random.Random(7)
+    for _ in range(300):
+        n = rng.randint(1, 60)
+        vids = [f"v{rng.randrange(12)}" for _ in range(n)]
+        parts = np.array([rng.choice([0, 0, 1, 3]) if rng.random() < 0.9 else rng.randrange(4) for _ in range(n)])
+        hours = [rng.randint(100, 106) for _ in range(n)]
+        cols = EventColumns(vids, np.array([h * 3600.0 + rng.uniform(0, 3599) for h in hours]),
+                            np.ones((n, 4), dtype=np.int64), [])
+        clocks = {}
+        for p in set(parts.tolist()):
+            old = rng.randint(101, 106)
+            clocks[p] = (old, old + rng.choice([0, 0, 1, 2]))
+        spikes = {v for v in set(vids) if rng.random() < 0.15}
+        got = due_and_heads(cols, parts, clocks, spikes, 1_000, 6_000)
+        assert got == _due_and_heads_per_event(cols, parts, clocks, spikes, 1_000, 6_000, confirm=1)

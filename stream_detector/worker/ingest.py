@@ -176,6 +176,39 @@ class Prepared:
         self.highs = {p: h for p, h in self.highs.items() if p not in parts}
 
 
+def due_and_heads(cols: EventColumns, partitions: np.ndarray, clocks: dict[int, tuple[int, int]],
+                  spikes: set[str], now: int, cadence: int) -> tuple[dict[int, dict[str, int]], dict[int, dict[str, int]]]:
+    """What a batch makes due, per partition and video, and each video's newest event hour per
+    partition (``clocks``: each partition's event clock before and after the batch). A minute
+    spike is due before anything else; a video active in an hour that just closed, now; one
+    with only late events (into closed hours), at the cadence. Per video, not per event."""
+    g = cols.groups()
+    videos = g.videos
+    key = partitions * max(len(videos), 1) + g.index  # (partition, video)
+    order = np.argsort(key, kind="stable")
+    sk = key[order]
+    starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]]) if len(sk) else np.zeros(0, np.int64)
+    hours = np.floor_divide(cols.ts, 3600.0).astype(np.int64)[order]
+    newest = np.maximum.reduceat(hours, starts) if len(starts) else hours
+    oldest = np.minimum.reduceat(hours, starts) if len(starts) else hours
+    group_part = partitions[order][starts]
+    group_video = g.index[order][starts]
+    due: dict[int, dict[str, int]] = {}
+    heads: dict[int, dict[str, int]] = {}
+    for p, (old, new) in clocks.items():
+        sel = group_part == p
+        vids = [videos[k] for k in group_video[sel].tolist()]
+        top, low = newest[sel], oldest[sel]
+        heads[p] = dict(zip(vids, top.tolist(), strict=True))
+        marks = due[p] = dict.fromkeys((v for v, late in zip(vids, (low < old).tolist(), strict=True) if late),
+                                       cadence)
+        if new > old:
+            marks.update(dict.fromkeys((v for v, c in zip(vids, (top >= old).tolist(), strict=True) if c), now))
+        if spikes:
+            marks.update(dict.fromkeys((v for v in vids if v in spikes), URGENT_DUE_MS))
+    return due, heads
+
+
 class Ingest:
     def __init__(self, ctx: WorkerContext, checkpoint: Checkpoint, arrivals: Arrivals,
                  confirm_hours) -> None:
@@ -362,32 +395,19 @@ class Ingest:
         ctx, cp = self.ctx, self.checkpoint
         assert ctx.schedule is not None and ctx.redis is not None
         cols = events if isinstance(events, EventColumns) else EventColumns.of_events(events)
-        partitions = np.asarray(partitions, dtype=np.int64).tolist()
+        partitions = np.asarray(partitions, dtype=np.int64)
         confirm = self.confirm_hours()
         now = now_ms()
         cadence = now + int(ctx.settings.score_interval_seconds * 1000)
         clocks: dict[int, tuple[int, int]] = {}
-        for p in set(partitions):
+        for p in np.unique(partitions).tolist():
             old = cp.clock.get(p)
             new = int(cp.event_high.get(p, 0.0) // 3600)
             if old is None:
                 old = new
             clocks[p] = (old, max(old, new))
-        due: dict[int, dict[str, int]] = {}
-        heads: dict[int, dict[str, int]] = {}
-        hours = np.floor_divide(cols.ts, 3600.0).astype(np.int64).tolist()
-        for vid, hour, p in zip(cols.video_ids, hours, partitions, strict=True):
-            head = heads.setdefault(p, {})
-            if hour > head.get(vid, -1):
-                head[vid] = hour
-            old, new = clocks[p]
-            marks = due.setdefault(p, {})
-            if vid in spikes:
-                marks[vid] = URGENT_DUE_MS
-            elif hour < old:  # late event into a closed hour: re-judge at the cadence
-                marks[vid] = min(marks.get(vid, cadence), cadence)
-            elif new > old and hour >= old - confirm:  # an hour it was active in just closed
-                marks[vid] = min(marks.get(vid, now), now)
+        due, heads = due_and_heads(cols, partitions, clocks, spikes, now, cadence)
+        videos = cols.groups().videos
         # The closing hours' idle videos are read first (a second round trip, once per event
         # hour and partition); everything else this batch writes goes in one pipeline.
         closing = [p for p, (old, new) in clocks.items() if new > old]
@@ -418,7 +438,7 @@ class Ingest:
                 pipe.zremrangebyscore(ctx.active_key(p), "-inf", new - confirm - 2)
         ctx.schedule.queue_marks(pipe, due)
         wall_hour = int(time.time() // 3600)
-        counted = written.new_counted(wall_hour, set(cols.video_ids))
+        counted = written.new_counted(wall_hour, set(videos))
         if counted:
             self.queue_active(pipe, wall_hour, counted)
         # The clock moves before the marks land: a pass that claims a closure's mark the
