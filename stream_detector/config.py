@@ -44,7 +44,7 @@ class Settings:
     topic_partitions: int = 4
     model_path: str = str(DEFAULT_MODEL_PATH)
     # Hot path
-    consume_max_records: int = 5000
+    consume_max_records: int = 20000
     consume_timeout_ms: int = 200
     max_event_bytes: int = 4096
     # A dead-letter copy longer than this is truncated (headers dlq.truncated, dlq.original_size):

@@ -10,7 +10,7 @@ key and dict entry), under the 4 KiB budget. Counts saturate at 2**32-1.
 
 Hot path: :meth:`WindowStore.apply` aggregates a consumed batch in numpy (one increment per
 video-hour-metric and video-minute-metric), packs it into three binary blobs and applies it
-with ONE ``EVALSHA`` for all videos. The script is replay-safe: each video stores the last
+with one ``EVALSHA`` per ``VIDEOS_PER_CALL`` videos (one for most batches). The script is replay-safe: each video stores the last
 applied Kafka offset (and its partition); a batch slice whose offsets were all applied is
 skipped (counted as replayed), a partly applied slice is re-sent with only the unapplied
 events (a second call, rare). Idle videos expire between ``ttl_seconds`` and
@@ -58,6 +58,12 @@ if TYPE_CHECKING:
 
 MINUTE_SLOTS = 16
 """Minutes kept per video in the minute ring (the spike path looks at these)."""
+
+VIDEOS_PER_CALL = 2000
+"""Videos per window script call. The script blocks Redis while it runs (~10 us a video), and
+one call for a whole 20,000-record fetch would hold every other client (the scoring side's
+reads and writes, the immediate path's) for ~0.1 s: calls are sent one after the other, so
+other clients' commands run between them."""
 
 HEADER_CELLS = 8
 U32_MAX = 2**32 - 1
@@ -190,10 +196,12 @@ class WindowStore:
 
         hours = np.floor_divide(cols.ts, 3600.0).astype(np.int64)
         minutes = np.floor_divide(cols.ts, 60.0).astype(np.int64)
-        groups = self._slot_groups(cols.video_ids) if self._cluster else [np.arange(n)]
-        batch = _Batch(cols.video_ids, hours, minutes, cols.counts, off, part, cols.published, forced,
-                       None if self._cluster else cols.groups())
-        outcomes = await asyncio.gather(*(self._apply_group(batch, g) for g in groups))
+        batch = _Batch(cols.video_ids, hours, minutes, cols.counts, off, part, cols.published, forced)
+        if self._cluster:  # one call per hash slot, concurrently
+            outcomes = await asyncio.gather(*(self._apply_group(batch, g, None)
+                                              for g in self._slot_groups(cols.video_ids)))
+        else:  # calls of at most VIDEOS_PER_CALL videos, one after the other (see the constant)
+            outcomes = [await self._apply_group(batch, idx, g) for idx, g in _chunks(cols.groups())]
         for late, replayed, changed, spikes, no_dedup in outcomes:
             result.late.extend(late)
             result.replayed += replayed
@@ -217,14 +225,17 @@ class WindowStore:
             slots.setdefault(s, []).append(i)
         return [np.asarray(ix, dtype=np.int64) for ix in slots.values()]
 
-    async def _apply_group(self, b: _Batch, idx: np.ndarray):
+    async def _apply_group(self, b: _Batch, idx: np.ndarray, groups: VideoGroups | None):
+        """The events ``idx`` (``groups``: their grouping by video, if known) in one script call,
+        and again for the events of videos whose stored offset overlapped them."""
         late: list[int] = []
         replayed = 0
         changed: set[str] = set()
         spikes: set[str] = set()
         no_dedup = 0
         for _attempt in range(_MAX_RETRIES):
-            packed = self._pack(b, idx)
+            packed = self._pack(b, idx, groups)
+            groups = None  # a retry sends fewer events
             no_dedup += packed.no_dedup
             raw = await self._eval(packed)
             res = np.frombuffer(raw, dtype=_RESULT_DTYPE)
@@ -258,14 +269,10 @@ class WindowStore:
             raise RuntimeError("window offsets kept moving under a concurrent writer")
         return late, replayed, changed, spikes, no_dedup
 
-    def _pack(self, b: _Batch, idx: np.ndarray) -> _Packed:
+    def _pack(self, b: _Batch, idx: np.ndarray, groups: VideoGroups | None) -> _Packed:
         """Aggregate the events ``idx`` per video-hour and video-minute into script blobs."""
         vids = b.video_ids
-        whole = idx.size == len(vids)  # the batch's first attempt: its grouping is the batch's
-        if whole and b.groups is not None:
-            g = b.groups
-        else:
-            g = VideoGroups.of([vids[i] for i in idx.tolist()])
+        g = groups if groups is not None else VideoGroups.of([vids[i] for i in idx.tolist()])
         videos, vidx = g.videos, g.index
         nv = len(videos)
         off = b.off[idx]
@@ -425,7 +432,6 @@ class _Batch:
     part: np.ndarray
     pub: list[tuple[int, float]]
     forced: bool
-    groups: VideoGroups | None  # of all the batch's events (None: grouped per call)
 
 
 @dataclass
@@ -437,6 +443,21 @@ class _Packed:
     hblob: bytes
     mblob: bytes
     no_dedup: int
+
+
+def _chunks(g: VideoGroups) -> list[tuple[np.ndarray, VideoGroups]]:
+    """A batch's events split into runs of at most ``VIDEOS_PER_CALL`` videos (all the events
+    of a video in one), each with its own grouping."""
+    n = len(g.index)
+    if len(g.videos) <= VIDEOS_PER_CALL:
+        return [(np.arange(n), g)]
+    chunk = g.index // VIDEOS_PER_CALL
+    out = []
+    for c in range(int(chunk.max()) + 1):
+        idx = np.flatnonzero(chunk == c)
+        first = c * VIDEOS_PER_CALL
+        out.append((idx, VideoGroups(g.videos[first : first + VIDEOS_PER_CALL], g.index[idx] - first)))
+    return out
 
 
 def _entries(vidx: np.ndarray, bucket: np.ndarray, counts: np.ndarray, nv: int):

@@ -370,3 +370,27 @@ async def test_empty_batch_and_concurrent_stores(redis_client: aredis.Redis) -> 
         ws2.apply(p1, list(range(len(p1))), [1] * len(p1)),
     )
     await assert_matches(ws, events)
+
+
+@pytest.mark.asyncio
+async def test_a_batch_of_many_videos_goes_in_calls_of_bounded_size(redis_client: aredis.Redis, monkeypatch) -> None:
+    """Calls of at most VIDEOS_PER_CALL videos, one after the other: the same windows, the same
+    late events, spikes and replays as one call, and each video whole in one call."""
+    import stream_detector.windows as windows
+
+    monkeypatch.setattr(windows, "VIDEOS_PER_CALL", 7)
+    rng = random.Random(9)
+    events = random_events(rng, 3000, videos=50, hours=300)
+    events += [ev("video-3", T0 + 300 * 3600 + 30, likes=60), ev("video-44", T0 + 300 * 3600 + 31, likes=60)]
+    offsets = list(range(len(events)))
+    before = (await redis_client.info("commandstats")).get("cmdstat_evalsha", {"calls": 0})["calls"]
+    ws = store(redis_client, spike_minute_count=50)
+    got = await ws.apply(events, offsets)
+    calls = (await redis_client.info("commandstats"))["cmdstat_evalsha"]["calls"] - before
+    assert calls == 8  # 50 videos in calls of 7 (no retries: the windows were empty)
+    await assert_matches(ws, events)
+    ref = reference(events)
+    assert got.late == [i for i, e in enumerate(events) if int(e.ts // 3600) < ref[e.video_id][0] - (W - 1)]
+    assert {"video-3", "video-44"} <= got.spikes
+    again = await ws.apply(events, offsets)
+    assert again.replayed == len(events) and again.changed == set()
