@@ -72,3 +72,70 @@ async def test_immediate_path_decides_firing_bursts_and_hands_back_the_rest(redi
         assert await redis_client.get(ctx.flag_key("calm")) is None
     finally:
         await producer.stop()
+
+
+class _Assigned:  # the consumer's assignment, which is all the scoring loop asks of it
+    def __init__(self, *partitions: int) -> None:
+        from aiokafka import TopicPartition
+
+        self.tps = {TopicPartition("events", p) for p in partitions}
+
+    def assignment(self):
+        return self.tps
+
+
+@pytest.mark.asyncio
+async def test_the_immediate_path_claims_where_spikes_were_marked_and_cadence_lanes_let_it_go_first(
+        redis_client, kafka_bootstrap, monkeypatch):
+    import asyncio
+
+    import stream_detector.worker.scoring as scoring
+
+    metrics = Metrics()
+    settings = Settings(key_prefix=f"imm{uuid.uuid4().hex[:8]}", events_topic="events",
+                        flags_topic=f"flags-{uuid.uuid4().hex[:8]}")
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        ctx = WorkerContext(settings, metrics, DependencyGuard(metrics, limit_s=5.0), consumer=_Assigned(0, 1, 2, 3),
+                            redis=redis_client, producer=producer,
+                            windows=WindowStore(redis_client, ttl_seconds=3600, prefix=settings.key_prefix,
+                                                spike_minute_count=30, metrics=metrics),
+                            schedule=RescoreSchedule(redis_client, prefix=settings.key_prefix, topic="events"))
+        minute = NOW_HOUR * 3600 + 600.0
+        checkpoint = Checkpoint(ctx)
+        for p in (1, 2, 3):
+            vid = f"bought-{p}"
+            events = _history(vid, 1000, 100) + [Event(vid, minute, (0, 900, 0, 0))]
+            await ctx.windows.apply(events, list(range(len(events))), [p] * len(events))
+            await ctx.schedule.mark({p: {vid: URGENT_DUE_MS}})
+            checkpoint.clock[p] = NOW_HOUR
+        slot = ModelSlot(settings, ModelArtifact.load(DEFAULT_MODEL_PATH), metrics)
+        publisher = FlagPublisher(redis_client, producer, metrics, topic=settings.flags_topic,
+                                  state_key=ctx.flag_key, state_ttl_s=3600)
+        arrivals = Arrivals()
+        loop = ScoringLoop(ctx, slot, checkpoint, arrivals, publisher)
+
+        arrivals.add([], {"bought-1", "bought-3"}, {1, 3})  # the consume side wrote two spikes' marks
+        assert arrivals.spiked.is_set() and not arrivals.calm.is_set()
+        loop._swept = time.monotonic()  # the once-a-second claim in every partition is not due
+        assert await loop.score_immediate() == 2  # partitions 1 and 3 only, together
+        assert arrivals.calm.is_set() and not arrivals.spiked_partitions
+        assert await redis_client.zcard(ctx.schedule.key(2)) == 1  # partition 2's mark was not announced
+        loop._swept = 0.0
+        assert await loop.score_immediate() == 1  # ... the sweep finds it
+        assert publisher.published == 3
+
+        # a cadence lane waits (at most CADENCE_YIELD_S) while a spike's pass is pending
+        monkeypatch.setattr(scoring, "CADENCE_YIELD_S", 30.0)
+        arrivals.spike({0})
+        lane = asyncio.create_task(loop.score_cadence(0, 1))
+        await asyncio.sleep(0.3)
+        assert not lane.done()
+        assert await loop.score_immediate() == 0  # partition 0 had nothing due after all: calm again
+        assert await asyncio.wait_for(lane, 10) == 0
+        monkeypatch.setattr(scoring, "CADENCE_YIELD_S", 0.2)
+        arrivals.spike({0})  # nobody judges it: the lane goes on after the bound
+        assert await asyncio.wait_for(loop.score_cadence(0, 1), 10) == 0
+    finally:
+        await producer.stop()

@@ -48,15 +48,34 @@ MAX_DLQ_KEY_BYTES = 1024  # a dead-letter copy's key beyond this is cut (its par
 
 class Arrivals:
     """Newest Kafka timestamp per video not yet scored (end-to-end latency), and the videos
-    the immediate path marked: handed from the consume side to the scoring side."""
+    and partitions the immediate path marked: handed from the consume side to the scoring side.
+
+    ``calm`` is clear from a spike's mark until the immediate pass that judges it has ended:
+    cadence lanes wait for it (boundedly) before they claim, so that in an hour closure's storm
+    of cadence batches a spike does not queue for the cores behind them."""
 
     def __init__(self) -> None:
         self.arrival_ms: dict[str, float] = {}
         self.urgent: set[str] = set()
         self.spiked = asyncio.Event()  # set once a spike's mark is written: the immediate path looks now
+        self.spiked_partitions: set[int] = set()  # whose marks the immediate path has not claimed yet
+        self.calm = asyncio.Event()
+        self.calm.set()
 
-    def add(self, arrivals: Sequence[Mapping[str, float]], spikes: set[str]) -> None:
-        """Newest arrival per video (one mapping per slice of a batch) and the spiked videos."""
+    def spike(self, partitions: set[int]) -> None:
+        """Spike marks are written in these partitions: the immediate path looks there now."""
+        if partitions:
+            self.spiked_partitions |= partitions
+            self.calm.clear()
+            self.spiked.set()
+
+    def take_spiked(self) -> set[int]:
+        taken, self.spiked_partitions = self.spiked_partitions, set()
+        return taken
+
+    def add(self, arrivals: Sequence[Mapping[str, float]], spikes: set[str], spiked_partitions: set[int]) -> None:
+        """Newest arrival per video (one mapping per slice of a batch), the spiked videos and
+        the partitions their marks are in."""
         if len(self.arrival_ms) > MAX_TRACKED_VIDEOS:
             # entries of videos now scored by another worker (after a rebalance) never pop here;
             # dropping them only loses latency samples and the "immediate" label, not scoring
@@ -69,8 +88,7 @@ class Arrivals:
                 if t > known.get(vid, 0.0):
                     known[vid] = t
         self.urgent |= spikes
-        if spikes:
-            self.spiked.set()
+        self.spike(spiked_partitions)
 
     def take(self, ids: list[str]) -> tuple[dict[str, float], bool]:
         urgent = any(v in self.urgent for v in ids)
@@ -308,10 +326,10 @@ class Ingest:
             for idx in late:
                 dead.append((records[idx], b.tps[int(partitions[idx])],
                              Rejection("late", f"ts {events.ts[idx]:.0f} older than the {s.window_hours} h window")))
-            await ctx.guard.call("redis", "schedule",
-                                 lambda: self.mark_due(events, partitions, result.spikes), ctx.stopping)
+            spiked = await ctx.guard.call("redis", "schedule",
+                                          lambda: self.mark_due(events, partitions, result.spikes), ctx.stopping)
             await ctx.guard.call("redis", "active videos", self.refresh_active_gauge, ctx.stopping)
-            self.arrivals.add(b.arrivals(), result.spikes)
+            self.arrivals.add(b.arrivals(), result.spikes, spiked)
             self._count_consumed(events)  # replayed events are counted by the window store
         if dead:
             await ctx.guard.call("broker", "dead letters", lambda: self.dead_letter(dead), ctx.stopping)
@@ -390,8 +408,9 @@ class Ingest:
             ctx.metrics.events_invalid.labels(reason=rejection.reason).inc()
 
     # -- the schedule ------------------------------------------------------------------------
-    async def mark_due(self, events: EventColumns | list[Event], partitions, spikes: set[str]) -> None:
-        """Schedule what the new events make worth scoring (see the module docstring)."""
+    async def mark_due(self, events: EventColumns | list[Event], partitions, spikes: set[str]) -> set[int]:
+        """Schedule what the new events make worth scoring (see the module docstring). Returns
+        the partitions where a spike's mark was written."""
         ctx, cp = self.ctx, self.checkpoint
         assert ctx.schedule is not None and ctx.redis is not None
         cols = events if isinstance(events, EventColumns) else EventColumns.of_events(events)
@@ -463,6 +482,7 @@ class Ingest:
         for p, fresh in fresh_heads.items():
             written.wrote_heads(p, fresh)
         written.wrote_counted(counted)
+        return {p for p, marks in due.items() if URGENT_DUE_MS in marks.values()} if spikes else set()
 
     async def close_idle_partitions(self) -> None:
         """A partition with no events for ``DETECTOR_IDLE_CLOSE_SECONDS`` closes its open event

@@ -15,6 +15,7 @@ its videos due again when the lease expires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -37,6 +38,9 @@ from stream_detector.worker.score_process import ScoringProcess, WindowBatch
 
 log = logging.getLogger("stream_detector.scoring_loop")
 
+IMMEDIATE_SWEEP_S = 1.0  # the immediate path claims in every owned partition this often
+CADENCE_YIELD_S = 0.5  # at most this long a cadence lane waits for a spike's pass before claiming
+
 
 class ScoringLoop:
     def __init__(self, ctx: WorkerContext, slot: ModelSlot, checkpoint: Checkpoint, arrivals: Arrivals,
@@ -54,6 +58,7 @@ class ScoringLoop:
         self._busy: set[str] = set()  # videos a batch is deciding now
         self._handed_back: set[str] = set()  # spiked videos the immediate path left to a busy batch
         self._shadow_publishers: dict[str, FlagPublisher] = {}
+        self._swept = 0.0  # monotonic time of the immediate path's last claim in every partition
 
     async def warm(self) -> None:
         """Start the scoring processes with the serving model loaded (see ``ScoringProcess.warm``)."""
@@ -62,16 +67,26 @@ class ScoringLoop:
             await proc.warm(scorer)
 
     async def score_immediate(self) -> int:
-        """The immediate path over every owned partition: videos a minute spike made due
-        (due time ``URGENT_DUE_MS``), in small batches of their own, never behind a cadence batch."""
+        """The immediate path: videos a minute spike made due (due time ``URGENT_DUE_MS``), in
+        small batches of their own, never behind a cadence batch. It claims in the partitions
+        where spikes were marked, all at once, and in every owned partition once per
+        ``IMMEDIATE_SWEEP_S`` (marks from before a restart or a rebalance)."""
         self.slot.take()  # also when idle, so /model shows a pushed model at once
         ctx = self.ctx
         if ctx.consumer is None or ctx.schedule is None:
             return 0
-        scored = 0
-        for p in sorted(tp.partition for tp in ctx.owned()):
-            scored += await self._score_claimed(p, ctx.settings.score_batch_size, URGENT_DUE_MS, "immediate")
-        return scored
+        owned = {tp.partition for tp in ctx.owned()}
+        parts = self.arrivals.take_spiked() & owned
+        now = time.monotonic()
+        if now - self._swept >= IMMEDIATE_SWEEP_S:
+            parts, self._swept = owned, now
+        try:
+            done = await asyncio.gather(*(self._score_claimed(p, ctx.settings.score_batch_size, URGENT_DUE_MS,
+                                                              "immediate") for p in sorted(parts)))
+        finally:
+            if not self.arrivals.spiked_partitions:
+                self.arrivals.calm.set()
+        return sum(done)
 
     async def score_cadence(self, lane: int = 0, lanes: int = 1) -> int:
         """One cadence batch (videos due after an hour closure or late events), from the owned
@@ -85,6 +100,9 @@ class ScoringLoop:
             return 0
         turn = self._next_partition[lane] = (self._next_partition.get(lane, 0) + 1) % len(owned)
         limit = min(ctx.settings.cadence_batch_size, ctx.settings.score_batch_size)
+        if not self.arrivals.calm.is_set():  # a spike is being judged: it goes first, for a while
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrivals.calm.wait(), CADENCE_YIELD_S)
         for k in range(len(owned)):
             n = await self._score_claimed(owned[(turn + k) % len(owned)], limit, None, "cadence")
             if n:
@@ -119,7 +137,7 @@ class ScoringLoop:
             self._busy.difference_update(ids)
             if self._handed_back.intersection(ids):  # their spikes can be judged now
                 self._handed_back.difference_update(ids)
-                self.arrivals.spiked.set()
+                self.arrivals.spike({partition})
         await schedule.release(partition, ids, lease)
         return len(ids)
 
@@ -157,7 +175,7 @@ class ScoringLoop:
             if calm:
                 ids_calm = [win.video_ids[r] for r in calm]
                 await ctx.schedule.mark({partition: dict.fromkeys(ids_calm, now_ms())})
-                self.arrivals.add([{v: arrival[v] for v in ids_calm if arrival.get(v)}], set())
+                self.arrivals.add([{v: arrival[v] for v in ids_calm if arrival.get(v)}], set(), set())
                 m.videos_deferred.inc(len(calm))
                 rows = [r for r in rows if decision.fires(bursts[r])]
         if not rows:
