@@ -7,7 +7,7 @@ this machine at once:
              few very busy videos, a long quiet tail) and a changing set (``--churn`` of the
              population replaced every virtual hour). The topic holds a *history* part (the
              168 h window, sparse: every video has a past when the measured part starts) and
-             a *dense* part (``--events``, default 4.5 M, over ``--dense-hours`` virtual
+             a *dense* part (``--events``, default 6.75 M, over ``--dense-hours`` (9) virtual
              hours): hours keep closing while it is consumed, so the cadence path (videos due
              when an hour they were active in closes) scores thousands of videos per second.
 2. ceiling   raw aiokafka ``getmany`` + ``json.loads`` of the same topic, same run.
@@ -295,9 +295,9 @@ def summary_json(r: dict) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--events", type=int, default=4_500_000, help="events of the measured (dense) part")
+    p.add_argument("--events", type=int, default=6_750_000, help="events of the measured (dense) part")
     p.add_argument("--history-events", type=int, default=600_000, help="events of the 168 h history part")
-    p.add_argument("--dense-hours", type=float, default=6.0,
+    p.add_argument("--dense-hours", type=float, default=9.0,
                    help="virtual hours the measured part spans (default: ~1,000 videos due per second, "
                         "the scoring demand of a large deployment's hour closures)")
     p.add_argument("--videos", type=int, default=30_000)
