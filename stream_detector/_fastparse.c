@@ -141,6 +141,23 @@ static int literal(Cursor *c, const char *word, Py_ssize_t n) {
     return 1;
 }
 
+/* After a member of an array or object: 1 when another follows (the cursor on it), 0 when
+ * `close` ends the container (the cursor after it), -1 when neither does. */
+static int next_item(Cursor *c, char close) {
+    skip_ws(c);
+    if (c->p >= c->end)
+        return -1;
+    if (*c->p == close) {
+        c->p++;
+        return 0;
+    }
+    if (*c->p != ',')
+        return -1;
+    c->p++;
+    skip_ws(c);
+    return 1;
+}
+
 /* Any JSON value (an unknown field's): checked, not kept. */
 static int skip_value(Cursor *c, int depth) {
     Str s;
@@ -166,17 +183,9 @@ static int skip_value(Cursor *c, int depth) {
         for (;;) {
             if (!skip_value(c, depth + 1))
                 return 0;
-            skip_ws(c);
-            if (c->p >= c->end)
-                return 0;
-            if (*c->p == ']') {
-                c->p++;
-                return 1;
-            }
-            if (*c->p != ',')
-                return 0;
-            c->p++;
-            skip_ws(c);
+            int more = next_item(c, ']');
+            if (more <= 0)
+                return more == 0;
         }
     case '{':
         c->p++;
@@ -195,17 +204,9 @@ static int skip_value(Cursor *c, int depth) {
             skip_ws(c);
             if (!skip_value(c, depth + 1))
                 return 0;
-            skip_ws(c);
-            if (c->p >= c->end)
-                return 0;
-            if (*c->p == '}') {
-                c->p++;
-                return 1;
-            }
-            if (*c->p != ',')
-                return 0;
-            c->p++;
-            skip_ws(c);
+            int more = next_item(c, '}');
+            if (more <= 0)
+                return more == 0;
         }
     default:
         if (*c->p == '-' || is_digit(*c->p))
@@ -475,17 +476,11 @@ static int parse_value(const unsigned char *buf, Py_ssize_t n, double limit, dou
             if (!skip_value(&c, 1))
                 return 0;
         }
-        skip_ws(&c);
-        if (c.p >= c.end)
+        int more = next_item(&c, '}');
+        if (more < 0)
             return 0;
-        if (*c.p == '}') {
-            c.p++;
+        if (more == 0)
             break;
-        }
-        if (*c.p != ',')
-            return 0;
-        c.p++;
-        skip_ws(&c);
     }
     skip_ws(&c);
     if (c.p != c.end)
