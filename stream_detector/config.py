@@ -72,7 +72,7 @@ class Settings:
     # a partition with no events for this long (wall clock) closes its current event hour, so
     # the last hours of a stream that stopped are judged too
     idle_close_seconds: float = 30.0
-    inference_threads: int = 2
+    inference_threads: int = 1
     # score in a child process (its own core, no GIL shared with the consume loop); false
     # scores in a thread of the worker (one-core pods)
     scoring_process: bool = True

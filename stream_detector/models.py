@@ -36,8 +36,10 @@ OUTPUT_NAME = "hour_score"
 
 
 def inference_threads() -> int:
-    """onnxruntime intra-op threads (``DETECTOR_INFERENCE_THREADS``, default 2): a batch of 256
-    windows takes ~9 ms on 2 threads against ~18 ms on one."""
+    """onnxruntime intra-op threads (``DETECTOR_INFERENCE_THREADS``, default 1). A second
+    thread shortens a batch (44 against 58 us a window when the other core is idle, 52 against
+    59 when it is busy) but costs 43 % more CPU (83 against 58 us a window): the worker runs two
+    scoring processes beside its consume loop and Redis, so CPU is what runs out."""
     from stream_detector.config import Settings
 
     return max(1, Settings.from_env().inference_threads)
