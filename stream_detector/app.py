@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 from faust.app.base import BootStrategy
 from mode import Service
 
-from stream_detector import gc_policy
+from stream_detector import gc_policy, malloc_policy
 from stream_detector.canary import validate_bytes
 from stream_detector.config import Settings, SettingsError
 from stream_detector.dev.embedded import ensure_topics, resolve_endpoints
@@ -234,6 +234,7 @@ def run_worker() -> int:
                  settings.kafka_bootstrap_servers, settings.redis_url)
         worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
         gc_policy.apply(settings.gc_young_threshold)  # after start-up, so that what it loaded is frozen
+        malloc_policy.apply(settings.heap_keep_mb)
         code = 0
         try:
             worker.execute_from_commandline()

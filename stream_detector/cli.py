@@ -93,6 +93,8 @@ def _rate(value: str) -> float:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from stream_detector import malloc_policy
+    from stream_detector.config import Settings
     from stream_detector.decision import closed_window
     from stream_detector.models import ModelArtifact, ModelError
     from stream_detector.operating_points import OperatingPointError
@@ -121,6 +123,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     confirm = int(model.decision.get("confirm_hours", 1))
     series = [closed_window(s, s.end_hour + 1 + confirm, confirm) for s in series]
     scorer = Scorer(model, threshold=threshold)
+    malloc_policy.apply(Settings.heap_keep_mb)  # batches reuse the heap's pages (malloc_policy.py)
     flagged = 0
     try:
         out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115

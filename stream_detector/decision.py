@@ -140,14 +140,15 @@ def closed_windows(counts: np.ndarray, end_hours: np.ndarray, now_hour: int, con
     ``counts`` (V, 4, T) each ending at ``end_hours`` -> (rows with a closed hour (V,) bool,
     their trailing ``window`` closed hours (V, 4, window), the first hour of each). The
     closed window ends at min(now_hour - 1, end + confirm_hours): hours still filling are cut,
-    a video that went quiet gets up to ``confirm_hours`` closed empty hours."""
+    a video that went quiet gets up to ``confirm_hours`` closed empty hours. The windows keep
+    the dtype of ``counts``."""
     v, m, t = counts.shape
     end = np.asarray(end_hours, dtype=np.int64)
     new_end = np.minimum(now_hour - 1, end + confirm_hours)
     keep = new_end >= end - (t - 1)
     first = new_end - (window - 1)
     shift = first - (end - (t - 1))  # closed hour j is stored hour j + shift
-    out = np.zeros((v, m, window))
+    out = np.zeros((v, m, window), dtype=counts.dtype)
     for k in np.unique(shift).tolist():  # a few distinct shifts per batch: one slice copy each
         rows = np.flatnonzero(shift == k)
         lo, hi = max(0, -k), min(window, t - k)  # output hours that exist in the stored window

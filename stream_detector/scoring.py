@@ -271,6 +271,7 @@ class Scorer:
         length, starting at ``starts``; ``pubs`` the published hours (-1: unknown)."""
         if not len(video_ids):
             return []
+        counts = np.asarray(counts, dtype=np.float64)  # once (windows may come as stored, uint32)
         w = counts.shape[-1]
         h = self.hour_probabilities(counts, starts, pubs)
         comb = self.model.combiner

@@ -146,7 +146,8 @@ class Detector:
         # one child for cadence batches and one for the immediate path, so a spike is never
         # queued behind cadence batches there; the cadence child runs at a lower CPU priority
         # (CADENCE_NICENESS): in an hour closure's burst it waits, spikes do not
-        self.score_processes = ([ScoringProcess(ctx.metrics, niceness=CADENCE_NICENESS), ScoringProcess(ctx.metrics)]
+        self.score_processes = ([ScoringProcess(ctx.metrics, niceness=CADENCE_NICENESS, heap_keep_mb=s.heap_keep_mb),
+                                 ScoringProcess(ctx.metrics, heap_keep_mb=s.heap_keep_mb)]
                                 if s.scoring_process else [])
         cadence, urgent = self.score_processes or (None, None)
         self.scoring = ScoringLoop(ctx, self.slot, self.checkpoint, self.arrivals, self.publisher,

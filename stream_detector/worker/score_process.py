@@ -4,8 +4,8 @@ Scoring is numpy and onnxruntime on (N, 4, 168) windows: many array operations o
 tens of microseconds each, every one taking the GIL back. In a thread of the worker process
 it slows the consume loop down and is slowed down by it (bench/sustained.py: the scoring
 thread's wall time per video was 3.5x its cost alone). A child process scores on its own core
-instead. A batch travels there as a ``WindowBatch`` (its closed windows in one array, 5.4 KB
-a video) and comes back as a ``ScoredBatch`` (each per-hour field stacked into one array):
+instead. A batch travels there as a ``WindowBatch`` (its closed windows in one array of the
+stored uint32 counts, 2.7 KB a video) and comes back as a ``ScoredBatch`` (each per-hour field stacked into one array):
 a dozen buffers instead of thousands of small objects to pickle and unpickle, which in the
 worker holds the consume loop's GIL. The hour detail (~30 KB a video) comes back only for the
 videos whose decision can read it (``StreamDecision.uses_detail``, or an hour at or above its
@@ -33,6 +33,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from stream_detector import malloc_policy
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact
 from stream_detector.scoring import FlaggedWindow, HourDetail, Scorer, VideoScore
@@ -105,7 +106,7 @@ class WindowBatch:
     video_ids: list[str]
     start_hours: list[int]
     published_hours: list[int | None]
-    counts: np.ndarray
+    counts: np.ndarray  # (N, 4, W): the stored uint32 counts from the worker (float64 from series)
 
     @classmethod
     def of(cls, series: list[HourlySeries], window: int) -> WindowBatch:
@@ -133,18 +134,20 @@ def _score_in_child(sha: str, data: bytes, threshold: float, windows: WindowBatc
     return ScoredBatch.pack(scores, keep)
 
 
-def _child_init(niceness: int, worker_pid: int) -> None:
+def _child_init(niceness: int, worker_pid: int, heap_keep_mb: int = 0) -> None:
     """Runs first in the child. The child ends with its worker: a worker killed outright
     (SIGKILL, the OOM killer) must not leave scoring processes behind, idle and holding their
     memory (Linux's parent-death signal; the pool starts its child from the worker's main
-    thread, whose end is the worker's). And a cadence child yields the CPU to the consume loop
-    and to the immediate path's child when an hour closure makes thousands of videos due."""
+    thread, whose end is the worker's). A cadence child yields the CPU to the consume loop
+    and to the immediate path's child when an hour closure makes thousands of videos due. And
+    a batch's temporaries reuse the heap's pages (``malloc_policy``)."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux: the child outlives a killed worker
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != worker_pid:  # the worker died before the signal was armed
         os._exit(0)
     if niceness > 0:
         os.nice(niceness)
+    malloc_policy.apply(heap_keep_mb)
 
 
 def _ready() -> bool:
@@ -156,17 +159,20 @@ def _ready() -> bool:
 class ScoringProcess:
     """One child process that scores batches (see the module docstring)."""
 
-    def __init__(self, metrics: Metrics, start_timeout_s: float = 60.0, niceness: int = 0) -> None:
+    def __init__(self, metrics: Metrics, start_timeout_s: float = 60.0, niceness: int = 0,
+                 heap_keep_mb: int = 0) -> None:
         self.metrics = metrics
         self.start_timeout_s = start_timeout_s
         self.niceness = niceness
+        self.heap_keep_mb = heap_keep_mb
         self._pool: ProcessPoolExecutor | None = None
         self.restarts = 0
 
     async def _ensure(self) -> ProcessPoolExecutor:
         if self._pool is None:
             pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_child_init, initargs=(self.niceness, os.getpid()))
+                                       initializer=_child_init,
+                                       initargs=(self.niceness, os.getpid(), self.heap_keep_mb))
             loop = asyncio.get_running_loop()
             await asyncio.wait_for(loop.run_in_executor(pool, _ready), self.start_timeout_s)
             self._pool = pool
