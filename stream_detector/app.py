@@ -234,7 +234,8 @@ def run_worker() -> int:
                  settings.kafka_bootstrap_servers, settings.redis_url)
         worker = faust.Worker(app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False, override_logging=False)
         gc_policy.apply(settings.gc_young_threshold)  # after start-up, so that what it loaded is frozen
-        malloc_policy.apply(settings.heap_keep_mb)
+        if not settings.scoring_process:  # scoring runs in this process: its batches reuse the heap too
+            malloc_policy.apply(settings.heap_keep_mb)
         code = 0
         try:
             worker.execute_from_commandline()

@@ -82,9 +82,9 @@ class Settings:
     # the garbage collector's young-generation threshold in the worker (see gc_policy.py); a
     # high one costs the consume loop far less CPU. 0 keeps CPython's default (700)
     gc_young_threshold: int = 100_000
-    # free memory (MB) the worker and its scoring processes keep in their heap (see
-    # malloc_policy.py): scoring's temporaries reuse mapped pages instead of page-faulting
-    # fresh ones every batch. 0 keeps the C library's defaults
+    # free memory (MB) the scoring processes keep in their heap (see malloc_policy.py): a
+    # batch's temporaries reuse mapped pages instead of page-faulting fresh ones every batch.
+    # 0 keeps the C library's defaults. (The consume loop showed no gain: bench/throughput.py)
     heap_keep_mb: int = 256
     # Web
     web_host: str = "127.0.0.1"
