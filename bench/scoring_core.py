@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from stream_detector import patterns, signals  # noqa: E402
+from stream_detector import malloc_policy, patterns, signals  # noqa: E402
 from stream_detector.features import build_features, normalize  # noqa: E402
 from stream_detector.models import ModelArtifact  # noqa: E402
 from stream_detector.scoring import Scorer  # noqa: E402
@@ -98,16 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=512, help="videos per scoring call (the cadence path's batch)")
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--model", default=str(ROOT / "models" / "default.onnx"))
+    p.add_argument("--heap-keep-mb", type=int, default=256,
+                   help="the scoring processes' heap policy (malloc_policy.py; 0: the C library's defaults)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = p.parse_args(argv)
     if args.batch < 1 or args.reps < 1:
         p.error("--batch and --reps must be positive")
+    malloc_policy.apply(args.heap_keep_mb)  # as a scoring process runs
     model = ModelArtifact.load(args.model)
     results = {
         "sustained": stages(model, *sustained_windows(args.batch, 1), args.reps),
         "simulated": stages(model, *simulated_windows(args.batch, 5), args.reps),
     }
-    print(f"Scoring core, batch {args.batch}, best of {args.reps} calls, CPU microseconds per video:\n")
+    print(f"Scoring core, batch {args.batch}, best of {args.reps} calls, heap policy {args.heap_keep_mb} MB, "
+          "CPU microseconds per video:\n")
     print("| stage | sustained population | simulated, real texture |")
     print("|---|---|---|")
     for k in results["sustained"]:
