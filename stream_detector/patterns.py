@@ -383,6 +383,7 @@ class Burst:
     minute: int  # minutes since the epoch of the peak (-1: none)
     peak: int  # events in the peak minute
     usual_hour: float  # the usual hourly count of the peak metric
+    ring_views: int = -1  # judged without history (``BurstDetector.cold``): the views of the ring; -1: with
 
 
 class BurstDetector:
@@ -393,13 +394,54 @@ class BurstDetector:
     metric moving alone) or the minute holds ``extreme_hours`` usual hours. The second
     condition matters because events may be pre-aggregated (one event per video and 10
     minutes, say): such chunks concentrate a real surge into single minutes too, but they
-    carry every metric in the video's own mix, and never dozens of usual hours at once."""
+    carry every metric in the video's own mix, and never dozens of usual hours at once.
+
+    A video without ``min_history_hours`` closed observed hours (new, or its older hours
+    unknown) has no usual hour to compare with; only what no audience of any size produces
+    counts for it (``cold``): a minute of a reaction metric (likes, comments, shares) far
+    beyond every view in the ring. Reactions follow views, and both are reported at the same
+    granularity (the event contract), so an organic ring never holds ten times more of one
+    reaction than of views. Without this a bought burst on a new upload, bots' favourite
+    target, waited for its hour to close and the next to confirm it (the hourly path's
+    impossible mix): up to two hours in real time."""
 
     name = "spike"
     min_history_hours = 3  # closed observed hours before the usual hour means anything
     hour_share = 2.0  # the peak minute must exceed this many usual hours
     extreme_hours = 40.0  # ... or this many, whatever the mix
     min_peak = 30
+    cold_views = 10.0  # without history: one reaction minute beyond this many times the ring's views
+
+    def judge(self, minute_counts: np.ndarray, closed_counts: np.ndarray, minute_head: int) -> Burst | None:
+        """The burst evidence of a minute ring judged against the video's closed hours
+        ``closed_counts`` (4, T): ``evidence`` with enough history, ``cold`` without; None when
+        no minute of the ring is big enough to look at."""
+        ring = np.asarray(minute_counts)
+        if ring.size == 0 or ring.max() < self.min_peak:
+            return None
+        usual, observed, mix = usual_hour(closed_counts)
+        if observed >= self.min_history_hours:
+            return self.evidence(ring, usual, minute_head, mix)
+        return self.cold(ring, minute_head)
+
+    def cold(self, minute_counts: np.ndarray, minute_head: int) -> Burst:
+        """Evidence for a video without history (see the class docstring): the peak minute of
+        each reaction metric against ``cold_views`` times all views of the ring (+ ``min_peak``,
+        so a handful of reactions is never enough)."""
+        ring = np.asarray(minute_counts, dtype=np.float64)
+        peak_at = ring[1:].argmax(axis=1)
+        peak = ring[1:][np.arange(ring.shape[0] - 1), peak_at]
+        views = ring[0].sum()
+        beyond = np.log(peak + 1.0) - np.log(self.cold_views * views + self.min_peak + 1.0)
+        per_metric = _sigmoid(4.0 * beyond) * (peak >= self.min_peak)
+        m = int(per_metric.argmax())
+        if per_metric[m] < 0.05:
+            return Burst(0.0, (), -1, 0, 0.0)
+        from stream_detector.series import METRICS
+
+        on = tuple(METRICS[k + 1] for k in np.flatnonzero(per_metric >= 0.5)) or (METRICS[m + 1],)
+        return Burst(float(per_metric[m]), on, minute_head - (ring.shape[1] - 1) + int(peak_at[m]), int(peak[m]), 0.0,
+                     int(views))
 
     def evidence(self, minute_counts: np.ndarray, usual_hour: np.ndarray, minute_head: int,
                  mix: np.ndarray | None = None) -> Burst:

@@ -28,6 +28,7 @@ from stream_detector.models import ModelArtifact
 from stream_detector.patterns import Burst
 from stream_detector.scoring import VideoScore
 from stream_detector.series import hour_start_iso
+from stream_detector.windows import MINUTE_SLOTS
 
 log = logging.getLogger("stream_detector.publisher")
 
@@ -66,8 +67,10 @@ def explanation(rec: Published, scored: Scored, decision: StreamDecision) -> str
     burst = scored.burst
     if burst is not None and burst.evidence >= th.burst:
         minute = hour_start_iso(burst.minute // 60)[:-6] + f"{burst.minute % 60:02d}:00Z"
-        line = (f"spike at {minute}: {'/'.join(burst.metrics)} {burst.peak:,} in one minute vs usual "
-                f"~{burst.usual_hour:,.0f} per hour; burst evidence {burst.evidence:.2f}")
+        against = (f"vs usual ~{burst.usual_hour:,.0f} per hour" if burst.ring_views < 0 else
+                   f"with {burst.ring_views:,} views in the last {MINUTE_SLOTS} minutes (no usual level yet)")
+        line = (f"spike at {minute}: {'/'.join(burst.metrics)} {burst.peak:,} in one minute {against}; "
+                f"burst evidence {burst.evidence:.2f}")
         others = [w for w in rec.windows if not (w.start_hour <= burst.minute // 60 < w.end_hour)]
         return line + (f"; {len(others)} more window(s)" if others else "")
     return vs.explain([w for w in rec.windows if w.start_hour >= vs.start_hour] or list(rec.windows),

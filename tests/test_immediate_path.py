@@ -141,3 +141,26 @@ async def test_the_immediate_path_claims_where_spikes_were_marked_and_cadence_la
     monkeypatch.setattr(scoring, "CADENCE_YIELD_S", 0.2)
     arrivals.spike({0})  # nobody judges it: the lane goes on after the bound
     assert await asyncio.wait_for(loop.score_cadence(0, 1), 10) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_bought_burst_on_a_new_video_is_flagged_at_once_a_viral_start_is_not(redis_client, producer):
+    """No closed history, so no usual hour: only a minute no audience makes counts (likes far
+    beyond every view of the ring). Before, both waited for their hour to close."""
+    ctx = _context(redis_client, producer)
+    minute = NOW_HOUR * 3600 + 600.0
+    events = [Event("new-bought", minute, (0, 4000, 0, 0))]  # a new upload: 4,000 likes, no views
+    events += [Event("new-viral", minute + 60.0 * k, (3000, 240, 10, 20)) for k in range(3)]  # a fast organic start
+    result = await ctx.windows.apply(events, list(range(len(events))))
+    assert result.spikes == {"new-bought", "new-viral"}
+    await ctx.schedule.mark({0: {"new-bought": URGENT_DUE_MS, "new-viral": URGENT_DUE_MS}})
+    slot, publisher = _slot_and_publisher(ctx)
+    checkpoint = Checkpoint(ctx)
+    checkpoint.clock[0] = NOW_HOUR
+    loop = ScoringLoop(ctx, slot, checkpoint, Arrivals(), publisher)
+    assert await loop._score_claimed(0, 10, URGENT_DUE_MS, "immediate") == 2
+    assert publisher.published == 1
+    assert ctx.metrics.videos_deferred._value.get() == 1  # the viral start goes to the hourly path
+    state = await redis_client.get(ctx.flag_key("new-bought"))
+    assert state is not None and b"likes" in state
+    assert await redis_client.get(ctx.flag_key("new-viral")) is None

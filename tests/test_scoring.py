@@ -269,3 +269,38 @@ def test_masked_quantile_matches_numpy_quantile_on_the_valid_entries(rng):
             assert got[idx] == want
     got, _ = masked_quantile(x[:, 0], valid[0, 0][None, :], 0.5)  # a mask broadcast over rows
     assert not got.any()
+
+
+def _ring(views: list[int], likes: list[int]) -> np.ndarray:
+    ring = np.zeros((4, 16), dtype=np.int64)
+    ring[0, -len(views):], ring[1, -len(likes):] = views, likes
+    return ring
+
+
+@pytest.mark.parametrize(("views", "likes", "fires"), [
+    ([0], [4000], True),  # bought likes on a new upload
+    ([0, 0, 0], [60, 80, 100], True),  # a hundred likes a minute and nobody watching
+    ([400, 3000], [30, 240], False),  # a fast organic start: reactions follow the views
+    ([3], [35], False),  # a handful of reactions is never enough
+    ([40, 40], [10, 300], False),  # 300 likes against 80 views in the ring: short of ten times
+])
+def test_a_burst_without_history_fires_only_on_reactions_far_beyond_every_view(views, likes, fires):
+    from stream_detector.patterns import BurstDetector
+
+    burst = BurstDetector().judge(_ring(views, likes), np.zeros((4, 0)), minute_head=1000)
+    assert burst is not None and (burst.evidence >= 0.5) == fires
+    if fires:
+        assert burst.metrics == ("likes",) and burst.peak == max(likes) and burst.ring_views == sum(views)
+        assert burst.minute == 1000 - (len(likes) - 1 - int(np.argmax(likes)))
+
+
+def test_with_closed_history_a_burst_is_judged_against_the_usual_hour():
+    from stream_detector.patterns import BurstDetector, usual_hour
+
+    det = BurstDetector()
+    closed = np.tile(np.array([[1000.0], [100.0], [5.0], [5.0]]), (1, 24))
+    ring = _ring([0, 60], [5, 900])
+    usual, _, mix = usual_hour(closed)
+    assert det.judge(ring, closed, 500) == det.evidence(ring, usual, 500, mix)
+    assert det.judge(ring, closed[:, :2], 500) == det.cold(ring, 500)  # two hours: too little history
+    assert det.judge(_ring([0], [10]), closed, 500) is None  # no minute big enough to look at

@@ -73,13 +73,10 @@ def _windows(data, cum: np.ndarray, idx: np.ndarray, minute: int, window: int,
     return out
 
 
-def _usual_hour(counts: np.ndarray, head: int) -> tuple[np.ndarray, int, np.ndarray]:
-    """(4,) median of the video's last 24 closed observed hours before ``head`` and how many
-    observed hours there are (the burst path's "usual hour"; the worker takes the same from
-    the window it reads)."""
-    from stream_detector.patterns import usual_hour
-
-    return usual_hour(counts[:, max(0, head - 168) : head])
+def _closed(counts: np.ndarray, head: int) -> np.ndarray:
+    """The video's closed hours before ``head`` within a window (what the burst path judges a
+    minute ring against; the worker takes the same from the window it reads)."""
+    return counts[:, max(0, head - 168) : head]
 
 
 def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int = 512,
@@ -161,13 +158,8 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
             m_in = minute % MINUTES_PER_HOUR
             per = np.diff(cum[i, :, head, : m_in + 1], axis=-1, prepend=0)
             ring = per[:, -MINUTE_SLOTS:]
-            if ring.max(initial=0) < bursts.min_peak:
-                continue
-            usual, observed, mix = _usual_hour(data.counts[i], head)
-            if observed < bursts.min_history_hours:
-                continue
-            burst = bursts.evidence(ring, usual, (base + head) * MINUTES_PER_HOUR + m_in, mix)
-            if burst.evidence >= getattr(getattr(decision, "thresholds", None), "burst", 1.0):
+            burst = bursts.judge(ring, _closed(data.counts[i], head), (base + head) * MINUTES_PER_HOUR + m_in)
+            if burst is not None and burst.evidence >= getattr(getattr(decision, "thresholds", None), "burst", 1.0):
                 fired[i] = burst
         if fired:
             run_decisions(np.array(sorted(fired)), minute, hour_now, fired)

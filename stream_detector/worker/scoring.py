@@ -25,7 +25,7 @@ import numpy as np
 from stream_detector import redis_client
 from stream_detector.decision import StreamDecision, closed_windows
 from stream_detector.models import ModelArtifact
-from stream_detector.patterns import Burst, BurstDetector, usual_hour
+from stream_detector.patterns import Burst, BurstDetector
 from stream_detector.publisher import JSON_ENCODER, FlagPublisher, Scored
 from stream_detector.schedule import now_ms
 from stream_detector.scoring import Scorer, VideoScore
@@ -149,9 +149,7 @@ class ScoringLoop:
             return out
         ring_peak = win.minute_counts.max(axis=(1, 2))
         for r in np.flatnonzero((win.head_hours >= now_hour) & (ring_peak >= self.bursts.min_peak)).tolist():
-            usual, observed, mix = usual_hour(closed[r])
-            if observed >= self.bursts.min_history_hours:
-                out[r] = self.bursts.evidence(win.minute_counts[r], usual, int(win.minute_heads[r]), mix)
+            out[r] = self.bursts.judge(win.minute_counts[r], closed[r], int(win.minute_heads[r]))
         return out
 
     async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str, partition: int, *,
