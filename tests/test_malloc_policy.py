@@ -1,55 +1,64 @@
-"""The heap policy of the worker and its scoring processes, applied in a fresh interpreter (it
-changes the process's allocator for good): large temporaries reuse mapped pages."""
+"""The scoring processes' heap policy, applied in a fresh interpreter (it changes the
+process's allocator for good): large temporaries reuse mapped pages."""
 
 from __future__ import annotations
 
-import ctypes.util
 import json
+import platform
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-# Allocates and frees (512, 4, 168) float64 arrays as a scoring batch does, touching every
-# page, and counts the minor page faults of the rounds after the first.
+PAGES_PER_BATCH = 8 * 512 * 4 * 168 * 8 // 4096  # what one batch of temporaries touches: ~5,400 pages
+
+
+def faults_per_batch(rounds: int = 10) -> float:
+    """Minor page faults per batch of scoring-sized temporaries ((512, 4, 168) float64, eight
+    of them, every page touched), after a first batch; run in the process under test."""
+    import resource
+
+    def batch() -> float:
+        tmp = [np.ones((512, 4, 168)) for _ in range(8)]
+        return sum(float(t[0, 0, 0]) for t in tmp)
+
+    batch()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        batch()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / rounds
+
+
 PROBE = """
-import json, resource, sys
-import numpy as np
+import json, sys
+sys.path.insert(0, sys.argv[2])
 from stream_detector import malloc_policy
 applied = malloc_policy.apply(int(sys.argv[1]))
-def faults():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-def batch():
-    tmp = [np.ones((512, 4, 168)) for _ in range(8)]
-    return sum(float(t[0, 0, 0]) for t in tmp)
-batch()
-before = faults()
-for _ in range(20):
-    batch()
-print(json.dumps({"applied": applied, "faults_per_round": (faults() - before) / 20}))
+from test_malloc_policy import faults_per_batch
+print(json.dumps({"applied": applied, "faults_per_batch": faults_per_batch(20)}))
 """
-
-PAGES_PER_ROUND = 8 * 512 * 4 * 168 * 8 // 4096  # what a round touches: ~5,400 pages
 
 
 def _probe(keep_mb: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(keep_mb)], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(keep_mb), str(Path(__file__).parent)],
+                         check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-glibc = pytest.mark.skipif(ctypes.util.find_library("c") is None or "glibc" not in " ".join(
-    __import__("platform").libc_ver()), reason="the policy is glibc's mallopt")
+glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the policy is glibc's mallopt")
 
 
 @glibc
 def test_large_temporaries_reuse_the_heaps_pages():
     kept = _probe(256)
     assert kept["applied"] is True
-    assert kept["faults_per_round"] < PAGES_PER_ROUND / 20  # the pages stay mapped between batches
+    assert kept["faults_per_batch"] < PAGES_PER_BATCH / 20  # the pages stay mapped between batches
 
 
 @glibc
 def test_the_defaults_page_fault_every_batch_which_is_why_the_policy_exists():
     default = _probe(0)
     assert default["applied"] is False
-    assert default["faults_per_round"] > PAGES_PER_ROUND / 2  # fresh mappings, zero-filled again
+    assert default["faults_per_batch"] > PAGES_PER_BATCH / 2  # fresh mappings, zero-filled again

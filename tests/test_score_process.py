@@ -9,6 +9,7 @@ import signal
 
 import numpy as np
 import pytest
+from test_malloc_policy import PAGES_PER_BATCH, faults_per_batch
 
 from stream_detector.config import DEFAULT_MODEL_PATH
 from stream_detector.dev.simulate import simulate
@@ -83,30 +84,14 @@ async def test_a_cadence_child_runs_at_a_lower_cpu_priority():
         await normal.stop()
 
 
-def _faults_per_batch() -> float:
-    """Runs in the scoring child: minor page faults of a scoring-sized batch of temporaries."""
-    import resource
-
-    def batch() -> float:
-        tmp = [np.ones((512, 4, 168)) for _ in range(8)]
-        return sum(float(t[0, 0, 0]) for t in tmp)
-
-    batch()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(10):
-        batch()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
-
-
 @pytest.mark.asyncio
 async def test_a_scoring_child_keeps_its_heap_so_batches_do_not_page_fault_afresh():
     kept, default = ScoringProcess(Metrics(), heap_keep_mb=256), ScoringProcess(Metrics())
     try:
         loop = asyncio.get_running_loop()
-        with_policy = await loop.run_in_executor(await kept._ensure(), _faults_per_batch)  # noqa: SLF001
-        without = await loop.run_in_executor(await default._ensure(), _faults_per_batch)  # noqa: SLF001
-        pages = 8 * 512 * 4 * 168 * 8 // 4096
-        assert with_policy < pages / 20 < pages / 2 < without
+        with_policy = await loop.run_in_executor(await kept._ensure(), faults_per_batch)  # noqa: SLF001
+        without = await loop.run_in_executor(await default._ensure(), faults_per_batch)  # noqa: SLF001
+        assert with_policy < PAGES_PER_BATCH / 20 < PAGES_PER_BATCH / 2 < without
     finally:
         await kept.stop()
         await default.stop()
