@@ -16,8 +16,10 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,16 @@ class DetectorApp(faust.App):
     BootStrategy = _BatchBoot
 
 
+FAILED_EXIT_S = 45.0  # a failed worker's graceful stop gets this long, then the process ends
+
+
+def _exit_failed(why: str) -> None:
+    sys.stderr.write(f"stream-detector: error: the worker failed ({why}) and did not stop within "
+                     f"{FAILED_EXIT_S:g} s; exiting\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
 class DetectorService(Service):
     """Starts the detector after the app, stops it (gracefully) before the web server.
 
@@ -78,9 +90,13 @@ class DetectorService(Service):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the loop logged it; stop the worker so it restarts
-            self.failed = repr(exc)
-            log.error("detector failed: %r; stopping the worker", exc)
-            os.kill(os.getpid(), 15)
+            self.failed = str(exc)
+            log.error("detector failed: %s; stopping the worker (exit 1)", exc)
+            # a graceful stop that hangs must not keep a failed worker alive: end it regardless
+            timer = threading.Timer(FAILED_EXIT_S, _exit_failed, args=(str(exc),))
+            timer.daemon = True
+            timer.start()
+            os.kill(os.getpid(), signal.SIGTERM)
 
     async def on_stop(self) -> None:
         if self.follower is not None:
@@ -127,9 +143,10 @@ def create_app(
 
     @app.page("/healthz")
     async def healthz(web: Any, request: Any) -> Any:
-        alive = service.failed is None
+        alive = service.failed is None and detector.alive  # every loop the worker needs still runs
         return web.json(
-            {"status": "ok" if alive else "failed", "uptime_s": round(time.time() - started, 1), "error": service.failed},
+            {"status": "ok" if alive else "failed", "uptime_s": round(time.time() - started, 1),
+             "error": service.failed or detector.failure},
             status=200 if alive else 503,
         )
 
@@ -153,6 +170,13 @@ def create_app(
             status["registry"] = follower.status()
         return web.json(status)
 
+    @app.page("/quarantine")
+    async def quarantine_view(web: Any, request: Any) -> Any:
+        """Videos whose judgement raised: attempts, reason, traceback, set aside or not."""
+        entries = await detector.quarantined()
+        return web.json({"count": len(entries), "set_aside": sum(e["set_aside_until"] is not None for e in entries),
+                         "videos": entries})
+
     @app.page("/score/{video_id:[^/]+}")  # any id, braces included (aiohttp defaults exclude them)
     async def score_view(web: Any, request: Any, video_id: str) -> Any:
         doc = await detector.current_score(video_id)
@@ -170,8 +194,9 @@ class _KeyValueFormatter(logging.Formatter):
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         msg = record.getMessage().replace("\n", " | ")
         line = f"ts={ts}Z level={record.levelname} logger={record.name} msg={msg!r}"
-        if record.exc_info:
+        if record.exc_info:  # the whole traceback, on the same line
             line += " exc=" + repr(self.formatException(record.exc_info).splitlines()[-1])
+            line += " traceback=" + repr(self.formatException(record.exc_info))
         return line
 
 

@@ -73,6 +73,9 @@ class Settings:
     # the last hours of a stream that stopped are judged too
     idle_close_seconds: float = 30.0
     inference_threads: int = 1
+    # a video whose scoring or decision raises is tried again after this, then twice as long,
+    # then set aside (worker/quarantine.py)
+    scoring_retry_seconds: float = 30.0
     # score in a child process (its own core, no GIL shared with the consume loop); false
     # scores in a thread of the worker (one-core pods)
     scoring_process: bool = True

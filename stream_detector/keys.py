@@ -45,3 +45,13 @@ def watermark(prefix: str, topic: str, partition: int) -> str:
 def active_videos(prefix: str, hour: int) -> str:
     """HyperLogLog of the videos updated in one wall-clock hour (all workers)."""
     return f"{{{prefix}-active}}:{hour}"
+
+
+def quarantined(prefix: str, video_id: str) -> str:
+    """A video whose judgement raised: attempts, reason, traceback (worker/quarantine.py)."""
+    return f"{prefix}:q:{{{video_id}}}"
+
+
+def quarantine_index(prefix: str) -> str:
+    """The videos with a quarantine entry, by last failure (the /quarantine listing)."""
+    return f"{{{prefix}-quarantine}}:index"

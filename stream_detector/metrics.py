@@ -31,6 +31,7 @@ REDIS_OPERATIONS = (
     "apply", "read", "script_load", "memory_usage",  # windows.py
     "store_scores", "flag_state", "watermark", "active", "score_view",  # detector.py
     "schedule",  # schedule.py
+    "quarantine",  # worker/quarantine.py
 )
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 VALIDATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -151,6 +152,13 @@ class Metrics:
             "Records the worker failed on (a bug, not bad input), by stage; each one is dead-lettered "
             "with reason internal_error instead of stopping its partition",
             ["stage"],
+            registry=r,
+        )
+        self.scoring_failures = Counter(
+            "detector_scoring_failures_total",
+            "Videos whose scoring or decision raised (a bug met by their data), by outcome: retry (tried "
+            "again later) or set_aside (after the last attempt; listed at /quarantine)",
+            ["outcome"],
             registry=r,
         )
         self.redis_errors = Counter(
@@ -281,6 +289,8 @@ class Metrics:
             self.internal_errors.labels(stage=stage)
         for path in ("cadence", "immediate"):
             self.videos_scored.labels(path=path)
+        for outcome in ("retry", "set_aside"):
+            self.scoring_failures.labels(outcome=outcome)
         for sev in ("low", "medium", "high", "critical"):
             self.flags.labels(severity=sev)
         for p in PATTERNS:

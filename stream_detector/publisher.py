@@ -108,7 +108,8 @@ class FlagPublisher:
         if prior is None:
             prior = await self.states([s.score.video_id for s in batch])
         now = time.time()
-        sends, states = [], {}
+        records, states = [], {}
+        # every decision first, then the sends: a decision that raises sends nothing of its batch
         for scored in batch:
             key = self.state_key(scored.score.video_id)
             old = prior.get(scored.score.video_id)
@@ -117,8 +118,11 @@ class FlagPublisher:
                 states[key] = JSON_ENCODER.encode(state.to_dict())
             if rec is None:
                 continue
-            doc = build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,
-                               explanation=explanation(rec, scored, decision), watermark=watermark, detected_at=now)
+            records.append((scored, build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,
+                                                 explanation=explanation(rec, scored, decision), watermark=watermark,
+                                                 detected_at=now)))
+        sends = []
+        for scored, doc in records:
             body = json.dumps(doc, separators=(",", ":")).encode()
             fut = await self.producer.send(self.topic, value=body, key=scored.score.video_id.encode())
             sends.append((scored, doc, fut))

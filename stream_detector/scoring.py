@@ -168,11 +168,12 @@ def _names(d: HourDetail, seg: slice, length: int) -> list[str]:
     rank = {p: strength[k] * _SPECIFICITY[p] * _length_fit(p, length) for k, p in enumerate(PATTERNS)
             if strength[k] >= 0.3}
     top = max(rank, key=rank.get)
+    top_rank = rank[top]  # a renamed cause keeps the rank of the evidence that made the window
     if top == "ratio_anomaly" and _revival(d, seg, length) and not _impossible_mix(d, seg):
         top = "decay_violation"  # a one-sided comeback days after publication: the mix shift is its side effect
     names = {top}
     for p, r in rank.items():
-        if p != top and p not in _SIDE_EFFECTS[top] and strength[PATTERNS.index(p)] >= 0.9 and r >= 0.9 * rank[top]:
+        if p != top and p not in _SIDE_EFFECTS[top] and strength[PATTERNS.index(p)] >= 0.9 and r >= 0.9 * top_rank:
             names.add(p)
     return [p for p in PATTERNS if p in names]
 

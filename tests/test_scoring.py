@@ -304,3 +304,24 @@ def test_with_closed_history_a_burst_is_judged_against_the_usual_hour():
     assert det.judge(ring, closed, 500) == det.evidence(ring, usual, 500, mix)
     assert det.judge(ring, closed[:, :2], 500) == det.cold(ring, 500)  # two hours: too little history
     assert det.judge(_ring([0], [10]), closed, 500) is None  # no minute big enough to look at
+
+
+def test_a_revival_with_strong_offpeak_evidence_is_named_not_a_crash():
+    """The bug that stopped all detection: the revival rule renamed a ratio-driven window
+    ``decay_violation`` (evidence below 0.3, so not ranked), and the loop over the other
+    patterns read that rank (KeyError). A window days after publication, well above the day
+    before, with a ratio shift and strong off-peak evidence."""
+    from stream_detector.scoring import HourDetail, _names
+
+    counts = np.zeros((4, W))
+    counts[0] = 100.0
+    counts[0, 100:112] = 400.0
+    evidence = np.zeros((len(PATTERNS), W))
+    evidence[PATTERNS.index("ratio_anomaly"), 100:112] = 1.0
+    evidence[PATTERNS.index("offpeak_burst"), 100:112] = 0.95
+    evidence[PATTERNS.index("lockstep"), 100:112] = 0.0
+    detail = HourDetail(START, counts, evidence, evidence, np.zeros(W), np.zeros((4, W), bool), counts,
+                        np.arange(W, dtype=float), age=np.arange(W) + 10.0)
+    assert _names(detail, slice(100, 112), 12) == ["decay_violation"]
+    evidence[PATTERNS.index("lockstep"), 100:112] = 0.95  # lockstep is specific enough to name itself
+    assert _names(detail, slice(100, 112), 12) == ["lockstep"]

@@ -6,6 +6,7 @@
 - ``checkpoint``: applied offsets, watermarks and event clocks, commit order, state markers;
 - ``ingest``: fetch → parse → windows → schedule marks (the consume side), state rebuilds;
 - ``scoring``: claim → score → decide → publish (the scoring side);
+- ``quarantine``: videos whose judgement raised: bounded retries, then set aside;
 - ``detector``: the composition with its lifecycle and tasks (consume, score, probe).
 
 The faust App with the web views (``stream_detector.app``) composes a ``Detector``.

@@ -10,8 +10,10 @@
   gauge, and whether the broker answers at all), in its own task so that a consume loop
   blocked on a frozen broker cannot delay the news.
 
-Any task ending outside ``stop()`` means the worker failed (``wait()`` raises), and the app
-ends the process with a non-zero exit code.
+Any task or scoring lane ending outside ``stop()`` means the worker failed: ``fail`` records
+it at once (``/healthz`` 503, not ready) before anything else is cancelled or awaited, so no
+sibling that is slow to stop can leave a worker that looks healthy and detects nothing;
+``wait()`` raises it, and the app ends the process with a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ CADENCE_NICENESS = 5
 PREPARE_SLICE = 1000
 BROKER_PROBE_S = 1.0
 BROKER_PROBE_TIMEOUT_S = 1.5
+LANE_STOP_S = 5.0
+# the broker probe is what notices a frozen broker and keeps the lag gauge honest: failing
+# (other than the broker not answering, which is an outage) this many times in a row, ~5 s,
+# it is broken, and so is the worker
+PROBE_FAILURES_FATAL = 10
+
+
+class WorkerFailed(RuntimeError):
+    """A loop the worker needs died (``Detector.failure`` says which and why)."""
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -89,6 +100,9 @@ class Detector:
         self.publisher: FlagPublisher | None = None
         self.batch_lock = asyncio.Lock()  # held while a fetched batch is being written
         self._tasks: dict[str, asyncio.Task] = {}
+        self._lanes: list[asyncio.Task] = []
+        self.failure: str | None = None  # the first loop that died, and why
+        self._failed = asyncio.Event()
         self._assigned = False
         self._probed = 0.0
 
@@ -155,7 +169,7 @@ class Detector:
         ctx.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         for name, coro in (("consume", self._consume_loop()), ("scoring", self._score_loop()),
                            ("broker probe", self._probe_loop())):
-            self._tasks[name] = asyncio.create_task(coro, name=f"detector-{name}")
+            self._tasks[name] = asyncio.create_task(self._supervised(name, coro), name=f"detector-{name}")
         log.info("detector started group=%s topic=%s model=%s", s.consumer_group, s.events_topic,
                  self.slot.scorer.model.version)
 
@@ -185,17 +199,42 @@ class Detector:
         log.info("detector stopped consumed=%d flags=%d", self.consumed, self.flags_published)
 
     async def wait(self) -> None:
-        """Until a task ends (which, outside stop(), means it failed)."""
-        if self._tasks:
-            done, _ = await asyncio.wait(self._tasks.values(), return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                t.result()
+        """Until a loop fails: raises ``WorkerFailed`` with the first failure."""
+        await self._failed.wait()
+        raise WorkerFailed(self.failure or "a worker loop failed")
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        """A loop the worker needs died: unhealthy and unready from now on (``wait`` wakes)."""
+        if self.failure is None:
+            self.failure = f"{where}: {type(exc).__name__}: {exc}"
+        self.ctx.metrics.ready.set(0)
+        self._failed.set()
+
+    async def _supervised(self, name: str, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s loop failed", name)
+            self.fail(name, exc)
+            raise
+        if not self.ctx.stopping.is_set():  # a loop has no business ending on its own
+            self.fail(name, RuntimeError(f"the {name} loop ended while the worker runs"))
+
+    @property
+    def alive(self) -> bool:
+        """No loop failed, and every loop (tasks and scoring lanes) still runs or stopped on request."""
+        if self.failure is not None:
+            return False
+        if self.ctx.stopping.is_set():
+            return True
+        return all(not t.done() for t in (*self._tasks.values(), *self._lanes))
 
     @property
     def ready(self) -> bool:
-        """Consuming (loop alive, partitions assigned) and both dependencies answering."""
-        task = self._tasks.get("consume")
-        return (task is not None and not task.done() and self._assigned
+        """Every loop alive, partitions assigned and both dependencies answering."""
+        return (bool(self._tasks) and self.alive and self._assigned
                 and self.guard.up("redis") and self.guard.up("broker"))
 
     # the three tasks -----------------------------------------------------------------------
@@ -248,12 +287,6 @@ class Detector:
                     await ahead
                 ahead = None
             await cp.commit("shutdown")
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("detector loop failed")
-            ctx.metrics.ready.set(0)
-            raise
         finally:
             if ahead is not None:
                 ahead.cancel()
@@ -277,8 +310,8 @@ class Detector:
         passes = [("immediate", scoring.score_immediate, IMMEDIATE_POLL_S, self.arrivals.spiked)]
         passes += [(f"cadence-{i}", functools.partial(scoring.score_cadence, i, n), SCORE_POLL_S * (1 + i), None)
                    for i in range(n)]
-        lanes = [asyncio.create_task(self._score_lane(name, run, idle_s, wake), name=f"detector-scoring-{name}")
-                 for name, run, idle_s, wake in passes]
+        lanes = self._lanes = [asyncio.create_task(self._score_lane(name, run, idle_s, wake), name=f"detector-scoring-{name}")
+                               for name, run, idle_s, wake in passes]
         try:
             done, _ = await asyncio.wait(lanes, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
@@ -286,7 +319,13 @@ class Detector:
         finally:
             for t in lanes:
                 t.cancel()
-            await asyncio.gather(*lanes, return_exceptions=True)
+            # bounded: a lane that swallows its cancellation (asyncio.wait_for in Python 3.11 can,
+            # when what it waits for finishes at that moment) must not hold this task forever;
+            # the failure is recorded already, and the process ends without it
+            _, stuck = await asyncio.wait(lanes, timeout=LANE_STOP_S)
+            if stuck:
+                log.error("scoring lanes did not stop within %.0f s: %s", LANE_STOP_S,
+                          ", ".join(t.get_name() for t in stuck))
 
     async def _score_lane(self, name: str, run: Callable[[], Awaitable[int]], idle_s: float,
                           wake: asyncio.Event | None = None) -> None:
@@ -315,19 +354,26 @@ class Detector:
                         await asyncio.wait_for(wake.wait(), idle_s)
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             log.exception("scoring lane %s failed", name)
-            ctx.metrics.ready.set(0)
+            self.fail(f"scoring lane {name}", exc)  # before any sibling lane is cancelled or awaited
             raise
+        if not ctx.stopping.is_set():
+            self.fail(f"scoring lane {name}", RuntimeError("the lane ended while the worker runs"))
 
     async def _probe_loop(self) -> None:
+        failed = 0
         while not self.ctx.stopping.is_set():
             try:
                 await self._probe_broker()
+                failed = 0
             except DependencyLost:
                 raise  # the outage outlasted the limit: the worker ends (wait() sees this task fail)
-            except Exception as exc:  # noqa: BLE001 - any other probe failure is only a missed sample
-                log.warning("broker probe failed: %s: %s", type(exc).__name__, exc)
+            except Exception as exc:  # a failure is a missed sample; one that repeats is a dead probe
+                failed += 1
+                log.warning("broker probe failed (%d in a row): %s: %s", failed, type(exc).__name__, exc)
+                if failed >= PROBE_FAILURES_FATAL:
+                    raise
             self.ctx.metrics.ready.set(1 if self.ready else 0)
             await asyncio.sleep(BROKER_PROBE_S / 2)
 
@@ -360,6 +406,9 @@ class Detector:
     # what the web views ask --------------------------------------------------------------
     def model_status(self) -> dict:
         return self.slot.status()
+
+    async def quarantined(self) -> list[dict]:
+        return [e.to_dict() for e in await self.scoring.quarantine.entries()] if self.scoring is not None else []
 
     async def current_score(self, video_id: str) -> dict | None:
         return await self.scoring.current_score(video_id) if self.scoring is not None else None

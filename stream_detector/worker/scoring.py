@@ -24,6 +24,7 @@ import numpy as np
 
 from stream_detector import redis_client
 from stream_detector.decision import StreamDecision, closed_windows
+from stream_detector.dependencies import TRANSIENT
 from stream_detector.models import ModelArtifact
 from stream_detector.patterns import Burst, BurstDetector
 from stream_detector.publisher import JSON_ENCODER, FlagPublisher, Scored
@@ -34,6 +35,7 @@ from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
 from stream_detector.worker.ingest import URGENT_DUE_MS, Arrivals
 from stream_detector.worker.model_slot import ModelSlot
+from stream_detector.worker.quarantine import Failure, Quarantine
 from stream_detector.worker.score_process import ScoringProcess, WindowBatch
 
 log = logging.getLogger("stream_detector.scoring_loop")
@@ -51,6 +53,9 @@ class ScoringLoop:
         self.checkpoint = checkpoint
         self.arrivals = arrivals
         self.publisher = publisher
+        assert ctx.redis is not None
+        self.quarantine = Quarantine(ctx.redis, ctx.settings.key_prefix, ctx.metrics,
+                                     retry_s=ctx.settings.scoring_retry_seconds)
         self.process = process  # None: score in a thread of this process
         self.urgent_process = urgent_process or process  # the immediate path's own child
         self.bursts = BurstDetector()
@@ -129,17 +134,51 @@ class ScoringLoop:
             if not ids:
                 return 0
         self._busy.update(ids)
+        retry: dict[str, int] = {}
         try:
             arrival, urgent = self.arrivals.take(ids)
-            await self._score_batch(ids, arrival, "immediate" if urgent else path, partition,
-                                    immediate_pass=path == "immediate")
+            scorer, shadow = self.slot.take()  # a pushed model takes over here, between two scoring batches
+            sha = scorer.model.sha256
+            aside = await self.quarantine.set_aside(ids, sha)
+            judged = [v for v in ids if v not in aside] if aside else ids
+            failures = await self._judge(judged, arrival, "immediate" if urgent else path, partition, scorer, shadow,
+                                         immediate_pass=path == "immediate")
+            for failure in failures:
+                delay = await self.quarantine.record(failure, sha)
+                if delay is not None:
+                    retry[failure.video_id] = now_ms() + int(delay * 1000)
         finally:
             self._busy.difference_update(ids)
             if self._handed_back.intersection(ids):  # their spikes can be judged now
                 self._handed_back.difference_update(ids)
                 self.arrivals.spike({partition})
         await schedule.release(partition, ids, lease)
+        if retry:
+            await schedule.mark({partition: retry})
         return len(ids)
+
+    async def _judge(self, ids: list[str], arrival: dict[str, float], path: str, partition: int, scorer: Scorer,
+                     shadow: Scorer | None, *, immediate_pass: bool) -> list[Failure]:
+        """Score, decide and publish ``ids``; a batch that raises (other than a Redis or broker
+        outage, which the lane rides out) is split in halves until the videos that fail are
+        found: they are returned, every other video is judged."""
+        if not ids:
+            return []
+        try:
+            await self._score_batch(ids, arrival, path, partition, scorer, shadow, immediate_pass=immediate_pass)
+        except TRANSIENT["redis"] + TRANSIENT["broker"]:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolated below, every failing video recorded with its traceback
+            if len(ids) == 1:
+                failure = Failure.of(ids[0], partition, path, exc)
+                self.quarantine.failed(failure)  # raises when nothing scores any more: a broken scorer
+                return [failure]
+            half = len(ids) // 2
+            return (await self._judge(ids[:half], arrival, path, partition, scorer, shadow, immediate_pass=immediate_pass)
+                    + await self._judge(ids[half:], arrival, path, partition, scorer, shadow,
+                                        immediate_pass=immediate_pass))
+        self.quarantine.succeeded()
+        return []
 
     def _bursts(self, win: WindowArrays, closed: np.ndarray, now_hour: int) -> list[Burst | None]:
         """The minute ring's burst evidence per video, judged against its closed hours: only for
@@ -152,11 +191,10 @@ class ScoringLoop:
             out[r] = self.bursts.judge(win.minute_counts[r], closed[r], int(win.minute_heads[r]))
         return out
 
-    async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str, partition: int, *,
-                           immediate_pass: bool = False) -> None:
+    async def _score_batch(self, ids: list[str], arrival: dict[str, float], path: str, partition: int,
+                           scorer: Scorer, shadow: Scorer | None, *, immediate_pass: bool = False) -> None:
         ctx, m = self.ctx, self.ctx.metrics
         assert ctx.windows is not None and ctx.schedule is not None
-        scorer, shadow = self.slot.take()  # a pushed model takes over here, between two scoring batches
         decision = self.slot.decision_for(scorer.model)
         now_hour = self.checkpoint.clock.get(partition, 0)
         win = await ctx.windows.read_arrays(ids)
@@ -261,4 +299,10 @@ class ScoringLoop:
         ctx = self.ctx
         assert ctx.redis is not None
         raw = await ctx.metrics.timed_redis("score_view", ctx.redis.get(ctx.score_key(video_id)))
-        return json.loads(raw) if raw else None
+        entry = await self.quarantine.entry(video_id)
+        if raw is None and entry is None:
+            return None
+        doc = json.loads(raw) if raw else {"video_id": video_id}
+        if entry is not None:  # its judgement raised: what, how often, and whether it is set aside
+            doc["quarantine"] = entry.to_dict()
+        return doc
