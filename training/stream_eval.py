@@ -206,7 +206,7 @@ def stream_metrics(run: StreamRun, data) -> dict:
 
     textured = data.textured
     out["fpr_by_kind"] = {}
-    for k in ORGANIC_KINDS:
+    for k in [*ORGANIC_KINDS, *sorted(set(kinds.tolist()) - set(ORGANIC_KINDS))]:  # look-alikes too (dev/market.py)
         sel = (kinds == k) & ~labels
         if sel.any():
             out["fpr_by_kind"][k] = float(ever[sel].mean())
@@ -225,12 +225,12 @@ def stream_metrics(run: StreamRun, data) -> dict:
         first = pubs[0]
         primary = data.pattern[i]
         if primary and minute_fake_start[i] >= 0:
-            delays[primary].append(max(0.0, (first.minute - minute_fake_start[i]) / MINUTES_PER_HOUR))
+            delays.setdefault(primary, []).append(max(0.0, (first.minute - minute_fake_start[i]) / MINUTES_PER_HOUR))
         final_windows = pubs[-1].windows
         names = {p for w in final_windows for p in w.patterns}
         if primary and len(data.patterns_of(i)) == 1:
-            named_any[primary].append(primary in names)
-            named_exact[primary].append(names == {primary})
+            named_any.setdefault(primary, []).append(primary in names)
+            named_exact.setdefault(primary, []).append(names == {primary})
         hot = np.zeros(data.hours, dtype=bool)
         for w in final_windows:
             a, b = w.start_hour - int(data.start_hour), w.end_hour - int(data.start_hour)
@@ -254,6 +254,8 @@ def stream_metrics(run: StreamRun, data) -> dict:
         sel = (pattern == p) & labels
         if sel.any():
             out["recall_by_pattern"][p] = float(ever[sel].mean())
+    if hasattr(data, "kind_of"):  # delivery kinds and look-alikes (dev/market.py)
+        out.update(_by_kind_and_band(ever, labels, run, data))
     many = [len({p for w in pubs[-1].windows for p in w.patterns}) >= 3 for pubs in run.published if pubs]
     out["flagged_with_3plus_patterns"] = float(np.mean(many)) if many else 0.0
     return out
@@ -266,4 +268,27 @@ def _first_fake_minute(data) -> np.ndarray:
         hours = np.flatnonzero(data.hour_fake[i])
         if hours.size:
             out[i] = int(hours[0]) * MINUTES_PER_HOUR
+    return out
+
+
+def _by_kind_and_band(ever: np.ndarray, labels: np.ndarray, run: StreamRun, data) -> dict:
+    """Recall per delivery kind and amplitude band, naming per kind (dev/market.py datasets)."""
+    kinds = [data.kind_of(i) for i in range(len(data))]
+    bands = [data.band_of(i) for i in range(len(data))]
+    out: dict = {"recall_by_kind": {}, "recall_by_band": {}, "named_exact_by_kind": {}, "recall_by_kind_1x": {}}
+    for k in sorted({k for k, y in zip(kinds, labels, strict=True) if y}):
+        sel = np.array([x == k for x in kinds]) & labels
+        out["recall_by_kind"][k] = float(ever[sel].mean())
+        big = sel & (np.asarray(data.amplitude) >= 1.0)
+        if big.any():
+            out["recall_by_kind_1x"][k] = float(ever[big].mean())
+        named = [({p for w in run.published[i][-1].windows for p in w.patterns} == {data.pattern[i]})
+                 for i in np.flatnonzero(sel & ever)]
+        out["named_exact_by_kind"][k] = float(np.mean(named)) if named else None
+    for b in ("<1x", "1-3x", ">3x"):
+        sel = np.array([x == b for x in bands]) & labels
+        if sel.any():
+            out["recall_by_band"][b] = float(ever[sel].mean())
+    big = labels & (np.asarray(data.amplitude) >= 1.0)
+    out["recall_1x_or_more"] = float(ever[big].mean()) if big.any() else None
     return out

@@ -485,7 +485,8 @@ def _texture(trng, texture, N: int, T: int, kind: np.ndarray, start: int):
     return shared, per_metric, depth, source
 
 
-def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray, tex=None):
+def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray, tex=None, adjust=None,
+             in_window: np.ndarray | None = None):
     tt = np.arange(T)
     abs_h = start + tt
     k_viral, k_news = ORGANIC_KINDS.index("viral"), ORGANIC_KINDS.index("news")
@@ -500,6 +501,8 @@ def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray
     # Publication: ~1/3 inside the window (leaving ``room`` hours), others up to 120 days before.
     hi = T - room
     in_win = (rng.random(N) < 0.33) & (hi > 0)
+    if in_window is not None:  # 1: published inside the window, 0: before it, -1: drawn as above
+        in_win = np.where(in_window == 1, hi > 0, np.where(in_window == 0, False, in_win))
     pub_in = np.floor(rng.random(N) * np.maximum(hi, 1)).astype(np.int64)
     age0 = np.rint(_logu(rng, 1.0, 2880.0, N)).astype(np.int64)
     pub_idx = np.where(in_win, pub_in, -age0)
@@ -674,6 +677,10 @@ def _organic(rng, N: int, T: int, start: int, kind: np.ndarray, room: np.ndarray
         if tex is not None:
             lam[:, m + 1] *= np.exp(tex[1][:, m])
 
+    if adjust is not None:  # another generator's organic dynamics on the same base (dev/market.py)
+        lam = adjust(lam, {"pub_idx": pub_idx, "pub_minute": pub_minute, "offs": offs, "wz": wz, "scale": scale,
+                           "cat": cat, "ratios": ratios, "decay": decay, "diurnal": diurnal, "age": age,
+                           "weekly": weekly, "shift": shift, "gam": gam, "depth": depth})
     # Over-dispersed counts: shared gamma shock + independent per-metric gamma noise. Most
     # videos are moderately noisy; ~15% are bursty (referral-driven audiences).
     ks = _logu(rng, 8.0, 200.0, N)
