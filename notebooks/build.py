@@ -105,7 +105,7 @@ plt.tight_layout()"""),
 NB02 = [
     ("md", """# 02 · Feature engineering: channels and pattern evidence, hour by hour
 
-The model's input channels (`stream_detector.features`) and the five detectors' evidence
+The model's input channels (`stream_detector.features`) and the pattern detectors' evidence
 (`stream_detector.patterns`), for a few videos, with the hours the shipped model flags."""),
     ("code", SETUP),
     ("code", """\
@@ -198,12 +198,13 @@ ax.set_xlabel("epoch"); ax.set_ylabel("loss"); ax.legend(fontsize=6); plt.tight_
     ("md", "## Export the TCN as a model artifact and check onnxruntime against torch"),
     ("code", """\
 from stream_detector.models import ModelArtifact, Combiner
+from stream_detector.patterns import PATTERNS
 from training.export import export_onnx
 
 model = models["tcn"]
 meta = {"name": "notebook-tcn", "version": "0.0.1", "architecture": "tcn", "window_hours": 168,
         "channels": list(CHANNELS), "feature_version": FEATURE_VERSION, "normalization": stats, "threshold": 0.5,
-        "combiner": Combiner(-3.0, 1.0, [0.0] * 5, 0.5).to_dict(), "training_data_fingerprint": "0" * 64,
+        "combiner": Combiner(-3.0, 1.0, [0.0] * len(PATTERNS), 0.5).to_dict(), "training_data_fingerprint": "0" * 64,
         "metrics": {}, "created_at": "2026-01-01T00:00:00Z"}
 path = tempfile.mkdtemp() + "/tcn.onnx"
 sha = export_onnx(model, path, in_channels=len(CHANNELS), window=168, metadata=meta)

@@ -10,7 +10,9 @@
  * parser, which decides and names the reason: so the two can only differ on what this file
  * accepts, and tests/test_fastparse.py compares them on valid, hostile and mutated corpora.
  *
- * Returns (status, video_ids, ts, counts, published, offsets, vidx, arrival):
+ * Event 1.1's optional user_id and channel_id are taken in the same plain form as video_id.
+ *
+ * Returns (status, video_ids, ts, counts, published, offsets, vidx, arrival, users, channels):
  *   status      bytes, one per record: bit 0 set = left to Python, bit 1 = record key set
  *               and not the video id's bytes (the producer contract's key)
  *   video_ids   list: the id (a str shared by the records of one video) or None
@@ -20,6 +22,8 @@
  *   offsets     bytes: int64 per record, its Kafka offset
  *   vidx        bytes: int32 per record, the position of its id in `arrival` (-1: Python's)
  *   arrival     dict: video id -> newest Kafka timestamp (> 0) among its accepted records
+ *   users       list: the user_id of each accepted record or None; None when no record has one
+ *   channels    list: the channel_id (one str per distinct id) or None; None when none has one
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -340,7 +344,7 @@ static int time_value(Cursor *c, double *out) {
 }
 
 enum { F_VIDEO_ID, F_TS, F_VIEWS, F_LIKES, F_COMMENTS, F_SHARES, F_PUBLISHED, F_CATEGORY, F_REGION,
-       F_UNKNOWN };
+       F_USER_ID, F_CHANNEL_ID, F_UNKNOWN };
 
 static int field_of(const Str *k) {
     if (k->escaped)
@@ -361,6 +365,10 @@ static int field_of(const Str *k) {
         if (memcmp(s, "region", 6) == 0)
             return F_REGION;
         return F_UNKNOWN;
+    case 7:
+        return memcmp(s, "user_id", 7) == 0 ? F_USER_ID : F_UNKNOWN;
+    case 10:
+        return memcmp(s, "channel_id", 10) == 0 ? F_CHANNEL_ID : F_UNKNOWN;
     case 8:
         if (memcmp(s, "video_id", 8) == 0)
             return F_VIDEO_ID;
@@ -379,6 +387,10 @@ static int field_of(const Str *k) {
 typedef struct {
     const unsigned char *vid;
     Py_ssize_t vid_n;
+    const unsigned char *uid; /* NULL: none */
+    Py_ssize_t uid_n;
+    const unsigned char *cid; /* NULL: none */
+    Py_ssize_t cid_n;
     double ts;
     double pub; /* NaN: none */
     int64_t counts[4];
@@ -394,6 +406,8 @@ static int parse_value(const unsigned char *buf, Py_ssize_t n, double limit, dou
     Cursor c = {buf, buf + n};
     unsigned seen = 0;
     ev->pub = NAN;
+    ev->uid = ev->cid = NULL;
+    ev->uid_n = ev->cid_n = 0;
     ev->counts[0] = ev->counts[1] = ev->counts[2] = ev->counts[3] = 0;
     skip_ws(&c);
     if (c.p >= c.end || *c.p != '{')
@@ -423,8 +437,8 @@ static int parse_value(const unsigned char *buf, Py_ssize_t n, double limit, dou
         if (c.p >= c.end)
             return 0;
         switch (f) {
-        case F_VIDEO_ID: {
-            Str s;
+        case F_VIDEO_ID: case F_USER_ID: case F_CHANNEL_ID: {
+            Str s; /* a null user or channel id (absent, leniently) is Python's */
             if (*c.p != '"' || !scan_string(&c, &s) || s.escaped || s.n == 0 ||
                 s.n > MAX_VIDEO_ID_CHARS)
                 return 0;
@@ -433,8 +447,16 @@ static int parse_value(const unsigned char *buf, Py_ssize_t n, double limit, dou
                 k++;
             if (k == s.n)
                 return 0; /* only whitespace */
-            ev->vid = s.s;
-            ev->vid_n = s.n;
+            if (f == F_VIDEO_ID) {
+                ev->vid = s.s;
+                ev->vid_n = s.n;
+            } else if (f == F_USER_ID) {
+                ev->uid = s.s;
+                ev->uid_n = s.n;
+            } else {
+                ev->cid = s.s;
+                ev->cid_n = s.n;
+            }
             break;
         }
         case F_TS:
@@ -568,10 +590,13 @@ static int attr_int64(PyObject *rec, PyObject *name, long long *out) {
 }
 
 /* One record: its row of the outputs, the id slot when accepted. -1 on a Python error. */
-static int parse_one(PyObject *rec, IdTable *table, double limit, Py_ssize_t max_bytes,
-                     long long max_count, double max_future_s, char *st, double *ts, double *pub,
-                     int64_t *counts, Slot **slot_out) {
+static int parse_one(PyObject *rec, IdTable *table, IdTable *channels, double limit,
+                     Py_ssize_t max_bytes, long long max_count, double max_future_s, char *st,
+                     double *ts, double *pub, int64_t *counts, Slot **slot_out, PyObject **user_out,
+                     Slot **channel_out) {
     *slot_out = NULL;
+    *user_out = NULL;
+    *channel_out = NULL;
     *st = ST_PYTHON;
     *ts = 0.0;
     *pub = NAN;
@@ -592,6 +617,21 @@ static int parse_one(PyObject *rec, IdTable *table, double limit, Py_ssize_t max
     if (!attr_int64(rec, s_timestamp, &stamp) || (key = PyObject_GetAttr(rec, s_key)) == NULL ||
         (slot = id_slot(table, ev.vid, ev.vid_n, value, stamp)) == NULL) {
         Py_XDECREF(key);
+        Py_DECREF(value);
+        return -1;
+    }
+    if (ev.uid != NULL) { /* accounts are many: a str each, not interned */
+        *user_out = PyUnicode_New(ev.uid_n, 127);
+        if (*user_out == NULL) {
+            Py_DECREF(key);
+            Py_DECREF(value);
+            return -1;
+        }
+        memcpy(PyUnicode_1BYTE_DATA(*user_out), ev.uid, ev.uid_n);
+    }
+    if (ev.cid != NULL && (*channel_out = id_slot(channels, ev.cid, ev.cid_n, value, 0)) == NULL) {
+        Py_CLEAR(*user_out);
+        Py_DECREF(key);
         Py_DECREF(value);
         return -1;
     }
@@ -639,9 +679,13 @@ static PyObject *parse_records(PyObject *self, PyObject *args) {
     PyObject *offsets = PyBytes_FromStringAndSize(NULL, n * sizeof(int64_t));
     PyObject *vidx = PyBytes_FromStringAndSize(NULL, n * sizeof(int32_t));
     PyObject *arrival = PyDict_New();
+    PyObject *users = PyList_New(n);
+    PyObject *chans = PyList_New(n);
+    Py_ssize_t n_users = 0, n_chans = 0;
     PyObject *result = NULL;
     IdTable table = {NULL, 0, NULL, 0};
-    if (!status || !ids || !ts || !counts || !pub || !offsets || !vidx || !arrival)
+    IdTable channels = {NULL, 0, NULL, 0};
+    if (!status || !ids || !ts || !counts || !pub || !offsets || !vidx || !arrival || !users || !chans)
         goto done;
     if (n > INT32_MAX / 4) {
         PyErr_SetString(PyExc_ValueError, "too many records for one call");
@@ -652,11 +696,14 @@ static PyObject *parse_records(PyObject *self, PyObject *args) {
         cap <<= 1;
     table.slots = PyMem_Calloc(cap, sizeof(Slot));
     table.order = PyMem_Calloc(n + 1, sizeof(Slot *));
-    if (table.slots == NULL || table.order == NULL) {
+    channels.slots = PyMem_Calloc(cap, sizeof(Slot));
+    channels.order = PyMem_Calloc(n + 1, sizeof(Slot *));
+    if (table.slots == NULL || table.order == NULL || channels.slots == NULL || channels.order == NULL) {
         PyErr_NoMemory();
         goto done;
     }
     table.mask = cap - 1;
+    channels.mask = cap - 1;
     char *st = PyBytes_AS_STRING(status);
     double *ts_out = (double *)PyBytes_AS_STRING(ts);
     int64_t *counts_out = (int64_t *)PyBytes_AS_STRING(counts);
@@ -670,15 +717,25 @@ static PyObject *parse_records(PyObject *self, PyObject *args) {
         if (!attr_int64(items[i], s_offset, &offset))
             goto done;
         off_out[i] = offset;
-        Slot *slot;
-        int got = parse_one(items[i], &table, limit, max_bytes, max_count, max_future_s, st + i,
-                            ts_out + i, pub_out + i, counts_out + 4 * i, &slot);
+        Slot *slot, *chan;
+        PyObject *user;
+        int got = parse_one(items[i], &table, &channels, limit, max_bytes, max_count, max_future_s,
+                            st + i, ts_out + i, pub_out + i, counts_out + 4 * i, &slot, &user, &chan);
         if (got < 0)
             goto done;
         vidx_out[i] = got ? slot->index : -1;
         PyObject *id = got ? slot->str : Py_None;
         Py_INCREF(id);
         PyList_SET_ITEM(ids, i, id);
+        if (user != NULL)
+            n_users++;
+        else
+            user = Py_NewRef(Py_None);
+        PyList_SET_ITEM(users, i, user); /* steals the new reference */
+        PyObject *c = chan != NULL ? chan->str : Py_None;
+        if (chan != NULL)
+            n_chans++;
+        PyList_SET_ITEM(chans, i, Py_NewRef(c));
     }
     for (Py_ssize_t k = 0; k < table.count; k++) {
         Slot *slot = table.order[k];
@@ -691,16 +748,20 @@ static PyObject *parse_records(PyObject *self, PyObject *args) {
         }
         Py_DECREF(t);
     }
-    result = PyTuple_Pack(8, status, ids, ts, counts, pub, offsets, vidx, arrival);
+    result = PyTuple_Pack(10, status, ids, ts, counts, pub, offsets, vidx, arrival,
+                          n_users ? users : Py_None, n_chans ? chans : Py_None);
 done:
-    if (table.slots != NULL) {
-        for (Py_ssize_t k = 0; k < table.count; k++) {
-            Py_DECREF(table.order[k]->str);
-            Py_DECREF(table.order[k]->owner);
+    for (int t = 0; t < 2; t++) {
+        IdTable *tb = t == 0 ? &table : &channels;
+        if (tb->slots != NULL) {
+            for (Py_ssize_t k = 0; k < tb->count; k++) {
+                Py_DECREF(tb->order[k]->str);
+                Py_DECREF(tb->order[k]->owner);
+            }
+            PyMem_Free(tb->slots);
         }
-        PyMem_Free(table.slots);
+        PyMem_Free(tb->order);
     }
-    PyMem_Free(table.order);
     Py_XDECREF(status);
     Py_XDECREF(ids);
     Py_XDECREF(ts);
@@ -709,6 +770,8 @@ done:
     Py_XDECREF(offsets);
     Py_XDECREF(vidx);
     Py_XDECREF(arrival);
+    Py_XDECREF(users);
+    Py_XDECREF(chans);
     Py_DECREF(seq);
     return result;
 }
@@ -716,7 +779,7 @@ done:
 static PyMethodDef methods[] = {
     {"parse_records", parse_records, METH_VARARGS,
      "parse_records(records, now, max_bytes, max_count, max_future_s) -> (status, video_ids, ts, "
-     "counts, published, offsets, vidx, arrival); see the module source's header."},
+     "counts, published, offsets, vidx, arrival, users, channels); see the module source's header."},
     {NULL, NULL, 0, NULL},
 };
 

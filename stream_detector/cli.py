@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--explain", action="store_true", help="add the explanation and threshold to each line")
     s.add_argument("--target-fpr", type=_rate, default=None,
                    help="share of organic videos to flag, from the model's offline operating points "
-                        "(default: the model's calibrated offline threshold)")
+                        "(default: the model's default target, the stream's DETECTOR_TARGET_FPR default)")
 
     sub.add_parser("worker", help="run a worker (embedded broker/Redis when none configured)")
 

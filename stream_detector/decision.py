@@ -85,6 +85,7 @@ class VideoDecisionState:
     status: str | None = None  # its status
     generation: int = 0  # flags withdrawn so far (a later flag gets a fresh id)
     burst_hours: list[int] = field(default_factory=list)  # hours flagged by the immediate path
+    burst_minutes: list[int] = field(default_factory=list)  # the minutes of the last bursts (epoch minutes)
     published_hours: int = 0
     published_patterns: tuple[str, ...] = ()
     published_severity: str = "low"
@@ -200,6 +201,23 @@ def _recurring(vs: VideoScore, windows: list[FlaggedWindow]) -> list[FlaggedWind
             for w in windows]
 
 
+BURST_MINUTES_KEPT = 16
+
+
+def scheduled(minutes: list[int]) -> bool:
+    """Immediate-path bursts on a schedule (a panel's scheduled delivery, every 15 min to 6 h):
+    at least three, at the same minute of the hour (+-1), or at one interval of at least 15
+    minutes (+-2). A real audience's bursts come when something happens, not by the clock."""
+    if len(minutes) < 3:
+        return False
+    m = sorted(minutes)[-6:]
+    gaps = np.diff(m)
+    regular = gaps.min() >= 15 and (gaps.max() - gaps.min()) <= 4
+    of_hour = np.array([x % 60 for x in m])
+    same_minute = (np.abs(((of_hour - of_hour[-1]) + 30) % 60 - 30) <= 1).sum() >= 3
+    return bool(regular or same_minute)
+
+
 def _grow(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """``seed`` hours extended over consecutive ``allowed`` neighbours (both directions)."""
     span = seed.copy()
@@ -258,19 +276,26 @@ class StreamDecision:
             # name more side patterns and flag more organic hours: measured, not taken)
             windows = vs.windows_where(_grow(hot, p >= th.extent))
         burst_hours = list(state.burst_hours)
+        burst_minutes = list(state.burst_minutes)
         fired = self.fires(burst)
         if fired:
             hour = burst.minute // 60
             windows.append(FlaggedWindow(hour, hour + 1, burst.evidence, burst.metrics, ("spike",)))
             if hour not in burst_hours:
                 burst_hours.append(hour)
+            if burst.minute not in burst_minutes:
+                burst_minutes = sorted([*burst_minutes, burst.minute])[-BURST_MINUTES_KEPT:]
         if windows:
             merged = merge_windows_objects(state.windows if state.active else [], windows)
             # what is known now about earlier flagged hours replaces what was known then
             merged = _recurring(vs, [w if w.start_hour in burst_hours else vs.relabel(w) for w in merged])
+            if scheduled(burst_minutes):
+                merged = [replace(w, patterns=("scheduled_bursts",)) if w.start_hour in burst_hours else w
+                          for w in merged]
             score = max(max(w.score for w in windows), state.score if state.active else 0.0)
             sev = severity(score, th.publish)
             cause = "burst" if fired else "hourly"
+            state = replace(state, burst_minutes=burst_minutes)
             if not state.active:
                 return self._publish(state, merged, score, sev, "new", vs.video_id, burst_hours, cause)
             if _material(state, merged, sev):

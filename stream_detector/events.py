@@ -60,6 +60,10 @@ REASONS: dict[str, str] = {
     "missing_video_id": "no video_id field (or null)",
     "bad_video_id": "video_id is not a non-empty string of at most 256 characters that encodes as "
     "UTF-8 (a lone surrogate such as \\ud800 is valid JSON but no valid key)",
+    "bad_user_id": "user_id (event 1.1, optional) is not a non-empty string of at most 256 characters, "
+    "not only whitespace, that encodes as UTF-8",
+    "bad_channel_id": "channel_id (event 1.1, optional) is not a non-empty string of at most 256 "
+    "characters, not only whitespace, that encodes as UTF-8",
     "bad_count": "a metric is not an int >= 0 (string, bool, float with a fraction, negative)",
     "absurd_count": "a metric is larger than max_count_per_event",
     "bad_timestamp": "ts missing, unparsable, not finite, or before 2000-01-01",
@@ -89,6 +93,8 @@ class Event(msgspec.Struct, frozen=True, gc=False):
     published_at: float | None = None
     category: str | None = None
     region: str | None = None
+    user_id: str | None = None  # event 1.1: the account whose action(s) this is
+    channel_id: str | None = None  # event 1.1: the video's channel (creator)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +156,8 @@ def _duplicate_field(raw: bytes) -> str | None:
     c = raw.count  # unrolled: this runs on every record, a generator costs a third more
     if not (c(b'"video_id"') > 1 or c(b'"ts"') > 1 or c(b'"views"') > 1 or c(b'"likes"') > 1
             or c(b'"comments"') > 1 or c(b'"shares"') > 1 or c(b'"published_at"') > 1
-            or c(b'"category"') > 1 or c(b'"region"') > 1 or b"\\u" in raw):
+            or c(b'"category"') > 1 or c(b'"region"') > 1 or c(b'"user_id"') > 1
+            or c(b'"channel_id"') > 1 or b"\\u" in raw):
         return None
     seen: list[str] = []
 
@@ -181,6 +188,8 @@ class _WireEvent(msgspec.Struct):
     published_at: float | str | None | msgspec.UnsetType = msgspec.UNSET
     category: str | None | msgspec.UnsetType = msgspec.UNSET
     region: str | None | msgspec.UnsetType = msgspec.UNSET
+    user_id: str | msgspec.UnsetType = msgspec.UNSET
+    channel_id: str | msgspec.UnsetType = msgspec.UNSET
 
 
 def _given_twice(w: _WireEvent, raw: bytes) -> bool:
@@ -194,7 +203,9 @@ def _given_twice(w: _WireEvent, raw: bytes) -> bool:
             or (w.comments != _ABSENT and c(b'"comments"') > 1) or (w.shares != _ABSENT and c(b'"shares"') > 1)
             or (w.published_at is not msgspec.UNSET and c(b'"published_at"') > 1)
             or (w.category is not msgspec.UNSET and c(b'"category"') > 1)
-            or (w.region is not msgspec.UNSET and c(b'"region"') > 1))
+            or (w.region is not msgspec.UNSET and c(b'"region"') > 1)
+            or (w.user_id is not msgspec.UNSET and c(b'"user_id"') > 1)
+            or (w.channel_id is not msgspec.UNSET and c(b'"channel_id"') > 1))
 
 
 _decode_wire = msgspec.json.Decoder(_WireEvent).decode
@@ -209,7 +220,9 @@ def parse_event(
     if got is not None:
         w, ts, pub, counts = got
         return Event(w.video_id, ts, counts, pub, w.category if type(w.category) is str else None,
-                     w.region if type(w.region) is str else None)
+                     w.region if type(w.region) is str else None,
+                     w.user_id if w.user_id is not msgspec.UNSET else None,
+                     w.channel_id if w.channel_id is not msgspec.UNSET else None)
     return validate_event(raw, now=now, max_bytes=max_bytes, max_count=max_count, max_future_s=max_future_s)
 
 
@@ -222,6 +235,8 @@ class EventColumns:
     ts: np.ndarray  # (n,) float64, epoch seconds
     counts: np.ndarray  # (n, 4) int64, METRICS order
     published: list[tuple[int, float]]  # (row, published_at) of the rows that carry one
+    user_ids: list[str | None] | None = None  # event 1.1, per row; None: no row has one
+    channel_ids: list[str | None] | None = None  # event 1.1, per row; None: no row has one
     _groups: VideoGroups | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -236,9 +251,13 @@ class EventColumns:
 
     @classmethod
     def of_events(cls, events: Sequence[Event]) -> EventColumns:
+        users = [e.user_id for e in events]
+        channels = [e.channel_id for e in events]
         return cls([e.video_id for e in events], np.array([e.ts for e in events], dtype=np.float64),
                    np.array([e.counts for e in events], dtype=np.int64).reshape(len(events), len(METRICS)),
-                   [(k, e.published_at) for k, e in enumerate(events) if e.published_at is not None])
+                   [(k, e.published_at) for k, e in enumerate(events) if e.published_at is not None],
+                   users if any(u is not None for u in users) else None,
+                   channels if any(c is not None for c in channels) else None)
 
     @classmethod
     def concat(cls, parts: Sequence[EventColumns]) -> EventColumns:
@@ -251,14 +270,25 @@ class EventColumns:
         for part in parts:
             published.extend((len(ids) + k, p) for k, p in part.published)
             ids.extend(part.video_ids)
-        return cls(ids, np.concatenate([p.ts for p in parts]), np.concatenate([p.counts for p in parts]), published)
+
+        def joined(name: str) -> list | None:
+            if all(getattr(p, name) is None for p in parts):
+                return None
+            return [x for p in parts for x in (getattr(p, name) or [None] * len(p))]
+
+        return cls(ids, np.concatenate([p.ts for p in parts]), np.concatenate([p.counts for p in parts]), published,
+                   joined("user_ids"), joined("channel_ids"))
 
     def take(self, rows: Sequence[int] | np.ndarray) -> EventColumns:
         """The given rows, in that order."""
         rows = np.asarray(rows, dtype=np.int64)
-        at = {r: k for k, r in enumerate(rows.tolist())}
-        return EventColumns([self.video_ids[r] for r in rows.tolist()], self.ts[rows], self.counts[rows],
-                            [(at[r], p) for r, p in self.published if r in at])
+        lst = rows.tolist()
+        at = {r: k for k, r in enumerate(lst)}
+        users, channels = self.user_ids, self.channel_ids
+        return EventColumns([self.video_ids[r] for r in lst], self.ts[rows], self.counts[rows],
+                            [(at[r], p) for r, p in self.published if r in at],
+                            None if users is None else [users[r] for r in lst],
+                            None if channels is None else [channels[r] for r in lst])
 
 
 @dataclass
@@ -333,7 +363,7 @@ def parse_records(records: Sequence, *, now: float, max_bytes: int, max_count: i
     is ``internal_error``: it never stops the batch."""
     n = len(records)
     if _fastparse is not None:
-        status, ids, ts_b, counts_b, pub_b, off_b, _vidx, arrival = _fastparse.parse_records(
+        status, ids, ts_b, counts_b, pub_b, off_b, _vidx, arrival, users, channels = _fastparse.parse_records(
             records, now, max_bytes, max_count, float(max_future_s))
         st = np.frombuffer(status, dtype=np.uint8)
         ts = np.frombuffer(ts_b, dtype=np.float64)
@@ -348,6 +378,7 @@ def parse_records(records: Sequence, *, now: float, max_bytes: int, max_count: i
         counts = np.zeros((n, len(METRICS)), dtype=np.int64)
         offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
         python = range(n)
+        users = channels = None
     rejected: list[tuple[int, Rejection]] = []
     if python:
         st, ts, counts, pub = st.copy(), ts.copy(), counts.copy(), pub.copy()  # writable
@@ -367,18 +398,40 @@ def parse_records(records: Sequence, *, now: float, max_bytes: int, max_count: i
             ids[i], ts[i], counts[i] = vid, event.ts, event.counts
             if event.published_at is not None:
                 pub[i] = event.published_at
+            if event.user_id is not None:
+                users = users if users is not None else [None] * n
+                users[i] = event.user_id
+            if event.channel_id is not None:
+                channels = channels if channels is not None else [None] * n
+                channels[i] = event.channel_id
             st[i] = _ST_KEY_MISMATCH if rec.key is not None and rec.key != vid.encode() else 0
             if rec.timestamp > arrival.get(vid, 0):
                 arrival[vid] = rec.timestamp
     if rejected:
         rows = np.flatnonzero((st & _ST_PYTHON) == 0)
-        video_ids = [ids[i] for i in rows.tolist()]
+        keep = rows.tolist()
+        video_ids = [ids[i] for i in keep]
+        users = None if users is None else [users[i] for i in keep]
+        channels = None if channels is None else [channels[i] for i in keep]
         ts, counts, pub, offsets, st = ts[rows], counts[rows], pub[rows], offsets[rows], st[rows]
     else:
         rows, video_ids = np.arange(n, dtype=np.int64), ids
     published = [(k, float(pub[k])) for k in np.flatnonzero(~np.isnan(pub)).tolist()]
-    return ParsedRecords(rows, EventColumns(video_ids, ts, counts, published), offsets,
+    return ParsedRecords(rows, EventColumns(video_ids, ts, counts, published, users, channels), offsets,
                          (st & _ST_KEY_MISMATCH) > 0, arrival, rejected)
+
+
+def _good_id(value: object) -> bool:
+    """An id of the contract (video_id, and event 1.1's user_id and channel_id): a non-empty
+    string of at most 256 characters, not only whitespace, encodable as UTF-8."""
+    if type(value) is not str or not value or len(value) > MAX_VIDEO_ID_CHARS or value.isspace():
+        return False
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: valid JSON, no valid Redis key or Kafka header
+            return False
+    return True
 
 
 def _typed(raw: bytes, now: float, max_bytes: int, max_count: int, max_future_s: float
@@ -391,14 +444,11 @@ def _typed(raw: bytes, now: float, max_bytes: int, max_count: int, max_future_s:
         w = _decode_wire(raw)
     except _WIRE_ERRORS:
         return None
-    vid = w.video_id
-    if not vid or len(vid) > MAX_VIDEO_ID_CHARS or vid.isspace():
+    if not _good_id(w.video_id):
         return None
-    if not vid.isascii():
-        try:
-            vid.encode("utf-8")
-        except UnicodeEncodeError:
-            return None
+    if (w.user_id is not msgspec.UNSET and not _good_id(w.user_id)) or (
+            w.channel_id is not msgspec.UNSET and not _good_id(w.channel_id)):
+        return None
     c = (w.views if w.views > 0 else 0, w.likes if w.likes > 0 else 0,
          w.comments if w.comments > 0 else 0, w.shares if w.shares > 0 else 0)
     if max(c) > max_count:
@@ -452,17 +502,10 @@ def validate_event(
     get = obj.get
 
     vid = get("video_id")
-    if type(vid) is not str or not vid or len(vid) > MAX_VIDEO_ID_CHARS:
-        if vid is None:
-            return Rejection("missing_video_id", "no video_id")
+    if vid is None:
+        return Rejection("missing_video_id", "no video_id")
+    if not _good_id(vid):
         return Rejection("bad_video_id", f"video_id={_short(vid)}")
-    if vid.isspace():
-        return Rejection("bad_video_id", "video_id is only whitespace")
-    if not vid.isascii():
-        try:
-            vid.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: valid JSON, no valid Redis key or Kafka header
-            return Rejection("bad_video_id", f"video_id={_short(vid)} is not encodable as UTF-8")
 
     # Fast path: all four metrics are plain ints (or absent) within range.
     c = (get("views", 0), get("likes", 0), get("comments", 0), get("shares", 0))
@@ -507,6 +550,12 @@ def validate_event(
         if pub > ts + max_future_s:
             return Rejection("bad_published_at", f"published_at={_short(pub_raw)} is after the event's ts")
 
+    ids = {}
+    for name in ("user_id", "channel_id"):  # event 1.1, optional; a null is absent
+        value = get(name)
+        if value is not None and not _good_id(value):
+            return Rejection(f"bad_{name}", f"{name}={_short(value)}")
+        ids[name] = value
     cat = get("category")
     reg = get("region")
     return Event(
@@ -516,6 +565,8 @@ def validate_event(
         pub,
         cat if type(cat) is str else None,
         reg if type(reg) is str else None,
+        ids["user_id"],
+        ids["channel_id"],
     )
 
 

@@ -9,6 +9,11 @@ Version 1.1 (additive over 1.0): ``status`` may be ``"withdrawn"`` (the evidence
 video's flag no longer holds: the record repeats the withdrawn windows), and every record
 carries ``organic_rate``, the estimated share of organic videos the stream flags at a
 publish threshold equal to this record's score (null when the model has no operating points).
+
+Version 1.2 (additive over 1.1): window ``patterns`` may name what panels sell
+(``PATTERN_ORDER``: ``drip_feed``, ``shift_hours``, ``scheduled_bursts``,
+``coordinated_accounts``), and a record may carry ``accounts`` (who engaged in the flagged
+hours, when events carry ``user_id``).
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from stream_detector.models import ModelArtifact
-from stream_detector.scoring import FlaggedWindow, VideoScore
+from stream_detector.patterns import PATTERNS
+from stream_detector.scoring import FlaggedWindow
 from stream_detector.series import hour_of
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 METRIC_ORDER = ("views", "likes", "comments", "shares")
-PATTERN_ORDER = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")
+# every name a window can carry: the hour detectors (patterns.PATTERNS), minute bursts on a
+# schedule (decision.scheduled) and engagement carried by flagged accounts
+PATTERN_ORDER = (*PATTERNS, "scheduled_bursts", "coordinated_accounts")
 SCHEMA_PATH = Path(__file__).resolve().parent / "flag.schema.json"
 
 
@@ -126,34 +134,6 @@ def build_record(
         "organic_rate": None if rate is None else round(float(rate), 5),
         "windows": [w.to_dict() for w in published.windows],
         "explanation": explanation[:500] or "no explanation",
-        "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
-        "watermark": iso(watermark),
-        "detected_at": iso(detected_at),
-    }
-
-
-def build_flag(
-    vs: VideoScore,
-    model: ModelArtifact,
-    *,
-    watermark: float,
-    detected_at: float,
-    status: str = "new",
-    windows: list[FlaggedWindow] | None = None,
-) -> dict:
-    """The flag for a scored video; ``windows`` (default: the current ones) are its hours."""
-    windows = vs.windows if windows is None else windows
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "flag_id": flag_id(vs.video_id, windows),
-        "video_id": vs.video_id,
-        "score": round(float(vs.score), 4),
-        "threshold": round(float(vs.threshold), 4),
-        "severity": severity(vs.score, vs.threshold),
-        "status": status,
-        "organic_rate": model.organic_rate(vs.score),
-        "windows": [w.to_dict() for w in windows],
-        "explanation": vs.explanation[:500],
         "model": {"name": model.name, "version": model.version, "sha256": model.sha256},
         "watermark": iso(watermark),
         "detected_at": iso(detected_at),

@@ -33,6 +33,7 @@ REQUIRED_METADATA: tuple[str, ...] = (
 )
 INPUT_NAME = "features"
 OUTPUT_NAME = "hour_score"
+LEGACY_PATTERNS = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")  # combiner 1.0
 
 
 def inference_threads() -> int:
@@ -61,10 +62,19 @@ class Combiner:
 
     @classmethod
     def from_dict(cls, d: dict) -> Combiner:
+        """Weights are matched to the detectors by name: a model fitted before a detector existed
+        gives it weight 0 (it scores as it did); one naming a detector this runtime lacks is
+        refused. Artifacts without names carry the first five, in order."""
         weights = [float(w) for w in d["pattern_weights"]]
-        if len(weights) != len(PATTERNS):
-            raise ModelError(f"combiner has {len(weights)} pattern weights, expected {len(PATTERNS)}")
-        return cls(float(d["bias"]), float(d["model_weight"]), weights, float(d["hour_threshold"]))
+        names = list(d.get("patterns") or LEGACY_PATTERNS)
+        if len(weights) != len(names):
+            raise ModelError(f"combiner has {len(weights)} pattern weights for {len(names)} patterns")
+        unknown = sorted(set(names) - set(PATTERNS))
+        if unknown:
+            raise ModelError(f"combiner weighs pattern detectors this runtime does not have: {', '.join(unknown)}")
+        by_name = dict(zip(names, weights, strict=True))
+        return cls(float(d["bias"]), float(d["model_weight"]), [by_name.get(p, 0.0) for p in PATTERNS],
+                   float(d["hour_threshold"]))
 
     def to_dict(self) -> dict:
         return {
@@ -76,7 +86,7 @@ class Combiner:
         }
 
     def hour_probability(self, model_score: np.ndarray, evidence: np.ndarray) -> np.ndarray:
-        """model_score (N, W), evidence (N, 5, W) -> (N, W) in [0, 1]."""
+        """model_score (N, W), evidence (N, len(PATTERNS), W) -> (N, W) in [0, 1]."""
         z = self.bias + self.model_weight * model_score
         z = z + np.einsum("p,npw->nw", np.asarray(self.pattern_weights), evidence)
         return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
@@ -109,10 +119,14 @@ class ModelArtifact:
         return self.stream_curve.threshold_for(target_fpr or self.default_target_fpr)
 
     def offline_threshold(self, target_fpr: float | None = None) -> float:
-        """The offline CLI's threshold for a target rate (None: the calibrated ``threshold``)."""
-        if target_fpr is None or self.offline_curve is None:
+        """The offline CLI's threshold for a target organic flag rate (None: the model's default
+        target, the stream's too): both curves are measured on the same validation videos, so a
+        target means the same share of organic videos in the CLI (one decision per video) and in
+        the stream (ever flagged). A model without an offline curve has its calibrated
+        ``threshold`` only."""
+        if self.offline_curve is None:
             return self.threshold
-        return self.offline_curve.threshold_for(target_fpr)
+        return self.offline_curve.threshold_for(target_fpr or self.default_target_fpr)
 
     def organic_rate(self, score: float, *, stream: bool = True) -> float | None:
         """Estimated share of organic videos flagged at a threshold equal to ``score``."""

@@ -24,7 +24,8 @@ import numpy as np
 from stream_detector import signals as sig
 from stream_detector.signals import Signals
 
-PATTERNS: tuple[str, ...] = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")
+PATTERNS: tuple[str, ...] = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly", "drip_feed",
+                             "shift_hours")
 LOCKSTEP_HOURS = 12
 RATIO_HOURS = 3
 
@@ -33,8 +34,8 @@ RATIO_HOURS = 3
 class PatternEvidence:
     """Per-hour evidence in [0, 1] for each pattern, and the metrics each pattern implicates."""
 
-    evidence: np.ndarray  # (N, 5, W)
-    metrics: np.ndarray  # (N, 5, 4, W) bool
+    evidence: np.ndarray  # (N, len(PATTERNS), W)
+    metrics: np.ndarray  # (N, len(PATTERNS), 4, W) bool
     baseline: np.ndarray  # (N, 4, W) the video's usual hourly count around each hour
     signals: Signals | None = None
 
@@ -258,7 +259,15 @@ class DecayViolation:
         cells = np.nonzero((now >= 60) & old)  # only these can carry evidence
         rise = np.log1p(now[cells]) - np.log1p(before[cells])  # vs the same stretch a day earlier
         per_metric = np.zeros(now.shape)
-        per_metric[cells] = _sigmoid(4.0 * (rise - 0.5)) * lagging_cells(now, before, rise, phi, cells)
+        lag = lagging_cells(now, before, rise, phi, cells)
+        # a revival without conversation: no comment and no share at all in the 12 hours where
+        # the video's own rates expect at least 6 (P(0) = e^-6 under counting noise alone)
+        tot = (s.counts * s.mask[:, None, :]).sum(axis=-1)
+        conv_rate = (tot[:, 2] + tot[:, 3]) / (tot[:, 0] + tot[:, 1] + 10.0)
+        conv_now = _centred_sums(s.counts[:, 2] + s.counts[:, 3], k + 1)  # sums: a sparse metric's median is 0
+        expected = (now[:, 0] + now[:, 1]) * conv_rate[:, None]
+        silent = ((conv_now == 0) & (expected >= 6.0))[cells[0], cells[2]] & (cells[1] <= 1)
+        per_metric[cells] = _sigmoid(4.0 * (rise - 0.5)) * np.maximum(lag, silent)
         return per_metric.max(axis=1), per_metric >= 0.5
 
 
@@ -335,23 +344,238 @@ class RatioAnomaly:
         own_rate = np.where(k_used >= 6, med, by_total)
         enough = s.history >= self.OWN_RATE_HISTORY
         observed = s.mask > 0
+        # a young upload's conversation is front-loaded (real top posts: comments per like fall
+        # ~2x over the first 14 hours): its early hours may run above its own later rate
+        young = np.exp(-s.age / 6.0) * s.mask
+        drift = {1: np.log1p(0.6 * young), 2: np.log1p(2.0 * young), 3: np.log1p(1.0 * young)}
         for i, m in enumerate((1, 2, 3)):
             expect = views * own_rate[:, i : i + 1]
             dev = np.log((sums[:, m] + 1.0) / (expect + 1.0))
             off = np.abs(dev)
             spread, _ = sig.masked_quantile(off, observed & (expect >= 5), 0.5)  # the median: a long fake is not the norm
-            wide = np.maximum(np.log(4.0), 2.0 * 1.4826 * spread)[:, None]
+            wide = np.maximum(np.log(4.0), 2.0 * 1.4826 * spread)[:, None] + drift[m] * (dev > 0)
             z = (sums[:, m] - expect) / np.sqrt(3.0 * expect + 4.0)
-            far = _sigmoid(3.0 * (off - wide)) * _sigmoid(np.abs(z) - 6.0) * enough
+            # a handful of events is not evidence: an excess needs 12 events beyond the expected
+            counted = (dev < 0) | (sums[:, m] - expect >= 12.0)
+            far = _sigmoid(3.0 * (off - wide)) * _sigmoid(np.abs(z) - 6.0) * enough * counted
             per_metric[:, m] = np.maximum(per_metric[:, m], far)
             per_metric[:, 0] = np.maximum(per_metric[:, 0], far * (dev < 0))
         expected_reactions = views * (own_rate[:, 0:1] + own_rate[:, 1:2])
         silent = (sums[:, 1] + sums[:, 2] == 0) & (views >= 300) & (expected_reactions >= 8) & enough
         per_metric[:, 0] = np.maximum(per_metric[:, 0], silent.astype(float))
+        per_metric[:, 1:3] = np.maximum(per_metric[:, 1:3], self._without_views(s))
+        return per_metric.max(axis=1), per_metric >= 0.5
+
+    @staticmethod
+    def _without_views(s: Signals, hours: int = 24) -> np.ndarray:
+        """(N, 2, W) likes and comments bought without views, sustained: over a day, against the
+        same hours of the previous days, the metric grew far more than views did (beyond its
+        counting noise, by 15 events at least), and did so in most hours of the day (a premiere's
+        live chat is a few hours). Conversation of a young upload falls, it never rises like this."""
+        c = s.counts
+        r = s.earlier if s.earlier is not None else np.zeros_like(c)
+        have = (((s.earlier_days if s.earlier_days is not None else np.zeros_like(s.mask)) > 0)
+                & (s.mask > 0)).astype(np.float64)
+        n = _trailing_sums(have, hours)
+        sc = _trailing_sums(c * have[:, None, :], hours)
+        sr = _trailing_sums(r * have[:, None, :], hours)
+        views_gain = (sc[:, 0] + 5.0) / (sr[:, 0] + 5.0)
+        out = np.zeros((c.shape[0], 2, c.shape[-1]))
+        for k, m in enumerate((1, 2)):
+            expected = views_gain * sr[:, m]
+            excess = sc[:, m] - expected
+            z = excess / np.sqrt(expected * (1.0 + s.dispersion[:, m : m + 1]) + 1.0)
+            per_hour = np.maximum(c[:, m] - views_gain * r[:, m], 0.0)  # views_gain at each hour's own day
+            carried = _trailing_sums(((per_hour > 0.5 * excess / hours) & (have > 0)).astype(float), hours)
+            steady = (views_gain >= 0.6) & (views_gain <= 1.6)  # views as before (not a surge, nor its end)
+            end = (_sigmoid(1.5 * (z - 5.0)) * (excess >= np.maximum(15.0, expected)) * (n >= hours)
+                   * (carried >= 14) * steady)
+            out[:, k] = _trailing_max_to_hours(end, hours)
+        return out
+
+
+def _trailing_sums(x: np.ndarray, size: int) -> np.ndarray:
+    """Sums over the ``size`` hours ending at each hour (fewer at the window's start)."""
+    c = np.cumsum(x, axis=-1)
+    out = c.copy()
+    out[..., size:] -= c[..., :-size]
+    return out
+
+
+@dataclass
+class AdditiveFit:
+    """Each 24 hours ending at an hour, fitted as ``count = g * earlier + a`` per metric
+    (``earlier``: the same hours on previous days, ``signals.previous_days``). An audience
+    changes multiplicatively (``g``: more or fewer people, at the same rhythm); a delivery adds
+    a rate of its own (``a``), night and day alike or in a block of hours. The fit needs a
+    day with a rhythm to fit on (``contrast``)."""
+
+    g: np.ndarray  # (N, 4, W)
+    a: np.ndarray  # (N, 4, W) the additive rate per hour
+    z: np.ndarray  # (N, 4, W) a over its standard error (residual spread, at least counting noise)
+    contrast: np.ndarray  # (N, 4, W) the earlier day's rhythm beyond counting noise: sd / mean
+    mean_earlier: np.ndarray  # (N, 4, W)
+    valid: np.ndarray  # (N, 4, W) bool: 24 hours with an earlier day each
+
+    @classmethod
+    def of(cls, s: Signals, hours: int = 24) -> AdditiveFit:
+        c = s.counts
+        r = s.earlier if s.earlier is not None else np.zeros_like(c)
+        v = ((s.earlier_days if s.earlier_days is not None else np.zeros_like(s.mask)) > 0) & (s.mask > 0)
+        vf = np.broadcast_to(v[:, None, :], c.shape).astype(np.float64)
+        n = _trailing_sums(vf, hours)
+        sr, sc = _trailing_sums(r * vf, hours), _trailing_sums(c * vf, hours)
+        srr, src, scc = _trailing_sums(r * r * vf, hours), _trailing_sums(r * c * vf, hours), _trailing_sums(c * c * vf, hours)
+        valid = n >= hours
+        nn = np.maximum(n, 1.0)
+        rbar, cbar = sr / nn, sc / nn
+        var_r = np.maximum(srr / nn - rbar**2, 0.0)
+        cov = src / nn - rbar * cbar
+        g = np.clip(cov / np.maximum(var_r, 1e-9), 0.25, 4.0)
+        a = cbar - g * rbar
+        ss = np.maximum(scc - 2 * g * src - 2 * a * sc + g * g * srr + 2 * g * a * sr + n * a * a, 0.0)
+        sigma2 = np.maximum(ss / np.maximum(n - 2, 1.0), cbar + 1.0)  # never below counting noise
+        se = np.sqrt(sigma2 * (1.0 / nn + rbar**2 / np.maximum(nn * var_r, 1e-9)))
+        rhythm = np.sqrt(np.maximum(var_r - rbar, 0.0))  # beyond the counting noise of the earlier day
+        return cls(g, a, a / se, rhythm / (rbar + 1.0), rbar, valid)
+
+
+class DripFeed:
+    """A constant rate added night and day (panels' drip-feed): against the same hours of the
+    previous days, the video's count is its earlier rhythm times a factor *plus a constant*,
+    which no audience produces (more or fewer people keep their rhythm: the quiet hours grow
+    with the busy ones). The hours of the day whose excess carries the constant are marked."""
+
+    name = "drip_feed"
+    min_history_hours = 48
+    PERSIST = 8
+
+    @staticmethod
+    def _alone(fit: AdditiveFit) -> np.ndarray:
+        return np.maximum(_alone_of(fit, unknown=0.7), 0.35)  # bots holding proportions add every metric
+    def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
+        fit = AdditiveFit.of(s)
+        size = (fit.a >= 0.35 * fit.mean_earlier + 2.0) & (fit.a >= 3.0)
+        end = (_sigmoid(1.5 * (fit.z - 5.0)) * _sigmoid(12.0 * (fit.contrast - 0.3)) * size * fit.valid
+               * (fit.g <= 3.0))
+        # a drip keeps its rate: the day fitted PERSIST hours earlier carries the same constant
+        # (an organic surge grows or decays from one day to the next)
+        lag = self.PERSIST
+        same = np.zeros_like(end)
+        prev_a, prev_z = fit.a[..., :-lag], fit.z[..., :-lag]
+        same[..., lag:] = (np.abs(fit.a[..., lag:] - prev_a) <= 0.35 * fit.a[..., lag:]) & (prev_z >= 4.0)
+        end = end * same * self._alone(fit)
+        per_metric = np.zeros(s.counts.shape)
+        ends = np.nonzero(end >= 0.05)
+        if ends[0].size:
+            r = s.earlier if s.earlier is not None else np.zeros_like(s.counts)
+            i, m, t = ends
+            ev, gg, aa = end[ends], fit.g[ends], fit.a[ends]
+            carries = np.zeros((24, t.size), dtype=bool)  # the hours of each fitted day that carry the rate
+            for k in range(24):
+                h = np.maximum(t - k, 0)
+                carries[k] = s.counts[i, m, h] - gg * r[i, m, h] >= 0.5 * aa
+            floor = carries.sum(axis=0) >= 20  # under (almost) every hour of the day: a floor, not a surge
+            for k in range(24):
+                on = floor & carries[k]
+                np.maximum.at(per_metric, (i[on], m[on], np.maximum(t[on] - k, 0)), ev[on])
         return per_metric.max(axis=1), per_metric >= 0.5
 
 
-DETECTORS = (Spike(), OffpeakBurst(), DecayViolation(), Lockstep(), RatioAnomaly())
+def _alone_of(fit: AdditiveFit, unknown: float) -> np.ndarray:
+    """(N, 4, W) whether a metric's added rate came without the others: another metric that the
+    video's own mix says should have gained >= 2 an hour gained < 30 % of that (an audience,
+    however it grows, brings every metric; a delivery brings what was paid for). ``unknown``
+    where no other metric is big enough to tell."""
+    mix = fit.mean_earlier + 0.5
+    out = np.zeros(fit.a.shape)
+    testable = np.zeros(fit.a.shape, dtype=bool)
+    m = fit.a.shape[1]
+    for k in range(m):
+        for o in range(m):
+            if o == k:
+                continue
+            expected = np.maximum(fit.a[:, k], 0.0) * mix[:, o] / mix[:, k]
+            can = expected >= 2.0
+            testable[:, k] |= can
+            out[:, k] = np.maximum(out[:, k], can & (fit.a[:, o] < 0.3 * expected))
+    return np.where(testable, out, unknown)
+
+
+class ShiftHours:
+    """A block of 5-14 hours a day with a rate of its own and sharp edges (a farm's shift, in
+    its own time zone), against the same hours of the previous days: the rest of the day
+    keeps the video's rhythm, the block's hours gain a flat excess that starts and stops at
+    once, where an organic surge rises, peaks and decays."""
+
+    name = "shift_hours"
+    min_history_hours = 48
+
+    def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
+        c = s.counts
+        r = s.earlier if s.earlier is not None else np.zeros_like(c)
+        have = ((s.earlier_days if s.earlier_days is not None else np.zeros_like(s.mask)) > 0) & (s.mask > 0)
+        ratio = np.where(have[:, None, :], np.log1p(c) - np.log1p(r), np.nan)
+        g = np.exp(np.nan_to_num(_rolling_nanmedian(ratio, 25), nan=0.0))  # the day's multiplicative change
+        expected = g * r
+        e = c - expected
+        z = e / np.sqrt(expected * (1.0 + s.dispersion[:, :, None] * expected) + 1.0)
+        hot = (z >= 2.5) & (e >= 3.0) & have[:, None, :]
+        per_metric = np.zeros(c.shape)
+        rows = np.nonzero(hot.any(axis=-1))
+        for i, m in zip(*rows, strict=True):
+            runs_s, runs_l = _runs(hot[i, m])
+            for a, length in zip(runs_s.tolist(), runs_l.tolist(), strict=True):
+                if not 5 <= length <= 14:
+                    continue
+                block = e[i, m, a : a + length]
+                before = z[i, m, a - 1] if a >= 1 else 0.0
+                after = z[i, m, a + length] if a + length < c.shape[-1] else 0.0
+                flat = block.min() >= 0.35 * block.max() and block[0] >= 0.5 * np.median(block)
+                if not (flat and before < 1.0 and after < 1.0):
+                    continue
+                big = block.mean() >= max(0.5 * (r[i, m, a : a + length].mean() + 1.0), 3.0)
+                if big:
+                    per_metric[i, m, a : a + length] = 0.9 * self._alone(e[i, :, a : a + length], r[i], m)
+        return per_metric.max(axis=1), per_metric >= 0.5
+
+
+    @staticmethod
+    def _alone(excess: np.ndarray, earlier: np.ndarray, m: int) -> float:
+        """1 when another metric that the video's mix says should have followed the block's
+        excess (>= 2 an hour) gained < 30 % of it; 0.6 when none is big enough to tell."""
+        mix = earlier.mean(axis=1) + 0.5
+        gain = excess.mean(axis=1)
+        expected = max(gain[m], 0.0) * mix / mix[m]
+        others = [o for o in range(len(mix)) if o != m and expected[o] >= 2.0]
+        if not others:
+            return 0.6
+        return 1.0 if any(gain[o] < 0.3 * expected[o] for o in others) else 0.0
+
+
+def _trailing_max_to_hours(end: np.ndarray, hours: int) -> np.ndarray:
+    """Evidence of the days ending at each hour -> per hour, the max over the days covering it."""
+    start = np.zeros_like(end)
+    start[..., : end.shape[-1] - hours + 1] = end[..., hours - 1 :]  # by the day's first hour
+    return _spread(start, hours)
+
+
+def _rolling_nanmedian(x: np.ndarray, size: int) -> np.ndarray:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    half = size // 2
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(half, half)], constant_values=np.nan)
+    return sig.nan_median(sliding_window_view(padded, size, axis=-1))
+
+
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m = np.concatenate([[False], mask.astype(bool), [False]])
+    d = np.diff(m.astype(np.int8))
+    starts = np.flatnonzero(d == 1)
+    return starts, np.flatnonzero(d == -1) - starts
+
+
+DETECTORS = (Spike(), OffpeakBurst(), DecayViolation(), Lockstep(), RatioAnomaly(), DripFeed(), ShiftHours())
 assert tuple(d.name for d in DETECTORS) == PATTERNS
 
 

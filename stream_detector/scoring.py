@@ -133,13 +133,17 @@ class VideoScore:
 # How specific each pattern's evidence is of its own cause (several detectors react to one
 # bought cause: a one-metric spike shifts that hour's mix, a step is also a plateau, a nightly
 # burst is also a jump), and how plausible a window's length is for it.
-_SPECIFICITY = {"lockstep": 1.3, "offpeak_burst": 1.2, "spike": 1.0, "decay_violation": 1.0, "ratio_anomaly": 0.9}
+_SPECIFICITY = {"lockstep": 1.3, "offpeak_burst": 1.2, "spike": 1.0, "decay_violation": 1.0, "ratio_anomaly": 0.9,
+                "drip_feed": 1.25, "shift_hours": 1.25}
 _SIDE_EFFECTS = {
     "spike": {"ratio_anomaly"},
     "offpeak_burst": {"spike", "ratio_anomaly"},
-    "lockstep": {"ratio_anomaly", "decay_violation", "spike"},
+    "lockstep": {"ratio_anomaly", "decay_violation", "spike", "drip_feed"},
     "decay_violation": {"ratio_anomaly", "spike"},
     "ratio_anomaly": {"spike", "decay_violation"},
+    # a rate added night and day also lifts a decayed video and shifts its mix
+    "drip_feed": {"ratio_anomaly", "decay_violation", "spike", "offpeak_burst", "lockstep"},
+    "shift_hours": {"ratio_anomaly", "decay_violation", "spike", "offpeak_burst", "drip_feed"},
 }
 
 
@@ -150,6 +154,10 @@ def _length_fit(pattern: str, length: int) -> float:
         return 1.0 if length <= 4 else 0.6
     if pattern in ("decay_violation", "lockstep"):
         return 1.0 if length >= 6 else 0.6
+    if pattern == "drip_feed":
+        return 1.0 if length >= 12 else 0.6
+    if pattern == "shift_hours":
+        return 1.0 if 5 <= length <= 14 else 0.6
     return 1.0 if length >= 4 else 0.7  # ratio_anomaly: a mix that stays off (one odd hour is a spike's)
 
 
@@ -238,7 +246,10 @@ class Scorer:
     def __init__(self, model: HourModel, threshold: float | None = None) -> None:
         self.model = model
         self.window = model.window_hours
-        self.threshold = model.threshold if threshold is None else float(threshold)  # the offline verdict
+        # the offline verdict's threshold: the artifact's offline operating point at its default
+        # target (the stream's target too: one calibration story), else its calibrated threshold
+        default = model.offline_threshold() if hasattr(model, "offline_threshold") else model.threshold
+        self.threshold = default if threshold is None else float(threshold)
 
     # -- the per-hour core, shared by training and serving ---------------------------------
     def components(self, counts: np.ndarray, starts: np.ndarray, pubs: np.ndarray) -> HourScores:

@@ -67,6 +67,11 @@ def hour_start_iso(hour: int) -> str:
     return np.datetime64(int(hour) * SECONDS_PER_HOUR, "s").astype(str) + "Z"
 
 
+def minute_iso(minute: int) -> str:
+    """ISO-8601 UTC timestamp of the start of an epoch minute, e.g. '2026-11-25T03:07:00Z'."""
+    return np.datetime64(int(minute) * 60, "s").astype(str) + "Z"
+
+
 class InputError(ValueError):
     """An input file or row the offline tools cannot use; the message is one clear line."""
 

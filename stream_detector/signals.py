@@ -157,6 +157,25 @@ def dispersion(counts: np.ndarray, mask: np.ndarray, baseline: np.ndarray,
     return weight * own + (1.0 - weight) * DISPERSION_PRIOR
 
 
+def previous_days(counts: np.ndarray, mask: np.ndarray, days: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4, W) the median count at the same hour on up to ``days`` previous observed days,
+    and (N, W) how many such days there were (0: no reference, the value is 0). Causal: what
+    the video did before, so a rate added from some hour on stands out against it until it
+    fills most of those days."""
+    n, m, w = counts.shape
+    stack = np.full((days, n, m, w), np.nan)
+    avail = np.zeros((n, w))
+    for k in range(1, days + 1):
+        lag = 24 * k
+        if lag >= w:
+            break
+        seen = mask[:, :-lag] > 0
+        stack[k - 1, :, :, lag:] = np.where(seen[:, None, :], counts[:, :, :-lag], np.nan)
+        avail[:, lag:] += seen
+    ref = np.nan_to_num(nan_median(np.moveaxis(stack, 0, -1)), nan=0.0)
+    return ref, avail
+
+
 @dataclass
 class Signals:
     """What the detectors share for one batch of windows (N videos, 4 metrics, W hours)."""
@@ -176,6 +195,8 @@ class Signals:
     profile: np.ndarray  # (N, 24) daily rhythm by UTC hour of day
     usual: np.ndarray  # (N, W) the profile at each hour
     quiet: np.ndarray  # (N, W) how far below its daily peak the video usually is at this hour
+    earlier: np.ndarray | None = None  # (N, 4, W) the same hour on previous days (``previous_days``)
+    earlier_days: np.ndarray | None = None  # (N, W) how many previous days that is
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -200,6 +221,7 @@ def compute(counts: np.ndarray, start_hours: np.ndarray, published_hours: np.nda
     hod = (start_hours[:, None] + np.arange(w)[None, :]) % 24
     usual = np.take_along_axis(profile, hod, axis=1)
     quiet = profile.max(axis=1, keepdims=True) - usual
+    earlier, earlier_days = previous_days(counts, mask)
     return Signals(
         counts=counts,
         start_hours=start_hours,
@@ -216,4 +238,6 @@ def compute(counts: np.ndarray, start_hours: np.ndarray, published_hours: np.nda
         profile=profile,
         usual=usual,
         quiet=quiet,
+        earlier=earlier,
+        earlier_days=earlier_days,
     )

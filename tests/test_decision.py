@@ -26,7 +26,7 @@ TH = Thresholds(publish=0.8, withdraw=0.4, extent=0.4, burst=0.5, confirm_hours=
 def scored(p: np.ndarray, pattern: str = "spike", end: int = END) -> VideoScore:
     """A scored closed window with hour probabilities ``p`` driven by one pattern's evidence."""
     p = np.asarray(p, dtype=float)
-    ev = np.zeros((5, W))
+    ev = np.zeros((len(PATTERNS), W))
     ev[PATTERNS.index(pattern)] = p
     metrics = np.zeros((4, W), dtype=bool)
     metrics[1] = p > 0.3

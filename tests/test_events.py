@@ -76,6 +76,16 @@ def ok(**fields: object) -> dict:
         (ok(published_at=123), "bad_published_at"),
         (ok(published_at=NOW + 7200), "bad_published_at"),
         (ok(published_at=False), "bad_published_at"),
+        # event 1.1: the account and the channel follow video_id's rules
+        (ok(user_id=""), "bad_user_id"),
+        (ok(user_id="   "), "bad_user_id"),
+        (ok(user_id=7), "bad_user_id"),
+        (ok(user_id="u" * 257), "bad_user_id"),
+        (b'{"video_id": "v1", "ts": 1764039800, "user_id": "\\ud800"}', "bad_user_id"),
+        (ok(channel_id=["c"]), "bad_channel_id"),
+        (ok(channel_id="\t"), "bad_channel_id"),
+        (b'{"video_id": "v1", "ts": 1764039800, "user_id": "a", "user_id": "b"}', "duplicate_field"),
+        (b'{"video_id": "v1", "ts": 1764039800, "channel_id": "a", "channel_id": "a"}', "duplicate_field"),
     ],
 )
 def test_rejections(raw: object, reason: str) -> None:
@@ -101,6 +111,8 @@ def test_every_reason_is_documented_and_late_and_internal_error_are_not_assigned
         "late",
         "internal_error",
         "duplicate_field",
+        "bad_user_id",
+        "bad_channel_id",
     }
     old = parse(ok(ts="2001-01-01T00:00:00Z", likes=1))
     assert isinstance(old, Event)  # lateness is the worker's watermark decision
@@ -216,6 +228,10 @@ def _corpus() -> list[bytes]:
             ev["category"] = rng.choice(["music", 5, None, ["x"]])
         if rng.random() < 0.2:
             ev["extra"] = rng.choice([{"nested": [1, 2, {"a": None}]}, "s", 1.5e300])
+        if rng.random() < 0.4:  # event 1.1
+            ev["user_id"] = rng.choice([f"u{i}", "ü-ser", " spaced ", "u" * 256, None, ""])
+        if rng.random() < 0.3:
+            ev["channel_id"] = rng.choice(["ch-1", f"ch-{i % 7}", "chaîne", None, 3])
         valid.append(json.dumps(ev, ensure_ascii=rng.random() < 0.5).encode())
     mutated = []
     for raw in valid[:300]:
@@ -262,3 +278,14 @@ def test_parse_records_gives_the_same_events_and_rejections_as_parse_event() -> 
     assert cols.ts.tolist() == [e.ts for e in events]
     assert cols.counts.tolist() == [list(e.counts) for e in events]
     assert cols.published == [(k, e.published_at) for k, e in enumerate(events) if e.published_at is not None]
+    assert cols.user_ids == [e.user_id for e in events] and cols.channel_ids == [e.channel_id for e in events]
+    assert any(e.user_id for e in events) and any(e.channel_id for e in events)
+
+
+def test_event_1_1_carries_the_account_and_the_channel_and_1_0_events_stay_as_they_were() -> None:
+    got = parse(ok(likes=1, user_id="acc 7", channel_id="creator-\u00e9"))
+    assert isinstance(got, Event) and got.user_id == "acc 7" and got.channel_id == "creator-\u00e9"
+    plain = parse(ok(views=12))
+    assert isinstance(plain, Event) and plain.user_id is None and plain.channel_id is None
+    null = parse(ok(likes=1, user_id=None))  # a null is absent, as for the other optional fields
+    assert isinstance(null, Event) and null.user_id is None

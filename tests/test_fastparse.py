@@ -48,6 +48,7 @@ def assert_same(a: ParsedRecords, b: ParsedRecords) -> None:
     assert a.columns.ts.tobytes() == b.columns.ts.tobytes()  # bit for bit
     assert a.columns.counts.tolist() == b.columns.counts.tolist()
     assert a.columns.published == b.columns.published
+    assert a.columns.user_ids == b.columns.user_ids and a.columns.channel_ids == b.columns.channel_ids
     assert a.offsets.tolist() == b.offsets.tolist()
     assert a.key_mismatch.tolist() == b.key_mismatch.tolist()
     assert a.arrival == b.arrival
@@ -72,6 +73,7 @@ def test_it_takes_the_plain_events_itself_and_leaves_the_rest_to_python():
         b'{"video_id": "v1", "ts": "2025-11-25T03:00:00Z", "published_at": "2025-11-20T00:00:00.5+02:00"}',
         b' {"ts": 1764039800, "video_id": "a b", "extra": {"n": [1, 2.5e3, true, null, "x\\n"]}} ',
         b'{"video_id": "v1", "ts": 1764039800, "published_at": null, "category": null}',
+        b'{"video_id": "v1", "ts": 1764039800, "likes": 1, "user_id": "acc 1", "channel_id": "ch"}',  # 1.1
     ]
     lenient_or_bad = [
         b'{"video_id": "v1", "ts": 1764039800, "likes": null}',  # null metric: Python's leniency
@@ -86,6 +88,9 @@ def test_it_takes_the_plain_events_itself_and_leaves_the_rest_to_python():
         b'{"video_id": "v1", "ts": 1764039800}x',
         b'{"video_id": "v1"}',
         b"not json",
+        b'{"video_id": "v1", "ts": 1764039800, "user_id": null}',  # a null account: absent, Python's leniency
+        b'{"video_id": "v1", "ts": 1764039800, "user_id": "  "}',
+        b'{"video_id": "v1", "ts": 1764039800, "channel_id": 3}',
     ]
     assert left_to_python(plain) == [False] * len(plain)
     assert left_to_python(lenient_or_bad) == [True] * len(lenient_or_bad)
@@ -93,7 +98,9 @@ def test_it_takes_the_plain_events_itself_and_leaves_the_rest_to_python():
     assert_same(compiled, python)
     # valid, by Python's leniencies: a null metric, 3.0, an escaped or non-ASCII id, a non-string
     # category, NaN in an unknown field (json takes it), a time without seconds
-    assert compiled.rows.tolist() == [*range(len(plain) + 2), *range(len(plain) + 4, len(plain) + 9)]
+    assert compiled.rows.tolist() == [*range(len(plain) + 2), *range(len(plain) + 4, len(plain) + 9),
+                                      len(plain) + 12]
+    assert compiled.columns.user_ids[len(plain) - 1] == "acc 1"
 
 
 def _valid_event(rng: random.Random, i: int) -> dict:
@@ -109,6 +116,10 @@ def _valid_event(rng: random.Random, i: int) -> dict:
         ev["category"] = rng.choice(["music", "news\tflash", None])
     if rng.random() < 0.2:
         ev["extra"] = rng.choice([{"nested": [1, 2, {"a": None}]}, "s", 1.5e300, [], {}, -0.0, True])
+    if rng.random() < 0.4:  # event 1.1
+        ev["user_id"] = f"u{i % 70}" if rng.random() < 0.9 else rng.choice(["u-é", " u ", "u" * 256, "q\"x", None])
+    if rng.random() < 0.3:
+        ev["channel_id"] = f"ch{i % 5}" if rng.random() < 0.9 else rng.choice(["ch \\ 2", None])
     keys = list(ev)
     rng.shuffle(keys)
     return {k: ev[k] for k in keys}

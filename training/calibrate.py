@@ -16,7 +16,7 @@ FPR_BUDGET = 0.05
 
 
 def fit_combiner(model_score: np.ndarray, evidence: np.ndarray, hour_labels: np.ndarray, mask: np.ndarray) -> Combiner:
-    """model_score (N, W), evidence (N, 5, W), labels (N, W) -> fitted Combiner (hour threshold 0.5)."""
+    """model_score (N, W), evidence (N, P, W), labels (N, W) -> fitted Combiner (hour threshold 0.5)."""
     sel = mask > 0
     feats = np.concatenate([model_score[:, None, :], evidence], axis=1)  # (N, 6, W)
     rows = feats.transpose(0, 2, 1)[sel]

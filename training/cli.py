@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default operating point: organic videos ever flagged in the stream")
         a.add_argument("--no-texture", action="store_true",
                        help="plain simulated organics only (not evidence: for comparison)")
+        a.add_argument("--market-videos", type=int, default=1000,
+                       help="videos per week of fraud as panels sell it and organic look-alikes (0: none)")
 
     s = sub.add_parser("simulate", help="write a simulated engagement CSV (+ truth JSONL)")
     s.add_argument("--videos", type=_positive, default=1000)
@@ -110,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream_videos=args.stream_videos,
             target_fpr=args.target_fpr,
             texture=not args.no_texture,
+            market_videos_per_week=max(args.market_videos, 0),
         )
         result = run(cfg)
         m = result["metrics"]

@@ -67,6 +67,15 @@ def simulate_week(seed: int, week: int, videos: int, texture=None) -> SimulatedD
     )
 
 
+def simulate_market_week(seed: int, week: int, videos: int, texture=None) -> SimulatedDataset:
+    """One week of fraud as panels sell it and its organic look-alikes (``dev/market.py``), on the
+    same calendar as ``simulate_week``'s week, with seeds of its own."""
+    from stream_detector.dev.market import simulate_market
+
+    return simulate_market(videos, seed=week_seed(seed, week) + 500, hours=WEEK_HOURS,
+                           start_hour=BASE_HOUR + week * WEEK_HOURS, id_prefix=f"mw{week}-", texture=texture)
+
+
 def make_split(name: str, data: SimulatedDataset) -> Split:
     starts = np.full(len(data), data.start_hour, dtype=np.int64)
     x, mask = build_features(data.counts, starts, np.asarray(data.published_hour, dtype=np.int64))

@@ -37,6 +37,7 @@ from training.dataset import (
     fingerprint,
     make_split,
     partial_history,
+    simulate_market_week,
     simulate_week,
 )
 from training.evaluate import (
@@ -48,6 +49,8 @@ from training.evaluate import (
     plot_histogram,
     plot_roc,
 )
+from training.market_eval import evaluate_market
+from training.market_eval import markdown as market_markdown
 from training.models import build_model, is_supervised
 from training.models.fit import fit, predict
 from training.stream_eval import replay, stream_metrics
@@ -96,6 +99,9 @@ class TrainConfig:
     name: str = "fake-engagement-tcn"
     texture: bool = True  # organic curves with real-world texture (train pool; the test week: test pool)
     stream_videos: int = 800  # videos of the test week replayed through the stream process (validation: all)
+    # videos per week of fraud as panels sell it and organic look-alikes (dev/market.py): trained on,
+    # calibrated on and reported per delivery kind and amplitude band; 0 leaves them out
+    market_videos_per_week: int = 1000
     stream_step_minutes: int = 10  # immediate-path cadence of the replay, in event minutes
     target_fpr: float = DEFAULT_TARGET_FPR  # default operating point stored in the artifact
 
@@ -186,13 +192,19 @@ def run(cfg: TrainConfig) -> dict:
     weeks = [simulate_week(cfg.seed, k, cfg.videos_per_week, texture=tex_test if k == cfg.weeks - 1 else tex_train)
              for k in range(cfg.weeks)]
     splits = [make_split(f"week{k}", d) for k, d in enumerate(weeks)]
-    train = merge_splits("train", [*splits[:3], *(partial_history(sp, cfg.seed + k) for k, sp in enumerate(splits[:3]))])
+    market = ([simulate_market_week(cfg.seed, k, cfg.market_videos_per_week,
+                                    texture=tex_test if k == cfg.weeks - 1 else tex_train) for k in range(cfg.weeks)]
+              if cfg.market_videos_per_week else [])
+    msplits = [make_split(f"market{k}", d) for k, d in enumerate(market)]
+    fit_on = [*splits[:3], *msplits[:3]]
+    train = merge_splits("train", [*fit_on, *(partial_history(sp, cfg.seed + k) for k, sp in enumerate(fit_on))])
     # calibrate on what the stream scores too: full weeks and partial, mid-week windows
-    val = merge_splits("val", [splits[3], partial_history(splits[3], cfg.seed + 3)])
+    checks = [splits[3], *msplits[3:4]]
+    val = merge_splits("val", [*checks, *(partial_history(sp, cfg.seed + 3 + 10 * k) for k, sp in enumerate(checks))])
     test = splits[4]
     test_partial = partial_history(test, cfg.seed + 4, share=1.0)
     stats = fit_normalization(train.x, train.mask)
-    data_fp = fingerprint(weeks[:3])
+    data_fp = fingerprint([*weeks[:3], *market[:3]])
     _log(f"train {len(train.data)} / val {len(val.data)} / test {len(test.data)} videos; fingerprint {data_fp[:12]}")
 
     val_ev = detect(val.data.counts, val.starts, val.mask, val.published).evidence
@@ -229,7 +241,7 @@ def run(cfg: TrainConfig) -> dict:
     # measure it on the held-out test week (its own texture pool)
     hour_model = TorchHourModel(models[cfg.arch], stats, primary.combiner, primary.threshold)
     scorer = Scorer(hour_model)
-    stream = calibrate_stream(cfg, scorer, splits[3].data, primary)
+    stream = calibrate_stream(cfg, scorer, [splits[3].data, *(m.data for m in msplits[3:4])], primary)
     publish = stream["curve"].threshold_for(cfg.target_fpr)
     test_data = test.data.subset(np.arange(min(cfg.stream_videos, len(test.data))))
     _log(f"stream replay of the test week ({len(test_data)} videos) at publish threshold {publish:.4f}")
@@ -238,6 +250,13 @@ def run(cfg: TrainConfig) -> dict:
     stream_eval = stream_metrics(test_run, test_data)
     stream_eval["publish_threshold"] = publish
     stream_eval["target_fpr"] = cfg.target_fpr
+    market_eval = None
+    if market:
+        _log(f"stream replay of the held-out market week ({len(market[-1])} videos)")
+        market_eval = evaluate_market(scorer, StreamDecision(decision_thresholds(publish, extent=primary.combiner.hour_threshold)),
+                                      market[-1], step_minutes=cfg.stream_step_minutes)
+        _log(f"market (test week): recall {market_eval['recall']:.3f} (>= 1x {market_eval['recall_1x_or_more']:.3f}), "
+             f"FPR {market_eval['fpr']:.3f} (look-alikes {market_eval['fpr_lookalikes']:.3f})")
     _log(f"stream (test week): precision {stream_eval['precision']:.3f} recall {stream_eval['recall']:.3f} "
          f"FPR {stream_eval['fpr']:.3f}, {stream_eval['flags_per_flagged_video']:.2f} flags per flagged video "
          f"({test_run.scorings} scorings in {test_run.seconds:.0f} s)")
@@ -249,6 +268,10 @@ def run(cfg: TrainConfig) -> dict:
     }
     compact_stream = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in stream_eval.items()
                       if isinstance(v, (int, float)) and v is not None}
+    if market_eval is not None:
+        compact_stream.update({f"market_{k}": round(float(market_eval[k]), 4) for k in
+                               ("precision", "recall", "recall_1x_or_more", "fpr", "fpr_lookalikes")
+                               if market_eval.get(k) is not None})
     metadata = {
         "name": cfg.name,
         "version": cfg.version,
@@ -283,31 +306,36 @@ def run(cfg: TrainConfig) -> dict:
                       metadata=metadata)
     _log(f"exported {cfg.output} sha256 {sha[:16]}")
     report = write_report(cfg, evals, primary, primary_eval, test, cv, data_fp, sha, time.time() - t0,
-                          stream=(stream, stream_eval))
+                          stream=(stream, stream_eval), market=market_eval)
     write_model_card(cfg.output, report)
     _log(f"done in {time.time() - t0:.0f}s; report {report}")
-    return {"sha256": sha, "metrics": metrics_meta, "report": report, "cv": cv, "stream": stream_eval}
+    return {"sha256": sha, "metrics": metrics_meta, "report": report, "cv": cv, "stream": stream_eval,
+            "market": market_eval}
 
 
-def calibrate_stream(cfg: TrainConfig, scorer: Scorer, week, primary: Calibrated) -> dict:
-    """Operating points of the stream process on the validation week: each video replayed
+def calibrate_stream(cfg: TrainConfig, scorer: Scorer, weeks: list, primary: Calibrated) -> dict:
+    """Operating points of the stream process on the validation weeks (textbook patterns and,
+    when simulated, fraud as panels sell it with its organic look-alikes): each video replayed
     minute by minute, its decision statistic (highest confirmed hour probability; 1 when the
     immediate path fired) over the whole process -> organic ever-flagged rate per threshold.
-    The offline curve (one decision per video over its whole week) comes with it."""
-    data = week  # all of it: the chosen threshold rests on the upper bound of a rate measured here
-    _log(f"stream replay of the validation week ({len(data)} videos) for the operating points")
+    The offline curve (one decision per video over its whole week) is measured on the same
+    videos, so a target organic flag rate means the same thing in the CLI and the stream."""
+    stats, offs, labs, fired_all = [], [], [], []
     probe = StreamDecision(decision_thresholds(0.5))  # the statistic does not depend on the threshold
-    run_ = replay(scorer, probe, data, step_minutes=cfg.stream_step_minutes)
-    fired = run_.burst >= DECISION["burst"]
-    stat = np.where(fired, 1.0, run_.statistic)
-    labels = np.asarray(data.label, dtype=bool)
+    for data in weeks:  # all of them: the chosen threshold rests on the upper bound of a rate measured here
+        _log(f"stream replay of a validation week ({len(data)} videos) for the operating points")
+        run_ = replay(scorer, probe, data, step_minutes=cfg.stream_step_minutes)
+        fired_all.append(run_.burst >= DECISION["burst"])
+        stats.append(np.where(fired_all[-1], 1.0, run_.statistic))
+        labs.append(np.asarray(data.label, dtype=bool))
+        offs.append(np.array([vs.score for vs in scorer.score([data.series(i) for i in range(len(data))])]))
+    stat, offline, labels, fired = (np.concatenate(x) for x in (stats, offs, labs, fired_all))
     curve = OperatingCurve.measure(stat[~labels], stat[labels])
-    offline = np.array([vs.score for vs in scorer.score([data.series(i) for i in range(len(data))])])
     offline_curve = OperatingCurve.measure(offline[~labels], offline[labels])
     _log(f"stream operating points: {len(curve.threshold)} thresholds; organic flagged by the immediate path "
          f"{fired[~labels].mean():.3f}; at target {cfg.target_fpr:g}: threshold "
          f"{curve.threshold_for(cfg.target_fpr):.4f}, validation recall {curve.recall_at(curve.threshold_for(cfg.target_fpr)):.3f}")
-    return {"curve": curve, "offline_curve": offline_curve, "videos": len(data), "scorings": run_.scorings,
+    return {"curve": curve, "offline_curve": offline_curve, "videos": int(labels.size), "scorings": run_.scorings,
             "burst_organic": float(fired[~labels].mean())}
 
 
@@ -334,7 +362,8 @@ def cross_validate(cfg: TrainConfig, splits: list[Split]) -> list[dict]:
 
 
 def write_report(cfg, evals: list[Evaluation], primary: Calibrated, primary_eval: Evaluation, test: Split,
-                 cv: list[dict], data_fp: str, sha: str, seconds: float, stream: tuple[dict, dict] | None = None) -> str:
+                 cv: list[dict], data_fp: str, sha: str, seconds: float, stream: tuple[dict, dict] | None = None,
+                 market: dict | None = None) -> str:
     out = Path(cfg.report_dir) / cfg.arch
     out.mkdir(parents=True, exist_ok=True)
     plot_roc([e for e in evals if "only" not in e.name or e.name == "patterns only"], str(out / "roc.png"))
@@ -379,6 +408,10 @@ Shipped ({primary.name}): threshold {primary.threshold:.3f}, hour threshold
 ## What users get: the stream process as deployed (test week)
 
 {_stream_lines(stream, primary_eval)}
+
+## Fraud as panels sell it: the stream process as deployed (held-out market week)
+
+{_market_lines(market)}
 
 ## Time-series cross-validation ({cfg.arch}+patterns, expanding windows, {cfg.cv_epochs} epochs)
 
@@ -461,6 +494,18 @@ windows" row).
     path = Path(model_path).with_name(name)
     path.write_text(card)
     return str(path)
+
+
+def _market_lines(m: dict | None) -> str:
+    if m is None:
+        return "not run (`--market-videos 0`)"
+    return ("Deliveries as engagement panels sell them (drip-feed, ramps, revivals, reactions without "
+            "views, scheduled bursts, bots holding proportions, shift farms, engagement pods; amplitude "
+            "0.2-10x of each video's own median hourly level) and organic look-alikes (embeds, premieres, "
+            "second waves, fans piling on, audiences moving time zone, real viral posts), real texture from "
+            "the test pool (`stream_detector/dev/market.py`), replayed minute by minute through the stream "
+            "process at the deployed publish threshold; a video counts as flagged if it was ever flagged.\n\n"
+            + market_markdown(m))
 
 
 def _fmt_opt(v) -> str:

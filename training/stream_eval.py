@@ -41,6 +41,7 @@ class StreamRun:
     final: list[VideoScore | None] = field(default_factory=list)
     statistic: np.ndarray | None = None  # per video: highest confirmed hour probability seen
     burst: np.ndarray | None = None  # per video: highest immediate-path evidence seen
+    hour_p: np.ndarray | None = None  # (N, T) per video hour: the highest probability a scoring gave it
 
 
 def _windows(data, cum: np.ndarray, idx: np.ndarray, minute: int, window: int,
@@ -105,6 +106,7 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
     last_active_hour = np.full(n, -1, dtype=np.int64)
     statistic = np.zeros(n)
     burst_max = np.zeros(n)
+    hour_p = np.zeros((n, hours))
     bursts = BurstDetector()
     confirm = getattr(getattr(decision, "thresholds", None), "confirm_hours", 1)
     scorings = 0
@@ -129,6 +131,10 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
                     statistic[i] = max(statistic[i], decision.statistic(vs))
                 if burst is not None:
                     burst_max[i] = max(burst_max[i], burst.evidence)
+                lo = vs.start_hour - base
+                a, b = max(lo, 0), min(lo + len(vs.hour_probability), hours)
+                if b > a:
+                    np.maximum(hour_p[i, a:b], vs.hour_probability[a - lo : b - lo], out=hour_p[i, a:b])
                 state, action = decision.decide(states[i], vs, now_hour=base + now_hour, burst=burst)
                 states[i] = state
                 final[i] = last_closed[i] = vs
@@ -165,7 +171,7 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
             run_decisions(np.array(sorted(fired)), minute, hour_now, fired)
         if progress and minute % (24 * MINUTES_PER_HOUR) < step_minutes:
             progress(f"stream replay: day {minute // (24 * MINUTES_PER_HOUR) + 1}, {scorings} scorings")
-    return StreamRun(published, scorings, time.perf_counter() - t0, step_minutes, final, statistic, burst_max)
+    return StreamRun(published, scorings, time.perf_counter() - t0, step_minutes, final, statistic, burst_max, hour_p)
 
 
 def _dilate(x: np.ndarray) -> np.ndarray:

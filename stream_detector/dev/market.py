@@ -47,7 +47,7 @@ EXPECTED_PATTERN: dict[str, str] = {
     "scheduled_bursts": "scheduled_bursts",
     "bot_proportions": "lockstep",
     "shift_farm": "shift_hours",
-    "pod": "pod",
+    "pod": "coordinated_accounts",  # counts rarely see a pod; its accounts do
 }
 MIN_ORDER = np.array([100.0, 10.0, 5.0, 5.0])  # a panel's smallest order per metric
 AMPLITUDE_RANGE = (0.2, 10.0)

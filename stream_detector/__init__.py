@@ -1,0 +1,1 @@
+"""stream-detector: fake engagement, caught as it happens (see the README's module map)."""
