@@ -170,6 +170,14 @@ def create_app(
             status["registry"] = follower.status()
         return web.json(status)
 
+    @app.page("/accounts/{user_id:[^/]+}")
+    async def account_view(web: Any, request: Any, user_id: str) -> Any:
+        """The latest judgement of an account (event 1.1 user level), 404 when never judged."""
+        doc = await detector.account(user_id)
+        if doc is None:
+            return web.json({"user_id": user_id, "error": "no judgement for this account"}, status=404)
+        return web.json(doc)
+
     @app.page("/quarantine")
     async def quarantine_view(web: Any, request: Any) -> Any:
         """Videos whose judgement raised: attempts, reason, traceback, set aside or not."""
@@ -245,7 +253,8 @@ def run_worker() -> int:
             asyncio.run(asyncio.wait_for(ensure_topics(
                 settings.kafka_bootstrap_servers,
                 {settings.events_topic: settings.topic_partitions, settings.flags_topic: settings.topic_partitions,
-                 settings.dlq_topic: settings.topic_partitions, settings.shadow_flags_topic: settings.topic_partitions},
+                 settings.dlq_topic: settings.topic_partitions, settings.shadow_flags_topic: settings.topic_partitions,
+                 settings.account_flags_topic: settings.topic_partitions},
             ), timeout=settings.startup_timeout_seconds))
         except (TimeoutError, OSError, KafkaError) as exc:
             why = str(exc).splitlines()[0][:200] if str(exc) else f"no answer within {settings.startup_timeout_seconds:g} s"

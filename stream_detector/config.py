@@ -40,6 +40,8 @@ class Settings:
     # Model registry: compacted control topic (model bytes + changes); shadow flags topic
     control_topic: str = "engagement-models"
     shadow_flags_topic: str = "engagement-flags-shadow"
+    # the user level: account flags (accounts.py), on their own topic, key = user_id
+    account_flags_topic: str = "engagement-account-flags"
     consumer_group: str = "stream-detector"
     topic_partitions: int = 4
     model_path: str = str(DEFAULT_MODEL_PATH)

@@ -55,3 +55,33 @@ def quarantined(prefix: str, video_id: str) -> str:
 def quarantine_index(prefix: str) -> str:
     """The videos with a quarantine entry, by last failure (the /quarantine listing)."""
     return f"{{{prefix}-quarantine}}:index"
+
+
+def account_state(prefix: str, user_id: str) -> str:
+    """An account's activity summary: hours per day, first/last minute (accounts.lua)."""
+    return f"{prefix}:a:{{{user_id}}}"
+
+
+def account_ring(prefix: str, user_id: str) -> str:
+    """An account's recent actions (accounts.lua)."""
+    return f"{prefix}:ar:{{{user_id}}}"
+
+
+def account_flag(prefix: str, user_id: str) -> str:
+    """The account decision's memory of the account (its published flag)."""
+    return f"{prefix}:af:{{{user_id}}}"
+
+
+def account_score(prefix: str, user_id: str) -> str:
+    """The latest judgement of an account (the /accounts/{user_id} document)."""
+    return f"{prefix}:as:{{{user_id}}}"
+
+
+def engagers(prefix: str, video_id: str) -> str:
+    """The accounts that engaged a video lately, by minute (engagers.lua); the video's slot."""
+    return f"{prefix}:ve:{{{video_id}}}"
+
+
+def video_accounts(prefix: str, video_id: str) -> str:
+    """Per hour, the account actions on a video (t<hour>) and those of flagged accounts (f<hour>)."""
+    return f"{prefix}:va:{{{video_id}}}"

@@ -32,6 +32,7 @@ REDIS_OPERATIONS = (
     "store_scores", "flag_state", "watermark", "active", "score_view",  # detector.py
     "schedule",  # schedule.py
     "quarantine",  # worker/quarantine.py
+    "accounts",  # worker/account_store.py, worker/accounts.py
 )
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 VALIDATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -161,6 +162,34 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.account_actions = Counter(
+            "detector_account_actions_total",
+            "Account actions consumed (events with a user_id, event 1.1)",
+            registry=r,
+        )
+        self.accounts_judged = Counter(
+            "detector_accounts_judged_total",
+            "Account judgements (an account is judged at most every 30 event minutes while active)",
+            registry=r,
+        )
+        self.account_judge_latency = Histogram(
+            "detector_account_judge_latency_seconds",
+            "Wall time of one batch of account judgements (state, co-engagers, judgement)",
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.account_flags = Counter(
+            "detector_account_flags_total",
+            "Account flag records published, by status (new, updated, withdrawn)",
+            ["status"],
+            registry=r,
+        )
+        self.account_flag_patterns = Counter(
+            "detector_account_flag_patterns_total",
+            "Patterns named in published account flags",
+            ["pattern"],
+            registry=r,
+        )
         self.redis_errors = Counter(
             "detector_redis_errors_total",
             "Redis calls that failed, by operation",
@@ -278,7 +307,7 @@ class Metrics:
         """Create every known label combination at 0, so dashboards and alerts see a series
         (and rate() works) before the first occurrence."""
         from stream_detector.events import REASONS
-        from stream_detector.patterns import PATTERNS
+        from stream_detector.flags import PATTERN_ORDER
         from stream_detector.series import METRICS
 
         for m in METRICS:
@@ -291,9 +320,15 @@ class Metrics:
             self.videos_scored.labels(path=path)
         for outcome in ("retry", "set_aside"):
             self.scoring_failures.labels(outcome=outcome)
+        from stream_detector.accounts import ACCOUNT_PATTERNS
+
+        for status in ("new", "updated", "withdrawn"):
+            self.account_flags.labels(status=status)
+        for p in ACCOUNT_PATTERNS:
+            self.account_flag_patterns.labels(pattern=p)
         for sev in ("low", "medium", "high", "critical"):
             self.flags.labels(severity=sev)
-        for p in PATTERNS:
+        for p in PATTERN_ORDER:
             self.flag_patterns.labels(pattern=p)
         for status in ("new", "updated", "withdrawn"):
             self.flag_status.labels(status=status)

@@ -232,6 +232,18 @@ def prometheus_binary() -> str:
     return _prometheus_binary()
 
 
+def _with_accounts(events: list[dict]) -> list[dict]:
+    """The week plus, for the user level's panels (event 1.1), one like per account event: 60
+    accounts each liking several videos, in time order with the rest."""
+    import zlib
+
+    extra = []
+    for k, e in enumerate([e for e in events if e.get("likes")][:3000]):
+        extra.append({"video_id": e["video_id"], "ts": e["ts"], "likes": 1, "user_id": f"acc-{k % 60}",
+                      "channel_id": f"ch-{zlib.crc32(e['video_id'].encode()) % 7}"})
+    return sorted(events + extra, key=lambda e: e["ts"])
+
+
 @pytest.fixture(scope="module")
 def live(prometheus_binary, kafka_bootstrap, redis_url, tmp_path_factory):
     binary = prometheus_binary
@@ -240,7 +252,7 @@ def live(prometheus_binary, kafka_bootstrap, redis_url, tmp_path_factory):
     deadline = Deadline(DEADLINE_S)
 
     data = simulate(VIDEOS, seed=SEED)
-    events = list(data.iter_events())
+    events = _with_accounts(list(data.iter_events()))
     half = len(events) // 2
     phase1 = [_encode(e) for e in events[:half]]
     phase2 = [_encode(e) for e in events[half:]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -14,6 +15,9 @@ from stream_detector.dependencies import DependencyGuard
 from stream_detector.metrics import Metrics
 from stream_detector.schedule import RescoreSchedule
 from stream_detector.windows import WindowStore
+
+if TYPE_CHECKING:
+    from stream_detector.worker.accounts import AccountLoop
 
 
 @dataclass
@@ -27,6 +31,7 @@ class WorkerContext:
     consumer: AIOKafkaConsumer | None = None
     windows: WindowStore | None = None
     schedule: RescoreSchedule | None = None
+    accounts: AccountLoop | None = None  # the user level (worker/accounts.py)
 
     # key names (keys.py) for this deployment
     def flag_key(self, video_id: str) -> str:

@@ -35,6 +35,8 @@ from stream_detector.models import ModelArtifact
 from stream_detector.publisher import FlagPublisher
 from stream_detector.schedule import RescoreSchedule
 from stream_detector.windows import WindowStore
+from stream_detector.worker.account_store import AccountStore
+from stream_detector.worker.accounts import AccountLoop
 from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
 from stream_detector.worker.ingest import Arrivals, Ingest, Prepared
@@ -56,6 +58,7 @@ PREPARE_SLICE = 1000
 BROKER_PROBE_S = 1.0
 BROKER_PROBE_TIMEOUT_S = 1.5
 LANE_STOP_S = 5.0
+ACCOUNT_POLL_S = 0.5
 # the broker probe is what notices a frozen broker and keeps the lag gauge honest: failing
 # (other than the broker not answering, which is an outage) this many times in a row, ~5 s,
 # it is broken, and so is the worker
@@ -166,6 +169,8 @@ class Detector:
         cadence, urgent = self.score_processes or (None, None)
         self.scoring = ScoringLoop(ctx, self.slot, self.checkpoint, self.arrivals, self.publisher,
                                    cadence, urgent_process=urgent)
+        ctx.accounts = AccountLoop(ctx, AccountStore(ctx.redis, s.key_prefix, ctx.metrics, ttl_s=s.idle_ttl_seconds),
+                                   ctx.producer, self.checkpoint)
         ctx.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         for name, coro in (("consume", self._consume_loop()), ("scoring", self._score_loop()),
                            ("broker probe", self._probe_loop())):
@@ -310,6 +315,8 @@ class Detector:
         passes = [("immediate", scoring.score_immediate, IMMEDIATE_POLL_S, self.arrivals.spiked)]
         passes += [(f"cadence-{i}", functools.partial(scoring.score_cadence, i, n), SCORE_POLL_S * (1 + i), None)
                    for i in range(n)]
+        if self.ctx.accounts is not None:  # the user level: due accounts of the owned shards
+            passes.append(("accounts", self.ctx.accounts.judge, ACCOUNT_POLL_S, None))
         lanes = self._lanes = [asyncio.create_task(self._score_lane(name, run, idle_s, wake), name=f"detector-scoring-{name}")
                                for name, run, idle_s, wake in passes]
         try:
@@ -406,6 +413,9 @@ class Detector:
     # what the web views ask --------------------------------------------------------------
     def model_status(self) -> dict:
         return self.slot.status()
+
+    async def account(self, user_id: str) -> dict | None:
+        return await self.ctx.accounts.current(user_id) if self.ctx.accounts is not None else None
 
     async def quarantined(self) -> list[dict]:
         return [e.to_dict() for e in await self.scoring.quarantine.entries()] if self.scoring is not None else []

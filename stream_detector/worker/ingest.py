@@ -328,6 +328,9 @@ class Ingest:
                              Rejection("late", f"ts {events.ts[idx]:.0f} older than the {s.window_hours} h window")))
             spiked = await ctx.guard.call("redis", "schedule",
                                           lambda: self.mark_due(events, partitions, result.spikes), ctx.stopping)
+            if ctx.accounts is not None and events.user_ids is not None:  # the user level (event 1.1)
+                await ctx.guard.call("redis", "accounts", lambda: ctx.accounts.ingest(events, partitions),
+                                     ctx.stopping)
             await ctx.guard.call("redis", "active videos", self.refresh_active_gauge, ctx.stopping)
             self.arrivals.add(b.arrivals(), result.spikes, spiked)
             self._count_consumed(events)  # replayed events are counted by the window store

@@ -1,0 +1,405 @@
+"""The user level: accounts behind fake engagement, judged on what they did across videos.
+
+The same method as the video level (each property a person has and a bot breaks, measured
+against noise, combined, thresholded, explained), applied to an account's own activity:
+
+- ``sync`` (CopyCatch, Beutel et al. 2013): the account acted on videos of at least
+  ``SYNC_CHANNELS`` different channels within ``SYNC_MINUTES`` of the same other accounts, at
+  least ``SYNC_PARTNERS`` of them, on videos small enough at that moment for it to mean
+  something (a viral video's thousands of viewers co-engage by chance). Fans stay with one
+  creator; a farm serves many customers, a pod its members' channels.
+- ``no_sleep``: active in ``NO_SLEEP_HOURS`` or more hours of one day, on two days. People
+  sleep (real heavy posters are quiet 6 hours a day in the median; ``dev/real_accounts``).
+- ``regular``: intervals between actions with a coefficient of variation below
+  ``REGULAR_CV`` over ``REGULAR_MIN`` actions: machines keep time, people burst (real
+  accounts: CV above 0.85).
+- ``rate``: more actions in one minute, across videos, than a person makes.
+- ``fake_hours``: most of its actions landed in hours the video level found suspicious (hour
+  probability at least ``SUSPECT_P``), on videos of at least two unrelated channels: a farm's
+  accounts work where its deliveries are; an organic account lands there by chance, and rarely
+  twice on unrelated channels. The two levels feed each other: suspicious hours make their
+  engagers due for a judgement, and flagged accounts carry evidence to the next video they touch.
+
+State per account is an idempotent summary (``AccountActivity``): the last ``RING`` actions
+(a set: an action applied twice is the same action, so replays after a crash add nothing),
+the hours of each of the last ``DAYS`` days with an action (bit masks, OR-ed), first and last
+minute. Per video, the accounts that engaged it recently and when (``engagers``). Both live
+in Redis for the worker (``worker/accounts.py``) and in memory for the evaluator
+(``InMemoryAccountStore``); the judgement here is the same code for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RING = 48
+DAYS = 8
+SYNC_MINUTES = 30  # co-engagement within +-this many minutes of the same video
+SYNC_CHANNELS = 3
+SYNC_PARTNERS = 4
+SYNC_SMALL = 150  # engagers of a video within the +-window above this say nothing about each other
+NO_SLEEP_HOURS = 20
+REGULAR_CV = 0.3
+REGULAR_MIN = 12
+RATE_PER_MINUTE = 20
+SUSPECT_P = 0.5
+FAKE_HOURS_SHARE = 0.6
+FAKE_HOURS_MIN = 3
+ACCOUNT_PATTERNS = ("sync", "no_sleep", "regular", "rate", "fake_hours")
+WEIGHTS = {"sync": 0.95, "no_sleep": 0.9, "regular": 0.85, "rate": 0.8, "fake_hours": 0.9}
+THRESHOLD = 0.8
+
+
+def channel_hash(channel: str | None, video: str) -> int:
+    """A channel's 32-bit id (a video without one is its own channel: nothing is unrelated by
+    default)."""
+    return zlib.crc32((channel if channel else f"video:{video}").encode()) & 0x7FFFFFFF
+
+
+def shard_of(user_id: str, partitions: int) -> int:
+    """The events partition whose owner judges this account (accounts follow the group's
+    assignment, so a worker judges the accounts of the partitions it owns)."""
+    return zlib.crc32(user_id.encode()) % max(partitions, 1)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One account's action(s) on one video in one minute (count per metric)."""
+
+    minute: int  # epoch minutes
+    video_id: str
+    channel: int  # channel_hash
+    counts: tuple[int, int, int, int]
+    partition: int = -1  # the video's events partition (its owner re-judges it)
+
+    def key(self) -> str:
+        return f"{self.minute}|{self.partition}|{self.video_id}|{self.channel}|{','.join(map(str, self.counts))}"
+
+    @classmethod
+    def parse(cls, text: str) -> Action:
+        """The inverse of ``key`` (a video id may contain ``|``: it is whatever lies between)."""
+        minute, partition, rest = text.split("|", 2)
+        video, channel, counts = rest.rsplit("|", 2)
+        c = tuple(int(x) for x in counts.split(","))
+        return cls(int(minute), video, int(channel), c, int(partition))  # type: ignore[arg-type]
+
+
+@dataclass
+class AccountActivity:
+    """What the account did lately (see the module docstring): the state a judgement reads."""
+
+    user_id: str
+    actions: list[Action] = field(default_factory=list)  # newest last, at most RING
+    day_masks: dict[int, int] = field(default_factory=dict)  # epoch day -> 24-bit mask of active hours
+    first_minute: int = 0
+    last_minute: int = 0
+
+    def add(self, actions: Iterable[Action]) -> None:
+        """Apply actions (idempotent: an action already in the ring is not added again)."""
+        known = {a.key() for a in self.actions}
+        for a in actions:
+            k = a.key()
+            if k in known:
+                continue
+            known.add(k)
+            self.actions.append(a)
+            day, hour = divmod(a.minute // 60, 24)
+            self.day_masks[day] = self.day_masks.get(day, 0) | (1 << hour)
+            self.first_minute = a.minute if not self.first_minute else min(self.first_minute, a.minute)
+            self.last_minute = max(self.last_minute, a.minute)
+        self.actions.sort(key=lambda a: a.minute)
+        del self.actions[:-RING]
+        for d in sorted(self.day_masks)[:-DAYS]:
+            del self.day_masks[d]
+
+
+@dataclass
+class AccountScore:
+    user_id: str
+    score: float
+    evidence: dict[str, float]  # ACCOUNT_PATTERNS -> [0, 1]
+    partners: list[str]  # accounts it acted with (sync)
+    channels: int  # distinct channels of those co-engagements
+    videos: list[dict]  # [{"video_id", "first", "last", "metrics", "events"}]
+    explanation: str
+
+    @property
+    def patterns(self) -> list[str]:
+        return [p for p in ACCOUNT_PATTERNS if self.evidence.get(p, 0.0) >= 0.5]
+
+    @property
+    def flagged(self) -> bool:
+        return self.score >= THRESHOLD
+
+
+def group_of(user_id: str, partners: Sequence[str]) -> dict | None:
+    """A deterministic group id from the account and its sync partners (the smallest member
+    names the group, so the members of one group mostly agree on it)."""
+    if not partners:
+        return None
+    members = sorted({user_id, *partners})
+    return {"group_id": hashlib.sha256(members[0].encode()).hexdigest()[:16], "size": len(members)}
+
+
+class AccountJudge:
+    """Judges accounts from their activity and their co-engagers (``engagers(video, lo, hi)``:
+    the accounts that acted on a video between two minutes, with the minute)."""
+
+    def judge(self, act: AccountActivity, engagers: dict[tuple[str, int], list[tuple[str, int]]],
+              suspicion: dict[tuple[str, int], float] | None = None) -> AccountScore:
+        """``engagers[(video, minute)]``: the co-engagers of each of the account's actions within
+        +-SYNC_MINUTES (what ``sync_queries`` asked for); ``suspicion[(video, hour)]``: the hour
+        probability the video level gave the hours of its actions (``suspicion_queries``)."""
+        ev = {p: 0.0 for p in ACCOUNT_PATTERNS}
+        partners, channels = self._sync(act, engagers)
+        ev["sync"] = _ramp(len(partners), SYNC_PARTNERS - 1, SYNC_PARTNERS + 2)
+        ev["no_sleep"] = self._no_sleep(act)
+        ev["regular"] = self._regular(act)
+        ev["rate"] = self._rate(act)
+        ev["fake_hours"] = self._fake_hours(act, suspicion or {})
+        score = 1.0 - float(np.prod([1.0 - WEIGHTS[p] * e for p, e in ev.items()]))
+        videos = _videos(act)
+        return AccountScore(act.user_id, score, ev, sorted(partners), channels, videos,
+                            _explain(act, ev, partners, channels, videos))
+
+    @staticmethod
+    def suspicion_queries(act: AccountActivity) -> list[tuple[str, int]]:
+        """(video, hour) of each action: whose suspicion the judgement reads."""
+        return sorted({(a.video_id, a.minute // 60) for a in act.actions})
+
+    @staticmethod
+    def _fake_hours(act: AccountActivity, suspicion: dict[tuple[str, int], float]) -> float:
+        if not act.actions:
+            return 0.0
+        hit = [a for a in act.actions if suspicion.get((a.video_id, a.minute // 60), 0.0) >= SUSPECT_P]
+        if len(hit) < FAKE_HOURS_MIN:
+            return 0.0
+        channels = len({a.channel for a in hit})
+        share = len(hit) / len(act.actions)
+        return _ramp(share, FAKE_HOURS_SHARE - 0.2, FAKE_HOURS_SHARE) * _ramp(channels, 1, 2)
+
+    @staticmethod
+    def sync_queries(act: AccountActivity) -> list[tuple[str, int]]:
+        """(video, minute) of each action whose co-engagers the judgement reads."""
+        return sorted({(a.video_id, a.minute) for a in act.actions})
+
+    def _sync(self, act: AccountActivity, engagers) -> tuple[set[str], int]:
+        by_partner: dict[str, set[int]] = {}
+        channel_of = {a.video_id: a.channel for a in act.actions}
+        for (video, _minute), others in engagers.items():
+            if len(others) > SYNC_SMALL:
+                continue  # a crowd: co-engaging with it means nothing
+            ch = channel_of.get(video)
+            if ch is None:
+                continue
+            for user, _m in others:
+                if user != act.user_id:
+                    by_partner.setdefault(user, set()).add(ch)
+        partners = {u for u, chs in by_partner.items() if len(chs) >= SYNC_CHANNELS}
+        channels = len(set().union(*(by_partner[u] for u in partners))) if partners else 0
+        return partners, channels
+
+    @staticmethod
+    def _no_sleep(act: AccountActivity) -> float:
+        full = sorted((bin(m).count("1") for m in act.day_masks.values()), reverse=True)
+        if len(full) < 2:
+            return 0.0
+        return _ramp(full[1], NO_SLEEP_HOURS - 2, NO_SLEEP_HOURS)
+
+    @staticmethod
+    def _regular(act: AccountActivity) -> float:
+        minutes = sorted({a.minute for a in act.actions})
+        if len(minutes) < REGULAR_MIN:
+            return 0.0
+        gaps = np.diff(np.asarray(minutes[-32:], dtype=float))
+        if gaps.mean() <= 0:
+            return 0.0
+        cv = gaps.std() / gaps.mean()
+        return _ramp(-cv, -REGULAR_CV - 0.15, -REGULAR_CV)
+
+    @staticmethod
+    def _rate(act: AccountActivity) -> float:
+        per_minute: dict[int, int] = {}
+        for a in act.actions:
+            per_minute[a.minute] = per_minute.get(a.minute, 0) + sum(a.counts)
+        peak = max(per_minute.values(), default=0)
+        return _ramp(peak, RATE_PER_MINUTE - 5, RATE_PER_MINUTE)
+
+
+def _ramp(x: float, lo: float, hi: float) -> float:
+    return float(np.clip((x - lo) / max(hi - lo, 1e-9), 0.0, 1.0))
+
+
+def _videos(act: AccountActivity) -> list[dict]:
+    by: dict[str, dict] = {}
+    names = ("views", "likes", "comments", "shares")
+    for a in act.actions:
+        v = by.setdefault(a.video_id, {"video_id": a.video_id, "first": a.minute, "last": a.minute,
+                                        "metrics": set(), "events": 0})
+        v["first"], v["last"] = min(v["first"], a.minute), max(v["last"], a.minute)
+        v["metrics"] |= {names[k] for k, c in enumerate(a.counts) if c}
+        v["events"] += sum(a.counts)
+    out = []
+    for v in sorted(by.values(), key=lambda x: -x["events"]):
+        out.append({**v, "metrics": [m for m in names if m in v["metrics"]]})
+    return out
+
+
+def _explain(act: AccountActivity, ev: dict[str, float], partners: set[str], channels: int,
+             videos: list[dict]) -> str:
+    parts = []
+    if ev["sync"] >= 0.5:
+        parts.append(f"co-engaged with {len(partners)} accounts on videos of {channels} unrelated channels "
+                     f"within +-{SYNC_MINUTES} min")
+    if ev["no_sleep"] >= 0.5:
+        busiest = sorted((bin(m).count("1") for m in act.day_masks.values()), reverse=True)[:2]
+        parts.append(f"active {busiest[0]} and {busiest[1]} hours of a day (no sleep)")
+    if ev["regular"] >= 0.5:
+        parts.append("actions at machine-regular intervals")
+    if ev["rate"] >= 0.5:
+        parts.append(f"more than {RATE_PER_MINUTE} actions in one minute")
+    if ev["fake_hours"] >= 0.5:
+        parts.append("most of its actions in hours found fake, on videos of unrelated channels")
+    if not parts:
+        return f"organic-looking activity on {len(videos)} video(s)"
+    return "; ".join(parts) + f" ({len(videos)} video(s) in its recent activity)"
+
+
+class InMemoryAccountStore:
+    """The account state in memory (the evaluator, tests): the same summaries the worker keeps
+    in Redis, with the same idempotence."""
+
+    def __init__(self, engager_minutes: int = 24 * 60, engagers_per_video: int = 2000) -> None:
+        self.activity: dict[str, AccountActivity] = {}
+        self.engagers: dict[str, list[tuple[int, str]]] = {}  # video -> [(minute, user)], sorted
+        self.engager_minutes = engager_minutes
+        self.engagers_per_video = engagers_per_video
+
+    def apply(self, actions: dict[str, list[Action]]) -> None:
+        touched: set[str] = set()
+        for user, acts in actions.items():
+            self.activity.setdefault(user, AccountActivity(user)).add(acts)
+            for a in acts:
+                self.engagers.setdefault(a.video_id, []).append((a.minute, user))
+                touched.add(a.video_id)
+        for v in touched:
+            lst = sorted(set(self.engagers[v]))
+            newest = lst[-1][0]
+            lst = [x for x in lst if x[0] >= newest - self.engager_minutes][-self.engagers_per_video:]
+            self.engagers[v] = lst
+
+    def co_engagers(self, queries: Sequence[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, int]]]:
+        import bisect
+
+        out = {}
+        for video, minute in queries:
+            lst = self.engagers.get(video, [])
+            lo = bisect.bisect_left(lst, (minute - SYNC_MINUTES, ""))
+            hi = bisect.bisect_right(lst, (minute + SYNC_MINUTES, "\uffff"))
+            out[(video, minute)] = [(u, m) for m, u in lst[lo:hi]]
+        return out
+
+
+# ---------------------------------------------------------------------- decision and record
+ACCOUNT_SCHEMA_VERSION = "1.0"
+DETECTOR = {"name": "account-detector", "version": "1.0"}
+WITHDRAW = 0.4  # a flagged account whose score falls below this (with new activity) is withdrawn
+
+
+@dataclass
+class AccountFlagState:
+    """What the account decision remembers of an account (its last published record)."""
+
+    flag_id: str | None = None
+    status: str | None = None
+    generation: int = 0
+    records: int = 0
+    patterns: tuple[str, ...] = ()
+    videos: int = 0
+    group_size: int = 0
+    flagged_at_minute: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("new", "updated")
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["patterns"] = list(self.patterns)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AccountFlagState:
+        d = dict(d)
+        d["patterns"] = tuple(d.get("patterns", ()))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def decide_account(state: AccountFlagState | None, sc: AccountScore, *, last_minute: int
+                   ) -> tuple[AccountFlagState, str | None]:
+    """(new state, status to publish or None): ``new`` when an account is first flagged (or
+    again after a withdrawal), ``updated`` on a material change (a pattern named, the videos or
+    the group doubled), ``withdrawn`` when the account, active again, no longer looks fake."""
+    from dataclasses import replace
+
+    state = state or AccountFlagState()
+    group = group_of(sc.user_id, sc.partners)
+    size = group["size"] if group else 0
+    if sc.flagged:
+        material = (not set(sc.patterns) <= set(state.patterns) or len(sc.videos) >= 2 * max(state.videos, 1)
+                    or size >= 2 * max(state.group_size, 1) and size > 0)
+        if state.active and not material:
+            return state, None
+        status = "updated" if state.active else "new"
+        new = replace(state, status=status, records=state.records + 1,
+                      patterns=tuple(sorted(set(state.patterns if state.active else ()) | set(sc.patterns))),
+                      videos=max(len(sc.videos), state.videos if state.active else 0),
+                      group_size=max(size, state.group_size if state.active else 0),
+                      flagged_at_minute=state.flagged_at_minute if state.active else last_minute)
+        new.flag_id = account_flag_id(sc.user_id, new.generation, new.records)
+        return new, status
+    if state.active and sc.score < WITHDRAW and last_minute > state.flagged_at_minute + 24 * 60:
+        new = replace(state, status="withdrawn", records=state.records + 1, generation=state.generation + 1)
+        new.flag_id = account_flag_id(sc.user_id, new.generation, new.records)
+        return new, "withdrawn"
+    return state, None
+
+
+def account_flag_id(user_id: str, generation: int, records: int) -> str:
+    """Deterministic: the same account and the same sequence of records give the same id
+    (a replayed or restarted worker re-derives it; consumers de-duplicate on it)."""
+    return hashlib.sha256(f"account|{user_id}|g{generation}|r{records}".encode()).hexdigest()[:32]
+
+
+def account_record(sc: AccountScore, state: AccountFlagState, status: str, *, watermark: float,
+                   detected_at: float, organic_rate: float | None = None) -> dict:
+    """The account flag (``account-flag.schema.json`` 1.0)."""
+    from stream_detector.flags import iso, severity
+    from stream_detector.series import minute_iso
+
+    videos = [{"video_id": v["video_id"], "first": minute_iso(v["first"]), "last": minute_iso(v["last"]),
+               "metrics": v["metrics"], "events": int(v["events"])} for v in sc.videos[:50]]
+    return {
+        "schema_version": ACCOUNT_SCHEMA_VERSION,
+        "flag_id": state.flag_id,
+        "user_id": sc.user_id,
+        "status": status,
+        "score": round(float(sc.score), 4),
+        "threshold": THRESHOLD,
+        "severity": severity(sc.score, THRESHOLD) if status != "withdrawn" else "low",
+        "organic_rate": organic_rate,
+        "group": group_of(sc.user_id, sc.partners),
+        "videos": videos,
+        "patterns": sc.patterns or list(state.patterns),
+        "explanation": sc.explanation[:500],
+        "model": dict(DETECTOR),
+        "watermark": iso(watermark),
+        "detected_at": iso(detected_at),
+    }

@@ -1,0 +1,196 @@
+"""The user level in the worker: account actions in, account flags out.
+
+The consume side hands each written batch's account actions (events with a ``user_id``) to
+``AccountLoop.ingest``: they are applied to the shared account state (``account_store``) and the
+accounts due for a judgement are marked in a durable schedule sharded by events partition
+(``accounts.shard_of``), so the owner of partition p judges the accounts of shard p. The lane
+(``judge``) claims due accounts of the owned shards, reads their activity and co-engagers, judges
+them (``accounts.AccountJudge``), decides (``accounts.decide_account``), publishes account flags to
+their own topic (key = ``user_id``), keeps the latest judgement for ``/accounts/{user_id}``, and,
+when an account is newly flagged, counts its actions as flagged in their videos' hours and marks
+those videos due: the video level judges them again with that evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+from aiokafka import AIOKafkaProducer
+
+from stream_detector import keys, redis_client
+from stream_detector.accounts import (
+    THRESHOLD,
+    AccountFlagState,
+    AccountJudge,
+    Action,
+    account_record,
+    channel_hash,
+    decide_account,
+    group_of,
+    shard_of,
+)
+from stream_detector.events import EventColumns
+from stream_detector.schedule import RescoreSchedule, now_ms
+from stream_detector.worker.account_store import AccountStore
+from stream_detector.worker.checkpoint import Checkpoint
+from stream_detector.worker.context import WorkerContext
+
+log = logging.getLogger("stream_detector.accounts")
+
+BATCH = 256  # accounts judged per claim
+SCORE_TTL_S = 8 * 24 * 3600
+
+
+def actions_of(events: EventColumns, partitions: np.ndarray) -> dict[str, list[Action]]:
+    """The account actions of a batch's events (the rows with a ``user_id``), per account."""
+    users = events.user_ids
+    if users is None:
+        return {}
+    channels = events.channel_ids
+    minutes = (events.ts // 60).astype(np.int64).tolist()
+    counts = events.counts.tolist()
+    parts = np.asarray(partitions).tolist()
+    out: dict[str, list[Action]] = {}
+    cache: dict[tuple[str | None, str], int] = {}
+    for k, user in enumerate(users):
+        if user is None:
+            continue
+        video = events.video_ids[k]
+        ch = channels[k] if channels is not None else None
+        h = cache.get((ch, video))
+        if h is None:
+            h = cache[(ch, video)] = channel_hash(ch, video)
+        c = counts[k]
+        out.setdefault(user, []).append(Action(minutes[k], video, h, (c[0], c[1], c[2], c[3]), parts[k]))
+    return out
+
+
+class AccountLoop:
+    def __init__(self, ctx: WorkerContext, store: AccountStore, producer: AIOKafkaProducer,
+                 checkpoint: Checkpoint) -> None:
+        self.ctx = ctx
+        self.checkpoint = checkpoint
+        self.store = store
+        self.producer = producer
+        s = ctx.settings
+        self.topic = s.account_flags_topic
+        self.schedule = RescoreSchedule(ctx.redis, prefix=s.key_prefix, topic=f"{s.events_topic}#accounts",
+                                        metrics=ctx.metrics)
+        self.judge_core = AccountJudge()
+        self.published = 0
+        self._turn = 0
+
+    def partitions(self) -> int:
+        """Partitions of the events topic (the shards of the account schedule)."""
+        c = self.ctx.consumer
+        parts = c.partitions_for_topic(self.ctx.settings.events_topic) if c is not None else None
+        return len(parts) if parts else max(self.ctx.settings.topic_partitions, 1)
+
+    async def ingest(self, events: EventColumns, partitions: np.ndarray) -> int:
+        """Apply a written batch's account actions; mark the accounts due. Returns the actions."""
+        actions = actions_of(events, partitions)
+        if not actions:
+            return 0
+        n = sum(len(a) for a in actions.values())
+        self.ctx.metrics.account_actions.inc(n)
+        due = await self.store.apply(actions)
+        if due:
+            shards = self.partitions()
+            marks: dict[int, dict[str, int]] = {}
+            now = now_ms()
+            for u in due:
+                marks.setdefault(shard_of(u, shards), {})[u] = now
+            await self.schedule.mark(marks)
+        return n
+
+    async def judge(self) -> int:
+        """One claim of due accounts in the owned shards (in turn): judge, decide, publish."""
+        ctx = self.ctx
+        owned = sorted(tp.partition for tp in ctx.owned())
+        if not owned or ctx.redis is None:
+            return 0
+        self._turn = (self._turn + 1) % len(owned)
+        for k in range(len(owned)):
+            p = owned[(self._turn + k) % len(owned)]
+            users, lease = await self.schedule.claim(p, BATCH)
+            if users:
+                await self._judge(users)
+                await self.schedule.release(p, users, lease)
+                return len(users)
+        return 0
+
+    async def _judge(self, users: Sequence[str]) -> None:
+        ctx, m = self.ctx, self.ctx.metrics
+        t0 = time.perf_counter()
+        acts = await self.store.activity(users)
+        queries = sorted({q for a in acts.values() for q in self.judge_core.sync_queries(a)})
+        engaged = await self.store.co_engagers(queries)
+        scores = {}
+        for u, act in acts.items():
+            mine = {q: engaged[q] for q in self.judge_core.sync_queries(act)}
+            scores[u] = self.judge_core.judge(act, mine)
+        m.accounts_judged.inc(len(scores))
+        m.account_judge_latency.observe(time.perf_counter() - t0)
+        states = await self._states(list(scores))
+        wm = max(self.checkpoint.watermark.values(), default=0.0)
+        now = time.time()
+        sends, new_states, docs, newly = [], {}, {}, []
+        for u, sc in scores.items():
+            state, status = decide_account(states.get(u), sc, last_minute=acts[u].last_minute)
+            doc = {"user_id": u, "score": round(sc.score, 4), "threshold": THRESHOLD, "flagged": sc.flagged,
+                   "evidence": {k: round(v, 3) for k, v in sc.evidence.items()}, "patterns": sc.patterns,
+                   "group": group_of(u, sc.partners), "explanation": sc.explanation, "judged_at": now,
+                   "videos": sc.videos[:20], "published": None}
+            if status is not None:
+                rec = account_record(sc, state, status, watermark=wm, detected_at=now)
+                sends.append((u, rec))
+                new_states[keys.account_flag(ctx.settings.key_prefix, u)] = json.dumps(state.to_dict())
+                doc["published"] = {"flag_id": rec["flag_id"], "status": status}
+                if status == "new":
+                    newly.append(u)
+            docs[keys.account_score(ctx.settings.key_prefix, u)] = json.dumps(doc)
+        futs = []
+        for u, rec in sends:
+            futs.append(await self.producer.send(self.topic, value=json.dumps(rec, separators=(",", ":")).encode(),
+                                                 key=u.encode()))
+        for f in futs:
+            await f
+        for _, rec in sends:
+            m.account_flags.labels(status=rec["status"]).inc()
+            for p in rec["patterns"]:
+                m.account_flag_patterns.labels(pattern=p).inc()
+            log.info("account flag user=%s flag_id=%s status=%s score=%.3f patterns=%s", rec["user_id"],
+                     rec["flag_id"], rec["status"], rec["score"], ",".join(rec["patterns"]))
+        self.published += len(sends)
+        await ctx.metrics.timed_redis("accounts", redis_client.set_ex(ctx.redis, new_states, SCORE_TTL_S))
+        await ctx.metrics.timed_redis("accounts", redis_client.set_ex(ctx.redis, docs, SCORE_TTL_S))
+        if newly:
+            await self._newly_flagged([acts[u] for u in newly])
+
+    async def _newly_flagged(self, acts) -> None:
+        """Their actions count as flagged in their videos' hours; those videos are judged again
+        (with that evidence) by their partitions' owners."""
+        actions = [a for act in acts for a in act.actions]
+        await self.store.count_flagged(actions)
+        marks: dict[int, dict[str, int]] = {}
+        now = now_ms()
+        for a in actions:
+            if a.partition >= 0:
+                marks.setdefault(a.partition, {})[a.video_id] = now
+        if marks and self.ctx.schedule is not None:
+            await self.ctx.schedule.mark(marks)
+
+    async def _states(self, users: list[str]) -> dict[str, AccountFlagState]:
+        ks = [keys.account_flag(self.ctx.settings.key_prefix, u) for u in users]
+        raw = await self.ctx.metrics.timed_redis("accounts", redis_client.mget(self.ctx.redis, ks))
+        return {u: AccountFlagState.from_dict(json.loads(r)) for u, r in zip(users, raw, strict=True) if r}
+
+    async def current(self, user_id: str) -> dict | None:
+        raw = await self.ctx.metrics.timed_redis(
+            "accounts", self.ctx.redis.get(keys.account_score(self.ctx.settings.key_prefix, user_id)))
+        return json.loads(raw) if raw else None
+

@@ -1,0 +1,205 @@
+"""Evaluate the user level as it runs: account events replayed in event time through the
+account state and judgement the worker uses (``stream_detector.accounts``), on a simulated
+world of accounts (``dev/accounts.py``): account precision / recall / FPR by role (fans,
+shared networks, very active users and embed viewers as their own rows), group recovery,
+time from a farm's first bought action to its first account flag, and what the flagged
+accounts do for the video level.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream_detector.accounts import (
+    AccountJudge,
+    Action,
+    InMemoryAccountStore,
+    channel_hash,
+    group_of,
+)
+from stream_detector.dev.accounts import FAKE_ROLES, ROLES, AccountWorld
+
+MIN_ACTIONS = 3  # accounts judged (and counted) once they have this many actions
+JUDGE_EVERY = 30  # event minutes between two judgements of one account
+
+
+@dataclass
+class AccountRun:
+    first_flag: np.ndarray  # (A,) event minute of the first flag (-1 never)
+    score: np.ndarray  # (A,) highest score seen
+    patterns: list[set[str]]  # per account, the patterns it was flagged with
+    group: list[str | None]  # per account, the group id of its first flag
+    judged: int
+    seconds: float
+
+
+SUSPICION_DELAY_MIN = 120  # the video level judges an hour once it and the hour after it closed
+
+
+def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: AccountJudge | None = None,
+                    hour_p: np.ndarray | None = None) -> AccountRun:
+    """Apply the world's actions in event time, ``step_minutes`` at a time, and judge the
+    accounts touched (each at most every ``JUDGE_EVERY`` minutes, from ``MIN_ACTIONS``).
+    ``hour_p`` (N, T): the video level's hour probabilities (``stream_eval.replay``'s
+    ``hour_p``), known ``SUSPICION_DELAY_MIN`` after each hour began."""
+    t0 = time.perf_counter()
+    judge = judge or AccountJudge()
+    d = world.data
+    a = world.actions
+    order = np.lexsort((a[:, 3], a[:, 0], a[:, 1]))
+    a = a[order]
+    base = int(d.start_hour) * 60
+    ch = np.array([channel_hash(c, v) for c, v in zip(d.channel, d.video_ids, strict=True)])
+    store = InMemoryAccountStore()
+    n_acc = len(world.account_ids)
+    first = np.full(n_acc, -1, dtype=np.int64)
+    best = np.zeros(n_acc)
+    pats: list[set[str]] = [set() for _ in range(n_acc)]
+    group: list[str | None] = [None] * n_acc
+    last_judged = np.full(n_acc, -10**9, dtype=np.int64)
+    n_actions = np.zeros(n_acc, dtype=np.int64)
+    index = {u: k for k, u in enumerate(world.account_ids)}
+    video_index = {v: k for k, v in enumerate(d.video_ids)}
+    judged = 0
+    minutes = a[:, 1]
+    bounds = np.searchsorted(minutes, np.arange(0, d.hours * 60 + step_minutes, step_minutes))
+    for s in range(len(bounds) - 1):
+        lo, hi = bounds[s], bounds[s + 1]
+        if lo == hi:
+            continue
+        rows = a[lo:hi]
+        # one Action per (video, minute, account): counts per metric
+        per: dict[tuple[int, int, int], list[int]] = {}
+        for v, m, metric, acc, cnt, _fake in rows.tolist():
+            c = per.setdefault((acc, v, m), [0, 0, 0, 0])
+            c[metric] += cnt
+        batch: dict[str, list[Action]] = {}
+        for (acc, v, m), c in per.items():
+            batch.setdefault(world.account_ids[acc], []).append(
+                Action(base + m, d.video_ids[v], int(ch[v]), (c[0], c[1], c[2], c[3])))
+        store.apply(batch)
+        now = base + int(rows[-1, 1])
+        for user, acts in batch.items():
+            k = index[user]
+            n_actions[k] += len(acts)
+            if n_actions[k] < MIN_ACTIONS or now - last_judged[k] < JUDGE_EVERY:
+                continue
+            last_judged[k] = now
+            act = store.activity[user]
+            susp = {}
+            if hour_p is not None:
+                vindex = video_index
+                for video, hour in judge.suspicion_queries(act):
+                    h = hour - int(d.start_hour)
+                    if 0 <= h < d.hours and (h * 60 + SUSPICION_DELAY_MIN) <= now - base:
+                        susp[(video, hour)] = float(hour_p[vindex[video], h])
+            sc = judge.judge(act, store.co_engagers(judge.sync_queries(act)), susp)
+            judged += 1
+            best[k] = max(best[k], sc.score)
+            if sc.flagged:
+                pats[k] |= set(sc.patterns)
+                if first[k] < 0:
+                    first[k] = now - base
+                    g = group_of(user, sc.partners)
+                    group[k] = g["group_id"] if g else None
+    return AccountRun(first, best, pats, group, judged, time.perf_counter() - t0)
+
+
+def account_metrics(run: AccountRun, world: AccountWorld) -> dict:
+    """Account precision / recall / FPR by role, group recovery, time to first flag, and the
+    video-level share of engagement from flagged accounts."""
+    flagged = run.first_flag >= 0
+    n = np.bincount(world.actions[:, 3], weights=world.actions[:, 4], minlength=len(world.account_ids))
+    judged = n >= MIN_ACTIONS
+    fake = world.fake_accounts
+    role = np.array([ROLES[r] for r in world.role])
+    tp = int((flagged & fake & judged).sum())
+    fp = int((flagged & ~fake & judged).sum())
+    out: dict = {
+        "accounts_judged": int(judged.sum()),
+        "fake_accounts": int((fake & judged).sum()),
+        "precision": tp / max(tp + fp, 1),
+        "recall": tp / max(int((fake & judged).sum()), 1),
+        "recall_all_active": int((flagged & fake).sum()) / max(int((fake & (n > 0)).sum()), 1),
+        "fpr": fp / max(int((~fake & judged).sum()), 1),
+        "flagged_by_role": {},
+        "recall_by_stealth": {},
+        "judgements": run.judged,
+        "seconds": run.seconds,
+    }
+    for r in ROLES:
+        sel = judged & (role == r)
+        if sel.any():
+            out["flagged_by_role"][r] = float(flagged[sel].mean())
+    first_fake = _first_fake_minute(world)
+    delays, coverage, purity = [], [], []
+    for g in world.groups:
+        if g["kind"] not in FAKE_ROLES:
+            continue
+        members = np.flatnonzero(world.group == g["id"]) if "id" in g else np.zeros(0, dtype=int)
+        members = members[np.isin(world.role[members], [ROLES.index(r) for r in FAKE_ROLES])]
+        active = members[judged[members]]
+        if not active.size:
+            continue
+        caught = active[flagged[active]]
+        coverage.append(len(caught) / len(active))
+        stealth = g.get("stealth", g["kind"])
+        out["recall_by_stealth"].setdefault(stealth, []).append(len(caught) / len(active))
+        if caught.size:
+            ids = [run.group[k] for k in caught.tolist() if run.group[k]]
+            if ids:
+                purity.append(max(ids.count(x) for x in set(ids)) / len(ids))
+            t_first = int(run.first_flag[caught].min())
+            start = first_fake.get(int(g["id"]))
+            if start is not None:
+                delays.append(max(0, t_first - start) / 60.0)
+    out["recall_by_stealth"] = {k: float(np.mean(v)) for k, v in out["recall_by_stealth"].items()}
+    out["groups_found"] = float(np.mean([c > 0 for c in coverage])) if coverage else None
+    out["group_member_recall"] = float(np.mean(coverage)) if coverage else None
+    out["group_purity"] = float(np.mean(purity)) if purity else None
+    out["hours_to_first_account_flag_median"] = float(np.median(delays)) if delays else None
+    out["hours_to_first_account_flag_max"] = float(np.max(delays)) if delays else None
+    out.update(_video_effect(world, flagged))
+    return out
+
+
+def _first_fake_minute(world: AccountWorld) -> dict[int, int]:
+    a = world.actions[world.actions[:, 5] == 1]
+    out: dict[int, int] = {}
+    grp = world.group[a[:, 3]]
+    for g in np.unique(grp).tolist():
+        out[int(g)] = int(a[grp == g, 1].min())
+    return out
+
+
+def _video_effect(world: AccountWorld, flagged: np.ndarray, share: float = 0.3, min_accounts: int = 5) -> dict:
+    """Per video: is some hour carried by flagged accounts (>= ``share`` of its account actions,
+    from >= ``min_accounts`` flagged accounts)? That is what the video level can use: recall on
+    bought videos, and how often it would touch organic ones, per kind."""
+    d = world.data
+    a = world.actions
+    hour = a[:, 1] // 60
+    key = a[:, 0] * d.hours + hour
+    tot = np.bincount(key, weights=a[:, 4], minlength=len(d) * d.hours).reshape(len(d), d.hours)
+    fl = flagged[a[:, 3]]
+    ftot = np.bincount(key[fl], weights=a[fl, 4], minlength=len(d) * d.hours).reshape(len(d), d.hours)
+    accs = {}
+    for v, h, acc in zip(a[fl, 0].tolist(), hour[fl].tolist(), a[fl, 3].tolist(), strict=True):
+        accs.setdefault((v, h), set()).add(acc)
+    carried = np.zeros((len(d), d.hours), dtype=bool)
+    for (v, h), s in accs.items():
+        if len(s) >= min_accounts and ftot[v, h] >= share * tot[v, h]:
+            carried[v, h] = True
+    hit = carried.any(axis=1)
+    labels = np.asarray(d.label, dtype=bool)
+    kinds = [d.kind_of(i) for i in range(len(d))]
+    out = {"video_recall_by_accounts": float(hit[labels].mean()) if labels.any() else None,
+           "video_fpr_by_accounts": float(hit[~labels].mean()) if (~labels).any() else None,
+           "video_by_kind": {}}
+    for k in sorted(set(kinds)):
+        sel = np.array([x == k for x in kinds])
+        out["video_by_kind"][k] = float(hit[sel].mean())
+    return out
