@@ -326,6 +326,7 @@ class RatioAnomaly:
     name = "ratio_anomaly"
     min_history_hours = 0  # the own-rate part gates itself on OWN_RATE_HISTORY
     OWN_RATE_HISTORY = 12
+    DRIFT = {1: 0.6, 2: 2.0, 3: 1.0}  # how far above its later rate a young upload's metric may run
 
     def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
         counts = s.counts
@@ -346,14 +347,16 @@ class RatioAnomaly:
         observed = s.mask > 0
         # a young upload's conversation is front-loaded (real top posts: comments per like fall
         # ~2x over the first 14 hours): its early hours may run above its own later rate
-        young = np.exp(-s.age / 6.0) * s.mask
-        drift = {1: np.log1p(0.6 * young), 2: np.log1p(2.0 * young), 3: np.log1p(1.0 * young)}
+        fresh = np.flatnonzero(((s.age < 36) & (s.mask > 0)).any(axis=1))  # videos with young hours
+        young = np.exp(-s.age[fresh] / 6.0) * s.mask[fresh]
         for i, m in enumerate((1, 2, 3)):
             expect = views * own_rate[:, i : i + 1]
             dev = np.log((sums[:, m] + 1.0) / (expect + 1.0))
             off = np.abs(dev)
             spread, _ = sig.masked_quantile(off, observed & (expect >= 5), 0.5)  # the median: a long fake is not the norm
-            wide = np.maximum(np.log(4.0), 2.0 * 1.4826 * spread)[:, None] + drift[m] * (dev > 0)
+            wide = np.broadcast_to(np.maximum(np.log(4.0), 2.0 * 1.4826 * spread)[:, None], dev.shape).copy()
+            if fresh.size:
+                wide[fresh] += np.log1p(self.DRIFT[m] * young) * (dev[fresh] > 0)
             z = (sums[:, m] - expect) / np.sqrt(3.0 * expect + 4.0)
             # a handful of events is not evidence: an excess needs 12 events beyond the expected
             counted = (dev < 0) | (sums[:, m] - expect >= 12.0)
@@ -363,19 +366,22 @@ class RatioAnomaly:
         expected_reactions = views * (own_rate[:, 0:1] + own_rate[:, 1:2])
         silent = (sums[:, 1] + sums[:, 2] == 0) & (views >= 300) & (expected_reactions >= 8) & enough
         per_metric[:, 0] = np.maximum(per_metric[:, 0], silent.astype(float))
-        per_metric[:, 1:3] = np.maximum(per_metric[:, 1:3], self._without_views(s))
+        # likes or comments without views: only videos with a day that gained 15 of one of them
+        gained = _day_gain_rows(s, 15.0)
+        if gained.size:  # ... with the metric in at least 14 hours of a day (most hours carry it)
+            busy = _trailing_sums((s.counts[gained, 1:3] > 0).astype(np.float64), 24) >= 14
+            rows = gained[busy.any(axis=(1, 2))]
+            per_metric[rows, 1:3] = np.maximum(per_metric[rows, 1:3], self._without_views(s, rows))
         return per_metric.max(axis=1), per_metric >= 0.5
 
     @staticmethod
-    def _without_views(s: Signals, hours: int = 24) -> np.ndarray:
+    def _without_views(s: Signals, rows: np.ndarray, hours: int = 24) -> np.ndarray:
         """(N, 2, W) likes and comments bought without views, sustained: over a day, against the
         same hours of the previous days, the metric grew far more than views did (beyond its
         counting noise, by 15 events at least), and did so in most hours of the day (a premiere's
         live chat is a few hours). Conversation of a young upload falls, it never rises like this."""
-        c = s.counts
-        r = s.earlier if s.earlier is not None else np.zeros_like(c)
-        have = (((s.earlier_days if s.earlier_days is not None else np.zeros_like(s.mask)) > 0)
-                & (s.mask > 0)).astype(np.float64)
+        c, r, phi = s.counts[rows], s.earlier[rows], s.dispersion[rows]
+        have = ((s.earlier_days[rows] > 0) & (s.mask[rows] > 0)).astype(np.float64)
         n = _trailing_sums(have, hours)
         sc = _trailing_sums(c * have[:, None, :], hours)
         sr = _trailing_sums(r * have[:, None, :], hours)
@@ -384,7 +390,7 @@ class RatioAnomaly:
         for k, m in enumerate((1, 2)):
             expected = views_gain * sr[:, m]
             excess = sc[:, m] - expected
-            z = excess / np.sqrt(expected * (1.0 + s.dispersion[:, m : m + 1]) + 1.0)
+            z = excess / np.sqrt(expected * (1.0 + phi[:, m : m + 1]) + 1.0)
             per_hour = np.maximum(c[:, m] - views_gain * r[:, m], 0.0)  # views_gain at each hour's own day
             carried = _trailing_sums(((per_hour > 0.5 * excess / hours) & (have > 0)).astype(float), hours)
             steady = (views_gain >= 0.6) & (views_gain <= 1.6)  # views as before (not a surge, nor its end)
@@ -418,10 +424,12 @@ class AdditiveFit:
     valid: np.ndarray  # (N, 4, W) bool: 24 hours with an earlier day each
 
     @classmethod
-    def of(cls, s: Signals, hours: int = 24) -> AdditiveFit:
-        c = s.counts
-        r = s.earlier if s.earlier is not None else np.zeros_like(c)
-        v = ((s.earlier_days if s.earlier_days is not None else np.zeros_like(s.mask)) > 0) & (s.mask > 0)
+    def of(cls, s: Signals, hours: int = 24, rows: np.ndarray | None = None) -> AdditiveFit:
+        """The fit of every video, or of ``rows`` only (the others are not worth it)."""
+        c, r, days, mask = s.counts, s.earlier, s.earlier_days, s.mask
+        if rows is not None:
+            c, r, days, mask = c[rows], r[rows], days[rows], mask[rows]
+        v = (days > 0) & (mask > 0)
         vf = np.broadcast_to(v[:, None, :], c.shape).astype(np.float64)
         n = _trailing_sums(vf, hours)
         sr, sc = _trailing_sums(r * vf, hours), _trailing_sums(c * vf, hours)
@@ -454,7 +462,15 @@ class DripFeed:
     def _alone(fit: AdditiveFit) -> np.ndarray:
         return np.maximum(_alone_of(fit, unknown=0.7), 0.35)  # bots holding proportions add every metric
     def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
-        fit = AdditiveFit.of(s)
+        per_metric = np.zeros(s.counts.shape)
+        rows = _floor_rows(s)  # a day with a floor under (almost) every hour: the rest cannot
+        if rows.size:
+            per_metric[rows] = self._rows(s, rows)
+        return per_metric.max(axis=1), per_metric >= 0.5
+
+    def _rows(self, s: Signals, rows: np.ndarray) -> np.ndarray:
+        fit = AdditiveFit.of(s, rows=rows)
+        counts, earlier = s.counts[rows], s.earlier[rows]
         size = (fit.a >= 0.35 * fit.mean_earlier + 2.0) & (fit.a >= 3.0)
         end = (_sigmoid(1.5 * (fit.z - 5.0)) * _sigmoid(12.0 * (fit.contrast - 0.3)) * size * fit.valid
                * (fit.g <= 3.0))
@@ -465,21 +481,60 @@ class DripFeed:
         prev_a, prev_z = fit.a[..., :-lag], fit.z[..., :-lag]
         same[..., lag:] = (np.abs(fit.a[..., lag:] - prev_a) <= 0.35 * fit.a[..., lag:]) & (prev_z >= 4.0)
         end = end * same * self._alone(fit)
-        per_metric = np.zeros(s.counts.shape)
+        per_metric = np.zeros(counts.shape)
         ends = np.nonzero(end >= 0.05)
         if ends[0].size:
-            r = s.earlier if s.earlier is not None else np.zeros_like(s.counts)
             i, m, t = ends
             ev, gg, aa = end[ends], fit.g[ends], fit.a[ends]
             carries = np.zeros((24, t.size), dtype=bool)  # the hours of each fitted day that carry the rate
             for k in range(24):
                 h = np.maximum(t - k, 0)
-                carries[k] = s.counts[i, m, h] - gg * r[i, m, h] >= 0.5 * aa
+                carries[k] = counts[i, m, h] - gg * earlier[i, m, h] >= 0.5 * aa
             floor = carries.sum(axis=0) >= 20  # under (almost) every hour of the day: a floor, not a surge
             for k in range(24):
                 on = floor & carries[k]
                 np.maximum.at(per_metric, (i[on], m[on], np.maximum(t[on] - k, 0)), ev[on])
-        return per_metric.max(axis=1), per_metric >= 0.5
+        return per_metric
+
+
+def _day_gains(s: Signals) -> np.ndarray:
+    """(N, 4, W) each metric's count over the 24 hours ending at each hour minus the same hours
+    on the previous days (0 where there are none): what the gates of the day-against-earlier
+    detectors read, computed once per batch."""
+    got = getattr(s, "_day_gains", None)
+    if got is None:
+        diff = (s.counts - s.earlier).astype(np.float32)  # earlier is 0 where no day is observed
+        c = np.cumsum(diff, axis=-1)
+        got = c.copy()
+        got[..., 24:] -= c[..., :-24]
+        s._day_gains = got  # type: ignore[attr-defined]
+    return got
+
+
+def _floor_rows(s: Signals) -> np.ndarray:
+    """Videos with a day that gained 3 an hour over the same hours of the previous days in some
+    metric, with 48 observed hours, and where 20 hours of such a day exceed a quarter of the
+    same hour before by 1.5: what a drip's fit needs at the least (g >= 0.25, a >= 3 carried by
+    >= 20 hours at half of it)."""
+    rows = _day_gain_rows(s, 72.0)
+    if not rows.size:
+        return rows
+    r = s.earlier[rows]  # a rhythm to fit on: the earlier days vary beyond counting noise somewhere
+    rows = rows[(r.var(axis=-1) > 1.1 * r.mean(axis=-1) + 0.5).any(axis=1)]
+    if not rows.size:
+        return rows
+    over = (s.counts[rows] - 0.25 * s.earlier[rows] >= 1.5) & (s.earlier_days[rows] > 0)[:, None, :]
+    return rows[(_trailing_sums(over.astype(np.float32), 24) >= 20).any(axis=(1, 2))]
+
+
+def _day_gain_rows(s: Signals, gain: float) -> np.ndarray:
+    """Videos with a day (24 hours ending at some hour) whose count in some metric exceeds the
+    same hours of the previous days by ``gain``, with 48 observed hours."""
+    ok = s.history[:, -1] >= 48
+    rows = np.flatnonzero(ok)
+    if not rows.size:
+        return rows
+    return rows[(_day_gains(s)[rows] >= gain).any(axis=(1, 2))]
 
 
 def _alone_of(fit: AdditiveFit, unknown: float) -> np.ndarray:
@@ -512,18 +567,35 @@ class ShiftHours:
     min_history_hours = 48
 
     def evidence(self, s: Signals) -> tuple[np.ndarray, np.ndarray]:
-        c = s.counts
-        r = s.earlier if s.earlier is not None else np.zeros_like(c)
-        have = ((s.earlier_days if s.earlier_days is not None else np.zeros_like(s.mask)) > 0) & (s.mask > 0)
-        ratio = np.where(have[:, None, :], np.log1p(c) - np.log1p(r), np.nan)
-        g = np.exp(np.nan_to_num(_rolling_nanmedian(ratio, 25), nan=0.0))  # the day's multiplicative change
+        per_metric = np.zeros(s.counts.shape)
+        have = (s.earlier_days > 0) & (s.mask > 0)
+        up = (s.counts - s.earlier >= 3.0) & have[:, None, :]
+        # a block needs 5 hours in a row gaining 3 or more, and an hour after it that does not
+        # (it stops at once): only the videos that have one
+        ends = up[..., 4:-1] & up[..., 3:-2] & up[..., 2:-3] & up[..., 1:-4] & up[..., :-5] & ~up[..., 5:]
+        rows = np.flatnonzero(ends.any(axis=(1, 2)))
+        if rows.size:
+            per_metric[rows] = self._rows(s, rows, have[rows])
+        return per_metric.max(axis=1), per_metric >= 0.5
+
+    def _rows(self, s: Signals, rows: np.ndarray, have: np.ndarray) -> np.ndarray:
+        c, r, phi = s.counts[rows], s.earlier[rows], s.dispersion[rows]
+        hv = have[:, None, :].astype(np.float64)
+        # the day's multiplicative change, from the hours outside any block: a first pass over
+        # the centred day, then again without the hours it finds hot
+        def day_ratio(weight: np.ndarray) -> np.ndarray:
+            return (_centred_window_sums(c * weight, 25) + 5.0) / (_centred_window_sums(r * weight, 25) + 5.0)
+
+        g = day_ratio(hv)
+        hot = (c - g * r) / np.sqrt(g * r * (1.0 + phi[:, :, None] * g * r) + 1.0) >= 2.5
+        g = day_ratio(hv * ~hot)
         expected = g * r
         e = c - expected
-        z = e / np.sqrt(expected * (1.0 + s.dispersion[:, :, None] * expected) + 1.0)
-        hot = (z >= 2.5) & (e >= 3.0) & have[:, None, :]
-        per_metric = np.zeros(c.shape)
-        rows = np.nonzero(hot.any(axis=-1))
-        for i, m in zip(*rows, strict=True):
+        z = e / np.sqrt(expected * (1.0 + phi[:, :, None] * expected) + 1.0)
+        hot = (z >= 2.5) & (e >= 3.0) & (hv > 0)
+        out = np.zeros(c.shape)
+        five = (hot[..., 4:] & hot[..., 3:-1] & hot[..., 2:-2] & hot[..., 1:-3] & hot[..., :-4]).any(axis=-1)
+        for i, m in zip(*np.nonzero(five), strict=True):  # only (video, metric) with 5 hot hours in a row
             runs_s, runs_l = _runs(hot[i, m])
             for a, length in zip(runs_s.tolist(), runs_l.tolist(), strict=True):
                 if not 5 <= length <= 14:
@@ -534,11 +606,9 @@ class ShiftHours:
                 flat = block.min() >= 0.35 * block.max() and block[0] >= 0.5 * np.median(block)
                 if not (flat and before < 1.0 and after < 1.0):
                     continue
-                big = block.mean() >= max(0.5 * (r[i, m, a : a + length].mean() + 1.0), 3.0)
-                if big:
-                    per_metric[i, m, a : a + length] = 0.9 * self._alone(e[i, :, a : a + length], r[i], m)
-        return per_metric.max(axis=1), per_metric >= 0.5
-
+                if block.mean() >= max(0.5 * (r[i, m, a : a + length].mean() + 1.0), 3.0):
+                    out[i, m, a : a + length] = 0.9 * self._alone(e[i, :, a : a + length], r[i], m)
+        return out
 
     @staticmethod
     def _alone(excess: np.ndarray, earlier: np.ndarray, m: int) -> float:
@@ -553,19 +623,18 @@ class ShiftHours:
         return 1.0 if any(gain[o] < 0.3 * expected[o] for o in others) else 0.0
 
 
+def _centred_window_sums(x: np.ndarray, size: int) -> np.ndarray:
+    """Sums over the ``size`` hours centred on each hour, the window cut at the edges."""
+    half = size // 2
+    c = np.cumsum(np.pad(x, [(0, 0)] * (x.ndim - 1) + [(half + 1, half)]), axis=-1)
+    return c[..., size:] - c[..., :-size]
+
+
 def _trailing_max_to_hours(end: np.ndarray, hours: int) -> np.ndarray:
     """Evidence of the days ending at each hour -> per hour, the max over the days covering it."""
     start = np.zeros_like(end)
     start[..., : end.shape[-1] - hours + 1] = end[..., hours - 1 :]  # by the day's first hour
     return _spread(start, hours)
-
-
-def _rolling_nanmedian(x: np.ndarray, size: int) -> np.ndarray:
-    from numpy.lib.stride_tricks import sliding_window_view
-
-    half = size // 2
-    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(half, half)], constant_values=np.nan)
-    return sig.nan_median(sliding_window_view(padded, size, axis=-1))
 
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

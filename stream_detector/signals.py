@@ -157,23 +157,32 @@ def dispersion(counts: np.ndarray, mask: np.ndarray, baseline: np.ndarray,
     return weight * own + (1.0 - weight) * DISPERSION_PRIOR
 
 
-def previous_days(counts: np.ndarray, mask: np.ndarray, days: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 4, W) the median count at the same hour on up to ``days`` previous observed days,
-    and (N, W) how many such days there were (0: no reference, the value is 0). Causal: what
-    the video did before, so a rate added from some hour on stands out against it until it
-    fills most of those days."""
+def previous_days(counts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 4, W) the median count at the same hour on up to 3 previous observed days, and
+    (N, W) how many such days there were (0: no reference, the value is 0). Causal: what the
+    video did before, so a rate added from some hour on stands out against it until it fills
+    most of those days. Observation is monotone (from the first activity on), so where the day
+    three days back is observed, so are the two after it: median of 3, mean of 2, or the one."""
     n, m, w = counts.shape
-    stack = np.full((days, n, m, w), np.nan)
+    out = np.zeros((n, m, w))
     avail = np.zeros((n, w))
-    for k in range(1, days + 1):
-        lag = 24 * k
-        if lag >= w:
-            break
-        seen = mask[:, :-lag] > 0
-        stack[k - 1, :, :, lag:] = np.where(seen[:, None, :], counts[:, :, :-lag], np.nan)
-        avail[:, lag:] += seen
-    ref = np.nan_to_num(nan_median(np.moveaxis(stack, 0, -1)), nan=0.0)
-    return ref, avail
+    seen = mask > 0
+    if w > 24:
+        d1 = seen[:, :-24]
+        avail[:, 24:] += d1
+        out[:, :, 24:] = np.where(d1[:, None, :], counts[:, :, :-24], 0.0)
+    if w > 48:
+        d2 = seen[:, :-48]
+        avail[:, 48:] += d2
+        mean2 = 0.5 * (counts[:, :, 24:-24] + counts[:, :, :-48])
+        np.copyto(out[:, :, 48:], mean2, where=d2[:, None, :])
+    if w > 72:
+        d3 = seen[:, :-72]
+        avail[:, 72:] += d3
+        a, b, c = counts[:, :, 48:-24], counts[:, :, 24:-48], counts[:, :, :-72]
+        med3 = np.maximum(np.minimum(a, b), np.minimum(np.maximum(a, b), c))
+        np.copyto(out[:, :, 72:], med3, where=d3[:, None, :])
+    return out, avail
 
 
 @dataclass
