@@ -4,9 +4,12 @@
 -- An entry already in the ring is the same action applied again (a replay): nothing changes.
 -- The state keeps, per day of the last 8 (field d<day % 8> = "<day>:<24-bit mask>"), the hours
 -- with an action, the first and last minute, the actions seen (n) and when it was last judged
--- (j). Returns the 1-based positions of the accounts due for a judgement.
+-- (j), and whether it stands flagged (x, set by the judgement). Returns two lists of 1-based
+-- positions: the accounts due for a judgement, and the accounts that stand flagged (their
+-- actions count as flagged in their videos' hours).
 local ttl, ring, every, min_actions = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local due = {}
+local flagged = {}
 local a = 5
 for k = 1, #KEYS, 2 do
   local st, rk = KEYS[k], KEYS[k + 1]
@@ -36,6 +39,9 @@ for k = 1, #KEYS, 2 do
       if first == 0 or minute < first then first = minute end
     end
   end
+  if added > 0 and redis.call('HGET', st, 'x') == '1' then
+    flagged[#flagged + 1] = (k + 1) / 2
+  end
   if added > 0 then
     redis.call('LTRIM', rk, -ring, -1)
     local count = redis.call('HINCRBY', st, 'n', added)
@@ -49,4 +55,4 @@ for k = 1, #KEYS, 2 do
     end
   end
 end
-return due
+return {due, flagged}

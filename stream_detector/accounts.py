@@ -42,16 +42,21 @@ DAYS = 8
 SYNC_MINUTES = 30  # co-engagement within +-this many minutes of the same video
 SYNC_CHANNELS = 3
 SYNC_PARTNERS = 4
+LOCKSTEP_MINUTES = 3  # ... and in lockstep: within +-3 minutes, with at least LOCKSTEP_PARTNERS
+LOCKSTEP_PARTNERS = 3
 SYNC_SMALL = 150  # engagers of a video within the +-window above this say nothing about each other
 NO_SLEEP_HOURS = 20
 REGULAR_CV = 0.3
 REGULAR_MIN = 12
 RATE_PER_MINUTE = 20
 SUSPECT_P = 0.5
-FAKE_HOURS_SHARE = 0.6
-FAKE_HOURS_MIN = 3
+FAKE_HOURS_SHARE = 0.8
+FAKE_HOURS_MIN = 4
 ACCOUNT_PATTERNS = ("sync", "no_sleep", "regular", "rate", "fake_hours")
+# sync within +-30 min weighs 0.6 alone (an account watching boosted videos is near the bots
+# that boost them); in lockstep (+-3 min) it weighs as much as the others
 WEIGHTS = {"sync": 0.95, "no_sleep": 0.9, "regular": 0.85, "rate": 0.8, "fake_hours": 0.9}
+LOOSE_SYNC_WEIGHT = 0.6
 THRESHOLD = 0.8
 
 
@@ -156,8 +161,13 @@ class AccountJudge:
         +-SYNC_MINUTES (what ``sync_queries`` asked for); ``suspicion[(video, hour)]``: the hour
         probability the video level gave the hours of its actions (``suspicion_queries``)."""
         ev = {p: 0.0 for p in ACCOUNT_PATTERNS}
-        partners, channels = self._sync(act, engagers)
-        ev["sync"] = _ramp(len(partners), SYNC_PARTNERS - 1, SYNC_PARTNERS + 2)
+        partners, channels = self._sync(act, engagers, SYNC_MINUTES)
+        tight, tight_channels = self._sync(act, engagers, LOCKSTEP_MINUTES)
+        loose = LOOSE_SYNC_WEIGHT / WEIGHTS["sync"] * _ramp(len(partners), SYNC_PARTNERS - 1, SYNC_PARTNERS + 2)
+        lockstep = _ramp(len(tight), LOCKSTEP_PARTNERS - 1, LOCKSTEP_PARTNERS + 1)
+        ev["sync"] = max(loose, lockstep)
+        if lockstep >= loose and tight:
+            partners, channels = tight, tight_channels
         ev["no_sleep"] = self._no_sleep(act)
         ev["regular"] = self._regular(act)
         ev["rate"] = self._rate(act)
@@ -188,17 +198,17 @@ class AccountJudge:
         """(video, minute) of each action whose co-engagers the judgement reads."""
         return sorted({(a.video_id, a.minute) for a in act.actions})
 
-    def _sync(self, act: AccountActivity, engagers) -> tuple[set[str], int]:
+    def _sync(self, act: AccountActivity, engagers, within: int) -> tuple[set[str], int]:
         by_partner: dict[str, set[int]] = {}
         channel_of = {a.video_id: a.channel for a in act.actions}
-        for (video, _minute), others in engagers.items():
+        for (video, minute), others in engagers.items():
             if len(others) > SYNC_SMALL:
                 continue  # a crowd: co-engaging with it means nothing
             ch = channel_of.get(video)
             if ch is None:
                 continue
-            for user, _m in others:
-                if user != act.user_id:
+            for user, m in others:
+                if user != act.user_id and abs(m - minute) <= within:
                     by_partner.setdefault(user, set()).add(ch)
         partners = {u for u, chs in by_partner.items() if len(chs) >= SYNC_CHANNELS}
         channels = len(set().union(*(by_partner[u] for u in partners))) if partners else 0
@@ -255,7 +265,7 @@ def _explain(act: AccountActivity, ev: dict[str, float], partners: set[str], cha
     parts = []
     if ev["sync"] >= 0.5:
         parts.append(f"co-engaged with {len(partners)} accounts on videos of {channels} unrelated channels "
-                     f"within +-{SYNC_MINUTES} min")
+                     f"within +-{LOCKSTEP_MINUTES if ev['sync'] > LOOSE_SYNC_WEIGHT / WEIGHTS['sync'] else SYNC_MINUTES} min")
     if ev["no_sleep"] >= 0.5:
         busiest = sorted((bin(m).count("1") for m in act.day_masks.values()), reverse=True)[:2]
         parts.append(f"active {busiest[0]} and {busiest[1]} hours of a day (no sleep)")
@@ -281,17 +291,20 @@ class InMemoryAccountStore:
         self.engagers_per_video = engagers_per_video
 
     def apply(self, actions: dict[str, list[Action]]) -> None:
-        touched: set[str] = set()
+        """As Redis does: per video, each account once, at the minute of its latest action."""
+        touched: dict[str, dict[str, int]] = {}
         for user, acts in actions.items():
             self.activity.setdefault(user, AccountActivity(user)).add(acts)
             for a in acts:
-                self.engagers.setdefault(a.video_id, []).append((a.minute, user))
-                touched.add(a.video_id)
-        for v in touched:
-            lst = sorted(set(self.engagers[v]))
+                latest = touched.setdefault(a.video_id, {})
+                latest[user] = max(latest.get(user, a.minute), a.minute)
+        for v, latest in touched.items():
+            merged = {u: m for m, u in self.engagers.get(v, [])}
+            for u, m in latest.items():
+                merged[u] = max(merged.get(u, m), m)
+            lst = sorted((m, u) for u, m in merged.items())
             newest = lst[-1][0]
-            lst = [x for x in lst if x[0] >= newest - self.engager_minutes][-self.engagers_per_video:]
-            self.engagers[v] = lst
+            self.engagers[v] = [x for x in lst if x[0] >= newest - self.engager_minutes][-self.engagers_per_video:]
 
     def co_engagers(self, queries: Sequence[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, int]]]:
         import bisect

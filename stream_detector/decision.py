@@ -202,6 +202,8 @@ def _recurring(vs: VideoScore, windows: list[FlaggedWindow]) -> list[FlaggedWind
 
 
 BURST_MINUTES_KEPT = 16
+CARRIED_MIN = 5  # flagged accounts' actions in an hour, at least...
+CARRIED_SHARE = 0.3  # ... and this share of the hour's account actions
 
 
 def scheduled(minutes: list[int]) -> bool:
@@ -216,6 +218,14 @@ def scheduled(minutes: list[int]) -> bool:
     of_hour = np.array([x % 60 for x in m])
     same_minute = (np.abs(((of_hour - of_hour[-1]) + 30) % 60 - 30) <= 1).sum() >= 3
     return bool(regular or same_minute)
+
+
+def _keep_coordinated(old: FlaggedWindow, new: FlaggedWindow) -> FlaggedWindow:
+    """A window named again from the hour detectors keeps ``coordinated_accounts`` (accounts,
+    not counts, are its evidence)."""
+    if "coordinated_accounts" in old.patterns and "coordinated_accounts" not in new.patterns:
+        return replace(new, patterns=(*new.patterns, "coordinated_accounts"))
+    return new
 
 
 def _grow(seed: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -248,12 +258,14 @@ class StreamDecision:
         confirmed = vs.hour_probability[: max(len(vs.hour_probability) - self.thresholds.confirm_hours, 0)]
         return float(confirmed.max()) if confirmed.size else 0.0
 
-    def uses_detail(self, state: VideoDecisionState | None, burst: Burst | None) -> bool:
+    def uses_detail(self, state: VideoDecisionState | None, burst: Burst | None,
+                    accounts: dict[int, tuple[int, int]] | None = None) -> bool:
         """Whether deciding may read the scoring's hour detail (``VideoScore.detail``) whatever
         the hour probabilities: a burst that fires (its window is merged and relabelled) or an
         active flag (an episode that ends is published with its explanation). Otherwise only
         hours at or above ``detail_floor`` make it flag and read the detail."""
-        return (state is not None and state.active) or self.fires(burst)
+        carried = bool(accounts) and any(f >= CARRIED_MIN for _, f in accounts.values())
+        return (state is not None and state.active) or self.fires(burst) or carried
 
     def fires(self, burst: Burst | None) -> bool:
         """Whether the immediate path's evidence flags the video at once."""
@@ -264,7 +276,10 @@ class StreamDecision:
         return self.thresholds.publish
 
     def decide(self, state: VideoDecisionState | None, vs: VideoScore, *, now_hour: int,
-               burst: Burst | None = None) -> tuple[VideoDecisionState, Published | None]:
+               burst: Burst | None = None, accounts: dict[int, tuple[int, int]] | None = None,
+               ) -> tuple[VideoDecisionState, Published | None]:
+        """``accounts``: hour -> (account actions, actions of flagged accounts) of the video, when
+        its events carry user_id (event 1.1): hours carried by flagged accounts are evidence."""
         th = self.thresholds
         state = state or VideoDecisionState()
         p = vs.hour_probability
@@ -275,6 +290,8 @@ class StreamDecision:
             # (every confirmed run above ``extent`` would localise ~3 % more fake hours, but
             # name more side patterns and flag more organic hours: measured, not taken)
             windows = vs.windows_where(_grow(hot, p >= th.extent))
+        if accounts:
+            windows += self._carried(vs, accounts)
         burst_hours = list(state.burst_hours)
         burst_minutes = list(state.burst_minutes)
         fired = self.fires(burst)
@@ -288,7 +305,8 @@ class StreamDecision:
         if windows:
             merged = merge_windows_objects(state.windows if state.active else [], windows)
             # what is known now about earlier flagged hours replaces what was known then
-            merged = _recurring(vs, [w if w.start_hour in burst_hours else vs.relabel(w) for w in merged])
+            merged = _recurring(vs, [w if w.start_hour in burst_hours else _keep_coordinated(w, vs.relabel(w))
+                                     for w in merged])
             if scheduled(burst_minutes):
                 merged = [replace(w, patterns=("scheduled_bursts",)) if w.start_hour in burst_hours else w
                           for w in merged]
@@ -311,6 +329,26 @@ class StreamDecision:
             return new, Published("withdrawn", fid, tuple(state.windows), float(p.max()) if p.size else 0.0,
                                   severity(float(p.max()) if p.size else 0.0, th.publish))
         return state, None
+
+    def _carried(self, vs: VideoScore, accounts: dict[int, tuple[int, int]]) -> list[FlaggedWindow]:
+        """Confirmed hours carried by flagged accounts: at least ``CARRIED_MIN`` of their actions
+        and ``CARRIED_SHARE`` of the hour's account actions. Their score rises with that share
+        above the publish threshold (an hour wholly carried by flagged accounts is critical)."""
+        th = self.thresholds
+        confirmed = self.confirmed(vs)
+        out = []
+        for h, (total, flagged) in sorted(accounts.items()):
+            t = h - vs.start_hour
+            if not (0 <= t < len(confirmed) and confirmed[t]) or flagged < CARRIED_MIN:
+                continue
+            share = flagged / max(total, flagged, 1)
+            if share < CARRIED_SHARE:
+                continue
+            score = max(float(vs.hour_probability[t]), th.publish + (1.0 - th.publish) * share)
+            counts = vs.detail.counts[:, t] if vs.detail is not None else np.ones(4)
+            metrics = tuple(m for m, c in zip(("views", "likes", "comments", "shares"), counts, strict=True) if c > 0)
+            out.append(FlaggedWindow(h, h + 1, min(score, 1.0), metrics or ("views",), ("coordinated_accounts",)))
+        return out
 
     def _publish(self, state, windows, score, sev, status, video_id, burst_hours, cause):
         salt = f"g{state.generation}" if state.generation else ""

@@ -120,10 +120,12 @@ def build_record(
     explanation: str,
     watermark: float,
     detected_at: float,
+    accounts: dict | None = None,
 ) -> dict:
-    """The flag record of a decision (``decision.Published``): new, updated or withdrawn."""
+    """The flag record of a decision (``decision.Published``): new, updated or withdrawn;
+    ``accounts`` (1.2): who engaged in its hours, when events carry user_id."""
     rate = model.organic_rate(published.score)
-    return {
+    record = {
         "schema_version": SCHEMA_VERSION,
         "flag_id": published.flag_id,
         "video_id": video_id,
@@ -138,6 +140,9 @@ def build_record(
         "watermark": iso(watermark),
         "detected_at": iso(detected_at),
     }
+    if accounts is not None:
+        record["accounts"] = accounts
+    return record
 
 
 def load_schema() -> dict:

@@ -57,6 +57,11 @@ def quarantine_index(prefix: str) -> str:
     return f"{{{prefix}-quarantine}}:index"
 
 
+def accounts_seen(prefix: str) -> str:
+    """Set while the deployment sees account events (the user level's work is skipped without)."""
+    return f"{prefix}:accounts-seen"
+
+
 def account_state(prefix: str, user_id: str) -> str:
     """An account's activity summary: hours per day, first/last minute (accounts.lua)."""
     return f"{prefix}:a:{{{user_id}}}"
@@ -80,6 +85,12 @@ def account_score(prefix: str, user_id: str) -> str:
 def engagers(prefix: str, video_id: str) -> str:
     """The accounts that engaged a video lately, by minute (engagers.lua); the video's slot."""
     return f"{prefix}:ve:{{{video_id}}}"
+
+
+def video_suspicion(prefix: str, video_id: str) -> str:
+    """The hours of a video the video level found suspicious, with their probability (what
+    the account judgement reads)."""
+    return f"{prefix}:vs:{{{video_id}}}"
 
 
 def video_accounts(prefix: str, video_id: str) -> str:

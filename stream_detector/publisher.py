@@ -55,6 +55,23 @@ class Scored:
     now_hour: int
     burst: Burst | None = None
     arrival_ms: float = 0.0
+    accounts: dict[int, tuple[int, int]] | None = None  # hour -> (account actions, flagged accounts' actions)
+    account_groups: list[dict] | None = None  # the groups of the flagged accounts that engaged it
+
+
+def accounts_doc(windows, hours: dict[int, tuple[int, int]] | None, groups: list[dict] | None = None) -> dict | None:
+    """Who engaged in a record's hours (flag schema 1.2 ``accounts``), when known: the share of the
+    hours' account actions that came from flagged accounts, and how many there were."""
+    if not hours:
+        return None
+    total = flagged = 0
+    for w in windows:
+        for h in range(w.start_hour, w.end_hour):
+            t, f = hours.get(h, (0, 0))
+            total, flagged = total + t, flagged + f
+    if not total:
+        return None
+    return {"flagged_share": round(min(flagged / total, 1.0), 4), "engaged": int(total), "groups": groups or []}
 
 
 def explanation(rec: Published, scored: Scored, decision: StreamDecision) -> str:
@@ -73,8 +90,16 @@ def explanation(rec: Published, scored: Scored, decision: StreamDecision) -> str
                 f"burst evidence {burst.evidence:.2f}")
         others = [w for w in rec.windows if not (w.start_hour <= burst.minute // 60 < w.end_hour)]
         return line + (f"; {len(others)} more window(s)" if others else "")
-    return vs.explain([w for w in rec.windows if w.start_hour >= vs.start_hour] or list(rec.windows),
-                      th.publish)
+    shown = [w for w in rec.windows if w.start_hour >= vs.start_hour] or list(rec.windows)
+    top = max(shown, key=lambda w: w.score)
+    if "coordinated_accounts" in top.patterns and scored.accounts:
+        t = sum(scored.accounts.get(h, (0, 0))[0] for h in range(top.start_hour, top.end_hour))
+        f = sum(scored.accounts.get(h, (0, 0))[1] for h in range(top.start_hour, top.end_hour))
+        groups = f" (groups {', '.join(g['group_id'] for g in scored.account_groups[:3])})" if scored.account_groups else ""
+        return (f"coordinated_accounts at {hour_start_iso(top.start_hour)} for {top.end_hour - top.start_hour} h: "
+                f"{f:,} of {t:,} account actions by flagged accounts{groups}; score {top.score:.2f}"
+                + (f"; {len(shown) - 1} more window(s)" if len(shown) > 1 else ""))
+    return vs.explain(shown, th.publish)
 
 
 class FlagPublisher:
@@ -113,14 +138,17 @@ class FlagPublisher:
         for scored in batch:
             key = self.state_key(scored.score.video_id)
             old = prior.get(scored.score.video_id)
-            state, rec = decision.decide(old, scored.score, now_hour=scored.now_hour, burst=scored.burst)
+            state, rec = decision.decide(old, scored.score, now_hour=scored.now_hour, burst=scored.burst,
+                                         accounts=scored.accounts)
             if state is not None and state != (old or _NOTHING):  # a video with nothing to remember has no key
                 states[key] = JSON_ENCODER.encode(state.to_dict())
             if rec is None:
                 continue
             records.append((scored, build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,
                                                  explanation=explanation(rec, scored, decision), watermark=watermark,
-                                                 detected_at=now)))
+                                                 detected_at=now,
+                                                 accounts=accounts_doc(rec.windows, scored.accounts,
+                                                                       scored.account_groups))))
         sends = []
         for scored, doc in records:
             body = json.dumps(doc, separators=(",", ":")).encode()

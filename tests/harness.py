@@ -66,6 +66,10 @@ class Deployment:
     def shadow_flags(self) -> str:
         return f"{self.run_id}-flags-shadow"
 
+    @property
+    def account_flags(self) -> str:
+        return f"{self.run_id}-account-flags"
+
     def env(self, port: int) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -76,6 +80,7 @@ class Deployment:
             DETECTOR_DLQ_TOPIC=self.dlq,
             DETECTOR_CONTROL_TOPIC=self.models,
             DETECTOR_SHADOW_FLAGS_TOPIC=self.shadow_flags,
+            DETECTOR_ACCOUNT_FLAGS_TOPIC=self.account_flags,
             DETECTOR_CONSUMER_GROUP=f"{self.run_id}-group",
             DETECTOR_KEY_PREFIX=self.run_id,
             DETECTOR_WEB_PORT=str(port),
@@ -88,7 +93,8 @@ class Deployment:
 
     def create_topics(self) -> None:
         asyncio.run(ensure_topics(self.bootstrap, {self.events: self.partitions, self.flags: self.partitions,
-                                                   self.dlq: self.partitions, self.shadow_flags: self.partitions}))
+                                                   self.dlq: self.partitions, self.shadow_flags: self.partitions,
+                                                   self.account_flags: self.partitions}))
 
     def produce(self, items, rate: float = 0.0) -> int:
         return asyncio.run(produce(self.bootstrap, self.events, items, rate=rate))

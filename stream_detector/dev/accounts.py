@@ -144,8 +144,10 @@ class _Population:
         self.zone: list[int] = []
         self.weight: list[float] = []
         self.curve: list[np.ndarray] = []  # (24,) activity share by local hour
+        self.sleeps: list[bool] = []  # a person: a sleep block of 6-9 hours every day
 
-    def add(self, n: int, role: str, prefix: str, *, zone=None, weight=None, curve=None, group: int = -1) -> np.ndarray:
+    def add(self, n: int, role: str, prefix: str, *, zone=None, weight=None, curve=None, group: int = -1,
+            sleeps: bool = True) -> np.ndarray:
         first = len(self.ids)
         rng = self.rng
         zones = rng.choice(HOME_ZONES, size=n, p=HOME_ZONE_P) if zone is None else np.broadcast_to(zone, (n,))
@@ -157,17 +159,31 @@ class _Population:
             self.zone.append(int(zones[k]))
             self.weight.append(float(weights[k]))
             self.curve.append(curve(k) if callable(curve) else curve)
+            self.sleeps.append(sleeps)
         return np.arange(first, first + n)
 
     def finish(self) -> None:
         self.zone_a = np.array(self.zone)
         self.weight_a = np.array(self.weight)
         self.curves = np.stack(self.curve)  # (A, 24)
+        # each person's usual bedtime: the start of the quietest 7 hours of their rhythm; each
+        # night it moves by up to +-1.5 h and lasts 6-9 h (an hour-of-day histogram over weeks
+        # has activity at every hour; a day of one person does not)
+        quiet = np.stack([np.roll(self.curves, -k, axis=1)[:, :7].sum(axis=1) for k in range(24)], axis=1)
+        self.bedtime = quiet.argmin(axis=1)
+        self.sleeps_a = np.array(self.sleeps)
+        self.sleep_hours = self.rng.integers(6, 10, len(self.ids))
 
     def awake(self, idx: np.ndarray, hour: int) -> np.ndarray:
-        """Activity of accounts ``idx`` at absolute UTC hour ``hour`` (their local hour)."""
-        local = (hour + self.zone_a[idx]) % 24
-        return self.curves[idx, local] * 24.0
+        """Activity of accounts ``idx`` at absolute UTC hour ``hour`` (their local hour): their
+        rhythm there, 0 inside tonight's sleep block."""
+        local_abs = hour + self.zone_a[idx]
+        local = local_abs % 24
+        day = local_abs // 24
+        jitter = ((idx * 2654435761 + day * 40503) % 7) - 3  # -3..3 half-hours, deterministic per night
+        start = (self.bedtime[idx] + jitter // 2) % 24
+        asleep = self.sleeps_a[idx] & (((local - start) % 24) < self.sleep_hours[idx])
+        return np.where(asleep, 0.0, self.curves[idx, local] * 24.0)
 
 
 def _human_curve(rng, rhythms: np.ndarray):
@@ -247,7 +263,8 @@ def build_world(data: MarketDataset, seed: int, *, users: int | None = None, vie
             curve /= curve.sum()
         else:
             curve = human
-        members = pop.add(size, "farm", f"f{k}-", zone=zone, weight=1.0, curve=curve, group=k)
+        members = pop.add(size, "farm", f"f{k}-", zone=zone, weight=1.0, curve=curve, group=k,
+                          sleeps=stealth == "stealthy")
         farms.append({"id": k, "kind": "farm", "stealth": stealth, "size": size, "zone": zone,
                       "customers": [data.video_ids[i] for i in customers], "members": members})
         k += 1

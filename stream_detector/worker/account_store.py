@@ -49,6 +49,7 @@ class AccountStore:
             return []
         users = list(actions)
         due: list[str] = []
+        flagged: set[str] = set()
         for chunk in _chunks(users, PER_CALL, lambda u: keys.account_state(self.prefix, u), self.redis):
             ks, args = [], [self.ttl_s, RING, JUDGE_EVERY_MIN, MIN_ACTIONS]
             for u in chunk:
@@ -57,8 +58,9 @@ class AccountStore:
                 args.append(len(acts))
                 for a in acts:
                     args += [a.key(), a.minute]
-            got = await self.metrics.timed_redis("accounts", self._accounts(keys=ks, args=args))
-            due += [chunk[int(i) - 1] for i in got]
+            got_due, got_flagged = await self.metrics.timed_redis("accounts", self._accounts(keys=ks, args=args))
+            due += [chunk[int(i) - 1] for i in got_due]
+            flagged.update(chunk[int(i) - 1] for i in got_flagged)
         by_video: dict[str, list[tuple[str, int]]] = {}
         for u, acts in actions.items():
             for a in acts:
@@ -71,7 +73,7 @@ class AccountStore:
                 pairs = by_video[v]
                 args.append(len(pairs))
                 for u, m in pairs:
-                    args += [u, m]
+                    args += [u, m, 1 if u in flagged else 0]
             await self.metrics.timed_redis("accounts", self._engagers(keys=ks, args=args))
         return due
 
@@ -115,34 +117,96 @@ class AccountStore:
         got = await self.metrics.timed_redis("accounts", pipe.execute())
         return {q: [(_s(u), int(s)) for u, s in rows] for q, rows in zip(queries, got, strict=True)}
 
-    async def video_hours(self, videos: Sequence[str]) -> dict[str, dict[int, tuple[int, int]]]:
-        """Per video: hour -> (account actions, actions of flagged accounts)."""
+    async def video_hours(self, videos: Sequence[str]) -> dict[str, tuple[dict[int, tuple[int, int]], list[dict]]]:
+        """Per video with account actions: (hour -> (account actions, actions of flagged
+        accounts), the groups of its flagged accounts)."""
         if not videos:
             return {}
-        raw = []
         pipe = self.redis.pipeline(transaction=False)
         for v in videos:
             pipe.hgetall(keys.video_accounts(self.prefix, v))
         raw = await self.metrics.timed_redis("accounts", pipe.execute())
-        out: dict[str, dict[int, tuple[int, int]]] = {}
+        out: dict[str, tuple[dict[int, tuple[int, int]], list[dict]]] = {}
         for v, fields in zip(videos, raw, strict=True):
             hours: dict[int, list[int]] = {}
+            groups = []
             for f, val in fields.items():
                 f = _s(f)
                 if f[:1] in ("t", "f") and f[1:].isdigit():
                     hours.setdefault(int(f[1:]), [0, 0])[0 if f[0] == "t" else 1] = int(val)
+                elif f.startswith("g:"):
+                    groups.append({"group_id": f[2:], "size": int(val)})
             if hours:
-                out[v] = {h: (t, fl) for h, (t, fl) in hours.items()}
+                out[v] = ({h: (t, fl) for h, (t, fl) in hours.items()}, sorted(groups, key=lambda g: -g["size"])[:10])
         return out
 
-    async def count_flagged(self, actions: Sequence[Action]) -> None:
-        """A newly flagged account's actions count as flagged in their videos' hours."""
+    async def mark_flagged(self, user: str, flagged: bool) -> None:
+        """Whether the account stands flagged: from now on its actions count as flagged at ingest."""
+        await self.metrics.timed_redis("accounts", self.redis.hset(keys.account_state(self.prefix, user), "x",
+                                                                   1 if flagged else 0))
+
+    async def count_flagged(self, actions: Sequence[Action], group: dict | None = None) -> None:
+        """A newly flagged account's actions count as flagged in their videos' hours (and its
+        group, when it has one, is named on those videos); its later ones are counted as they
+        arrive (``mark_flagged``)."""
         if not actions:
             return
         pipe = self.redis.pipeline(transaction=False)
         for a in actions:
-            pipe.hincrby(keys.video_accounts(self.prefix, a.video_id), f"f{a.minute // 60}", 1)
+            key = keys.video_accounts(self.prefix, a.video_id)
+            pipe.hincrby(key, f"f{a.minute // 60}", 1)
+            if group is not None:
+                pipe.hset(key, f"g:{group['group_id']}", group["size"])
         await self.metrics.timed_redis("accounts", pipe.execute())
+
+    async def note_suspicion(self, hours: dict[str, dict[int, float]]) -> dict[str, list[int]]:
+        """Store the suspicious hours the video level found (hour probability >= SUSPECT_P);
+        returns, per video, the hours that were not known as suspicious before."""
+        if not hours:
+            return {}
+        videos = list(hours)
+        pipe = self.redis.pipeline(transaction=False)
+        for v in videos:
+            pipe.hmget(keys.video_suspicion(self.prefix, v), [str(h) for h in hours[v]])
+        known = await self.metrics.timed_redis("accounts", pipe.execute())
+        pipe = self.redis.pipeline(transaction=False)
+        fresh: dict[str, list[int]] = {}
+        for v, old in zip(videos, known, strict=True):
+            new = {str(h): f"{p:.4f}" for (h, p), o in zip(hours[v].items(), old, strict=True)
+                   if o is None or float(o) < p}
+            if new:
+                key = keys.video_suspicion(self.prefix, v)
+                pipe.hset(key, mapping=new)
+                pipe.expire(key, self.ttl_s)
+                fresh[v] = [int(h) for h, o in zip(hours[v], old, strict=True) if o is None]
+        if fresh:
+            await self.metrics.timed_redis("accounts", pipe.execute())
+        return fresh
+
+    async def suspicion(self, queries: Sequence[tuple[str, int]]) -> dict[tuple[str, int], float]:
+        """The video level's hour probability of each (video, hour), where it was suspicious."""
+        if not queries:
+            return {}
+        by_video: dict[str, list[int]] = {}
+        for v, h in queries:
+            by_video.setdefault(v, []).append(h)
+        pipe = self.redis.pipeline(transaction=False)
+        videos = list(by_video)
+        for v in videos:
+            pipe.hmget(keys.video_suspicion(self.prefix, v), [str(h) for h in by_video[v]])
+        got = await self.metrics.timed_redis("accounts", pipe.execute())
+        out = {}
+        for v, vals in zip(videos, got, strict=True):
+            for h, p in zip(by_video[v], vals, strict=True):
+                if p is not None:
+                    out[(v, h)] = float(p)
+        return out
+
+    async def engaged_in(self, video: str, hour: int, limit: int = 500) -> list[str]:
+        """The accounts that engaged a video in an hour (its engagers' latest minute there)."""
+        rows = await self.metrics.timed_redis("accounts", self.redis.zrangebyscore(
+            keys.engagers(self.prefix, video), hour * 60, hour * 60 + 59, start=0, num=limit))
+        return [_s(u) for u in rows]
 
 
 def _s(x) -> str:

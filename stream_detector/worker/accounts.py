@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from stream_detector import keys, redis_client
 from stream_detector.accounts import (
+    SUSPECT_P,
     THRESHOLD,
     AccountFlagState,
     AccountJudge,
@@ -43,6 +44,7 @@ log = logging.getLogger("stream_detector.accounts")
 
 BATCH = 256  # accounts judged per claim
 SCORE_TTL_S = 8 * 24 * 3600
+ACTIVE_CHECK_S = 30.0
 
 
 def actions_of(events: EventColumns, partitions: np.ndarray) -> dict[str, list[Action]]:
@@ -83,6 +85,8 @@ class AccountLoop:
         self.judge_core = AccountJudge()
         self.published = 0
         self._turn = 0
+        self._active = False
+        self._checked = 0.0
 
     def partitions(self) -> int:
         """Partitions of the events topic (the shards of the account schedule)."""
@@ -90,11 +94,60 @@ class AccountLoop:
         parts = c.partitions_for_topic(self.ctx.settings.events_topic) if c is not None else None
         return len(parts) if parts else max(self.ctx.settings.topic_partitions, 1)
 
+    async def active(self) -> bool:
+        """Whether the deployment sees account events at all (this worker ingested some, or
+        another did: a marker in Redis, looked up at most every ``ACTIVE_CHECK_S``): a stream
+        without user ids pays nothing for the user level."""
+        if self._active:
+            return True
+        now = time.monotonic()
+        if now - self._checked >= ACTIVE_CHECK_S and self.ctx.redis is not None:
+            self._checked = now
+            self._active = bool(await self.ctx.metrics.timed_redis(
+                "accounts", self.ctx.redis.exists(keys.accounts_seen(self.ctx.settings.key_prefix))))
+        return self._active
+
+    async def video_evidence(self, video_ids: list[str]) -> dict[str, tuple[dict[int, tuple[int, int]], list[dict]]]:
+        """Per video: its hours' account actions and flagged accounts' actions, and their groups."""
+        return await self.store.video_hours(video_ids) if await self.active() else {}
+
+    async def note_suspicion(self, scores, threshold: float = SUSPECT_P) -> None:
+        """The video level's suspicious hours (confirmed hours at or above ``SUSPECT_P``): kept
+        for the account judgement; the accounts that engaged in hours suspicious for the first
+        time are due now."""
+        if not await self.active():
+            return
+        hours: dict[str, dict[int, float]] = {}
+        for vs in scores:
+            p = vs.hour_probability[:-1]  # confirmed hours (the last closed one awaits the next)
+            idx = np.flatnonzero(p >= threshold)
+            if idx.size:
+                hours[vs.video_id] = {int(vs.start_hour + t): float(p[t]) for t in idx.tolist()}
+        fresh = await self.store.note_suspicion(hours)
+        if not fresh:
+            return
+        users: set[str] = set()
+        for v, hs in fresh.items():
+            for h in hs[-24:]:
+                users.update(await self.store.engaged_in(v, h))
+        if users:
+            shards = self.partitions()
+            marks: dict[int, dict[str, int]] = {}
+            now = now_ms()
+            for u in users:
+                marks.setdefault(shard_of(u, shards), {})[u] = now
+            await self.schedule.mark(marks)
+
     async def ingest(self, events: EventColumns, partitions: np.ndarray) -> int:
         """Apply a written batch's account actions; mark the accounts due. Returns the actions."""
         actions = actions_of(events, partitions)
         if not actions:
             return 0
+        if not self._active:
+            self._active = True
+            await self.ctx.metrics.timed_redis(
+                "accounts", self.ctx.redis.set(keys.accounts_seen(self.ctx.settings.key_prefix), 1,
+                                               ex=self.ctx.settings.idle_ttl_seconds))
         n = sum(len(a) for a in actions.values())
         self.ctx.metrics.account_actions.inc(n)
         due = await self.store.apply(actions)
@@ -129,10 +182,12 @@ class AccountLoop:
         acts = await self.store.activity(users)
         queries = sorted({q for a in acts.values() for q in self.judge_core.sync_queries(a)})
         engaged = await self.store.co_engagers(queries)
+        suspicious = await self.store.suspicion(sorted({q for a in acts.values()
+                                                        for q in self.judge_core.suspicion_queries(a)}))
         scores = {}
         for u, act in acts.items():
             mine = {q: engaged[q] for q in self.judge_core.sync_queries(act)}
-            scores[u] = self.judge_core.judge(act, mine)
+            scores[u] = self.judge_core.judge(act, mine, suspicious)
         m.accounts_judged.inc(len(scores))
         m.account_judge_latency.observe(time.perf_counter() - t0)
         states = await self._states(list(scores))
@@ -144,14 +199,16 @@ class AccountLoop:
             doc = {"user_id": u, "score": round(sc.score, 4), "threshold": THRESHOLD, "flagged": sc.flagged,
                    "evidence": {k: round(v, 3) for k, v in sc.evidence.items()}, "patterns": sc.patterns,
                    "group": group_of(u, sc.partners), "explanation": sc.explanation, "judged_at": now,
-                   "videos": sc.videos[:20], "published": None}
+                   "videos": sc.videos[:20],
+                   "flag": {"flag_id": state.flag_id, "status": state.status} if state.flag_id else None}
             if status is not None:
                 rec = account_record(sc, state, status, watermark=wm, detected_at=now)
                 sends.append((u, rec))
                 new_states[keys.account_flag(ctx.settings.key_prefix, u)] = json.dumps(state.to_dict())
-                doc["published"] = {"flag_id": rec["flag_id"], "status": status}
                 if status == "new":
                     newly.append(u)
+                elif status == "withdrawn":
+                    await self.store.mark_flagged(u, False)
             docs[keys.account_score(ctx.settings.key_prefix, u)] = json.dumps(doc)
         futs = []
         for u, rec in sends:
@@ -169,13 +226,15 @@ class AccountLoop:
         await ctx.metrics.timed_redis("accounts", redis_client.set_ex(ctx.redis, new_states, SCORE_TTL_S))
         await ctx.metrics.timed_redis("accounts", redis_client.set_ex(ctx.redis, docs, SCORE_TTL_S))
         if newly:
-            await self._newly_flagged([acts[u] for u in newly])
+            await self._newly_flagged([(acts[u], group_of(u, scores[u].partners)) for u in newly])
 
-    async def _newly_flagged(self, acts) -> None:
+    async def _newly_flagged(self, flagged) -> None:
         """Their actions count as flagged in their videos' hours; those videos are judged again
         (with that evidence) by their partitions' owners."""
-        actions = [a for act in acts for a in act.actions]
-        await self.store.count_flagged(actions)
+        for act, group in flagged:
+            await self.store.mark_flagged(act.user_id, True)
+            await self.store.count_flagged(act.actions, group)
+        actions = [a for act, _ in flagged for a in act.actions]
         marks: dict[int, dict[str, int]] = {}
         now = now_ms()
         for a in actions:

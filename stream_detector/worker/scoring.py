@@ -230,9 +230,11 @@ class ScoringLoop:
 
         process = self.urgent_process if path == "immediate" else self.process
         prior = await self.publisher.states([vid for vid, _ in prepared])
+        evidence = await ctx.accounts.video_evidence([vid for vid, _ in prepared]) if ctx.accounts else {}
         if process is not None and shadow is None:
             t0 = time.perf_counter()
-            keep_ids = frozenset(vid for vid, burst in prepared if decision.uses_detail(prior[vid], burst))
+            keep_ids = frozenset(vid for vid, burst in prepared
+                                 if decision.uses_detail(prior[vid], burst, evidence.get(vid, (None,))[0]))
             scores = await process.score(scorer, windows, keep_ids=keep_ids, detail_floor=decision.detail_floor)
             spent, shadow_scores = time.perf_counter() - t0, None
         else:  # a shadow compares on the same batch in the same thread
@@ -240,10 +242,12 @@ class ScoringLoop:
         m.inference_latency.observe(spent)
         m.inference_batch_size.observe(len(prepared))
         m.videos_scored.labels(path=path).inc(len(prepared))
-        batch = [Scored(vs, now_hour, burst, arrival.get(vid, 0.0))
+        batch = [Scored(vs, now_hour, burst, arrival.get(vid, 0.0), *evidence.get(vid, (None, None)))
                  for (vid, burst), vs in zip(prepared, scores, strict=True)]
         wm = max(self.checkpoint.watermark.values()) if self.checkpoint.watermark else 0.0
         sent = await self.publisher.run(batch, decision, scorer.model, watermark=wm, prior=prior)
+        if ctx.accounts is not None:  # the suspicious hours make their engagers due (the user level)
+            await ctx.accounts.note_suspicion(scores)
         await self._store_scores(batch, scorer, decision, shadow, shadow_scores, {s.score.video_id: d for s, d in sent})
         if shadow is not None and shadow_scores:
             shadow_batch = [Scored(vs, now_hour, b.burst, b.arrival_ms) for b, vs in zip(batch, shadow_scores, strict=True)]

@@ -1,0 +1,229 @@
+"""The user level: account state, judgement, decision and flags, on real Redis and a real broker."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from stream_detector.accounts import (
+    ACCOUNT_PATTERNS,
+    AccountActivity,
+    AccountJudge,
+    AccountScore,
+    Action,
+    InMemoryAccountStore,
+    account_flag_id,
+    account_record,
+    channel_hash,
+    decide_account,
+    shard_of,
+)
+from stream_detector.metrics import Metrics
+from stream_detector.worker.account_store import AccountStore
+from tests.harness import Deployment, WorkerProcess
+
+SCHEMA = json.loads((__import__("pathlib").Path(__file__).resolve().parent.parent / "schemas" /
+                     "account-flag.schema.json").read_text())
+T0 = 1767571200 // 60  # Monday 2026-01-05 00:00 UTC, epoch minutes
+
+
+def act(minute: int, video: str, channel: str = "c", likes: int = 1, partition: int = 0) -> Action:
+    return Action(minute, video, channel_hash(channel, video), (0, likes, 0, 0), partition)
+
+
+def test_an_action_key_round_trips_and_applying_twice_changes_nothing():
+    a = act(T0 + 7, "v|with|bars", "ch", likes=3, partition=5)
+    assert Action.parse(a.key()) == a
+    once = AccountActivity("u")
+    once.add([a, act(T0 + 60, "v2")])
+    twice = AccountActivity("u")
+    twice.add([a, act(T0 + 60, "v2")])
+    twice.add([a])  # a replay
+    assert once == twice and len(once.actions) == 2
+    assert once.day_masks == {T0 // 60 // 24: 0b11}
+
+
+def _judge(activity: AccountActivity, store: InMemoryAccountStore | None = None,
+           suspicion: dict | None = None) -> AccountScore:
+    j = AccountJudge()
+    engagers = store.co_engagers(j.sync_queries(activity)) if store is not None else {}
+    return j.judge(activity, engagers, suspicion)
+
+
+def test_a_person_sleeps_and_bursts_a_machine_does_neither():
+    rng = np.random.default_rng(1)
+    person = AccountActivity("p")
+    minutes = []
+    for day in range(3):  # awake 8-23, bursty
+        for h in rng.choice(np.arange(8, 23), 10, replace=False):
+            minutes += [T0 + (day * 24 + int(h)) * 60 + int(m) for m in rng.integers(0, 60, rng.integers(1, 4))]
+    person.add([act(m, f"v{k % 9}", f"c{k % 5}") for k, m in enumerate(sorted(minutes))])
+    bot = AccountActivity("b")
+    bot.add([act(T0 + 37 * k, f"v{k % 9}", f"c{k % 5}") for k in range(40 * 3)])  # every 37 min, day and night
+    sp, sb = _judge(person), _judge(bot)
+    assert not sp.flagged and sp.evidence["no_sleep"] < 0.5 and sp.evidence["regular"] < 0.5
+    assert sb.flagged and sb.evidence["no_sleep"] == 1.0 and sb.evidence["regular"] == 1.0
+    assert "no sleep" in sb.explanation and "machine-regular" in sb.explanation
+
+
+def test_acting_in_lockstep_on_unrelated_channels_is_sync_a_fan_stays_with_one_creator():
+    store = InMemoryAccountStore()
+    farm = [f"f{k}" for k in range(8)]
+    batch: dict[str, list[Action]] = {}
+    for job, video in enumerate(["a1", "b1", "c1", "d1"]):  # four customers, four channels, within 2 minutes
+        for k, u in enumerate(farm):
+            batch.setdefault(u, []).append(act(T0 + 300 * job + k % 3, video, f"ch-{video}"))
+    fans = [f"fan{k}" for k in range(8)]
+    for job, video in enumerate(["s1", "s2", "s3", "s4"]):  # one creator's four uploads
+        for k, u in enumerate(fans):
+            batch.setdefault(u, []).append(act(T0 + 300 * job + k, video, "the-creator"))
+    store.apply(batch)
+    farm_score = _judge(store.activity["f0"], store)
+    fan_score = _judge(store.activity["fan0"], store)
+    assert farm_score.evidence["sync"] == 1.0 and set(farm_score.partners) == set(farm[1:])
+    assert farm_score.flagged and farm_score.channels == 4
+    assert fan_score.evidence["sync"] == 0.0 and not fan_score.flagged
+
+
+def test_being_near_the_same_accounts_within_half_an_hour_needs_more_than_that():
+    """Loose co-engagement (+-30 min) is what an account watching boosted videos shares with the
+    bots boosting them: alone it does not flag; in lockstep (+-3 min) it does."""
+    store = InMemoryAccountStore()
+    batch: dict[str, list[Action]] = {}
+    for job, video in enumerate(["a1", "b1", "c1", "d1"]):
+        for k in range(8):
+            batch.setdefault(f"f{k}", []).append(act(T0 + 300 * job + 3 * k, video, f"ch-{video}"))
+    store.apply(batch)
+    sc = _judge(store.activity["f0"], store)
+    assert 0.5 <= sc.evidence["sync"] < 0.7 and not sc.flagged
+
+
+def test_fake_hours_need_most_actions_there_and_unrelated_channels():
+    a = AccountActivity("u")
+    a.add([act(T0 + 60 * k, f"v{k % 3}", f"c{k % 3}") for k in range(6)])
+    hot = {(f"v{k}", (T0 + 60 * j) // 60): 0.9 for k in range(3) for j in range(6)}
+    assert _judge(a, suspicion=hot).evidence["fake_hours"] == 1.0
+    one_channel = AccountActivity("w")
+    one_channel.add([act(T0 + 60 * k, f"v{k % 3}", "same") for k in range(6)])
+    assert _judge(one_channel, suspicion=hot).evidence["fake_hours"] == 0.0
+
+
+def test_the_account_decision_publishes_once_updates_materially_withdraws_and_ids_are_deterministic():
+    base = AccountScore("u", 0.95, dict.fromkeys(ACCOUNT_PATTERNS, 0.0) | {"no_sleep": 1.0}, [], 0,
+                        [{"video_id": "v", "first": T0, "last": T0, "metrics": ["likes"], "events": 3}], "x")
+    state, status = decide_account(None, base, last_minute=T0)
+    assert status == "new" and state.flag_id == account_flag_id("u", 0, 1)
+    again, status = decide_account(state, base, last_minute=T0 + 30)
+    assert status is None and again == state, "the same evidence publishes nothing"
+    more = AccountScore("u", 0.97, base.evidence | {"regular": 1.0}, [], 0, base.videos, "y")
+    state, status = decide_account(state, more, last_minute=T0 + 60)
+    assert status == "updated" and "regular" in state.patterns
+    calm = AccountScore("u", 0.1, dict.fromkeys(ACCOUNT_PATTERNS, 0.0), [], 0, base.videos, "z")
+    assert decide_account(state, calm, last_minute=T0 + 120)[1] is None, "not within a day of its flag"
+    state, status = decide_account(state, calm, last_minute=T0 + 2 * 24 * 60)
+    assert status == "withdrawn" and state.generation == 1
+    rec = account_record(calm, state, status, watermark=T0 * 60.0, detected_at=T0 * 60.0)
+    jsonschema.validate(rec, SCHEMA)
+    rec = account_record(more, state, "updated", watermark=T0 * 60.0, detected_at=T0 * 60.0)
+    jsonschema.validate(rec, SCHEMA)
+
+
+@pytest.mark.asyncio
+async def test_the_redis_store_keeps_what_the_in_memory_one_keeps_and_a_replay_adds_nothing(redis_client):
+    rng = np.random.default_rng(3)
+    batch: dict[str, list[Action]] = {}
+    for _ in range(400):  # within the day the engagers are kept; each account's actions in time order
+        u = f"u{int(rng.integers(0, 40))}"
+        batch.setdefault(u, []).append(act(T0 + int(rng.integers(0, 1400)), f"v{int(rng.integers(0, 30))}",
+                                           f"c{int(rng.integers(0, 6))}", likes=int(rng.integers(1, 3)),
+                                           partition=int(rng.integers(0, 4))))
+    for acts in batch.values():
+        acts.sort(key=lambda a: a.minute)
+    store = AccountStore(redis_client, "acc", Metrics(), ttl_s=3600)
+    memory = InMemoryAccountStore()
+    due = await store.apply(batch)
+    memory.apply(batch)
+    assert set(due) == {u for u, acts in batch.items() if len({a.key() for a in acts}) >= 3}
+    assert await store.apply(batch) == [], "a replay: nothing new, nobody due again"
+    users = sorted(batch)
+    got = await store.activity(users)
+    for u in users:
+        want = memory.activity[u]
+        assert got[u].actions == want.actions and got[u].day_masks == want.day_masks, u
+    queries = [(a.video_id, a.minute) for a in batch[users[0]]]
+    redis_co = await store.co_engagers(queries)
+    memory_co = memory.co_engagers(queries)
+    for q in queries:
+        assert sorted(redis_co[q]) == sorted(memory_co[q])
+    hours = await store.video_hours(["v1"])
+    actions_v1 = {(u, a.minute) for u, acts in batch.items() for a in acts if a.video_id == "v1"}
+    assert sum(t for t, _ in hours["v1"][0].values()) == len(actions_v1)
+
+
+def test_accounts_are_sharded_by_partition_consistently():
+    shards = [shard_of(f"user-{k}", 8) for k in range(2000)]
+    assert shards == [shard_of(f"user-{k}", 8) for k in range(2000)]
+    assert set(shards) == set(range(8)) and max(np.bincount(shards)) < 2 * 2000 / 8
+
+
+def _farm_and_people(days: int = 3) -> list[dict]:
+    """Accounts of a naive farm (around the clock, every 20 minutes, four customers of four
+    channels) and people (awake 8-23, bursty) on those videos and eight others, plus
+    aggregated views."""
+    rng = np.random.default_rng(7)
+    start = T0 * 60
+    events = []
+    customers = [("cust-a", "ch-a"), ("cust-b", "ch-b"), ("cust-c", "ch-c"), ("cust-d", "ch-d")]
+    for k in range(12):
+        for step in range(days * 72):
+            video, channel = customers[(step + k) % 4]
+            events.append({"video_id": video, "ts": start + (step * 20 + k) * 60, "likes": 1, "user_id": f"farm-{k}",
+                           "channel_id": channel})
+    others = [(f"organic-{j}", f"ch-o{j}") for j in range(8)]  # people watch more than the farm's customers
+    for k in range(30):
+        for day in range(days):
+            for h in rng.choice(np.arange(8, 23), 6, replace=False):
+                video, channel = (customers + others)[int(rng.integers(0, 12))]
+                events.append({"video_id": video, "ts": start + ((day * 24 + int(h)) * 60 + int(rng.integers(0, 60))) * 60,
+                               "likes": 1, "user_id": f"person-{k}", "channel_id": channel})
+    for video, channel in customers + others:
+        for hour in range(days * 24):
+            events.append({"video_id": video, "ts": start + hour * 3600, "views": int(rng.poisson(40)), "channel_id": channel})
+    return sorted(events, key=lambda e: e["ts"])
+
+
+def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_bootstrap, redis_url, tmp_path):
+    dep = Deployment(kafka_bootstrap, redis_url)
+    dep.create_topics()
+    worker = WorkerProcess(dep, tmp_path)
+    try:
+        worker.wait_ready()
+        events = _farm_and_people()
+        dep.produce([(e["video_id"], json.dumps(e).encode()) for e in events])
+        worker.wait_drained(timeout_s=120)
+        records = [json.loads(r.value) for r in dep.read_topic(dep.account_flags, idle_s=3.0)]
+        flagged = {r["user_id"] for r in records if r["status"] != "withdrawn"}
+        for r in records:
+            jsonschema.validate(r, SCHEMA)
+        wrong = {u: worker.get_json(f"/accounts/{u}")[1] for u in flagged if not u.startswith("farm-")}
+        assert flagged == {f"farm-{k}" for k in range(12)}, json.dumps(wrong)
+        first = [r for r in records if r["user_id"] == "farm-0"][0]
+        assert {"no_sleep", "regular"} <= set(first["patterns"]) and first["videos"]
+        status, doc = worker.get_json("/accounts/farm-0")
+        assert status == 200 and doc["flagged"] and doc["flag"]["flag_id"] in {r["flag_id"] for r in records}
+        status, doc = worker.get_json("/accounts/person-0")
+        assert status == 200 and not doc["flagged"]
+        assert worker.get("/accounts/nobody")[0] == 404
+        m = worker.metrics()
+        assert m["detector_account_actions_total"] == sum(1 for e in events if "user_id" in e)
+        assert m['detector_account_flags_total{status="new"}'] == 12
+        # the farm's accounts carry its customers' hours: video flags name them and say so
+        flags = [json.loads(r.value) for r in dep.read_topic(dep.flags, idle_s=3.0)]
+        carried = [f for f in flags if any("coordinated_accounts" in w["patterns"] for w in f["windows"])]
+        assert carried, "hours carried by flagged accounts are flagged"
+        assert all(f["accounts"]["flagged_share"] >= 0.3 for f in carried)
+    finally:
+        assert worker.terminate() == 0
