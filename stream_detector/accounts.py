@@ -39,6 +39,8 @@ import numpy as np
 
 RING = 48
 DAYS = 8
+MIN_ACTIONS = 3  # an account is judged from its 3rd action...
+JUDGE_EVERY_MIN = 30  # ... and at most every 30 event minutes (a suspicious hour makes it due at once)
 SYNC_MINUTES = 30  # co-engagement within +-this many minutes of the same video
 SYNC_CHANNELS = 3
 SYNC_PARTNERS = 4
@@ -195,7 +197,10 @@ class AccountJudge:
 
     @staticmethod
     def sync_queries(act: AccountActivity) -> list[tuple[str, int]]:
-        """(video, minute) of each action whose co-engagers the judgement reads."""
+        """(video, minute) of each action whose co-engagers the judgement reads: none for an
+        account active on fewer than SYNC_CHANNELS channels (it cannot be in sync on that many)."""
+        if len({a.channel for a in act.actions}) < SYNC_CHANNELS:
+            return []
         return sorted({(a.video_id, a.minute) for a in act.actions})
 
     def _sync(self, act: AccountActivity, engagers, within: int) -> tuple[set[str], int]:

@@ -94,7 +94,7 @@ def _rate(value: str) -> float:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from stream_detector import malloc_policy
-    from stream_detector.config import Settings
+    from stream_detector.config import setting
     from stream_detector.decision import closed_window
     from stream_detector.models import ModelArtifact, ModelError
     from stream_detector.operating_points import OperatingPointError
@@ -123,7 +123,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     confirm = int(model.decision.get("confirm_hours", 1))
     series = [closed_window(s, s.end_hour + 1 + confirm, confirm) for s in series]
     scorer = Scorer(model, threshold=threshold)
-    malloc_policy.apply(Settings.heap_keep_mb)  # batches reuse the heap's pages (malloc_policy.py)
+    malloc_policy.apply(setting("heap_keep_mb"))  # DETECTOR_HEAP_KEEP_MB: batches reuse the heap's pages
     flagged = 0
     try:
         out = open(args.output, "w", encoding="utf-8")  # noqa: SIM115
@@ -268,7 +268,16 @@ def _print_models(state) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from stream_detector.config import SettingsError
+
     args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SettingsError as exc:  # a bad setting anywhere: one line and exit 2, never a traceback
+        return _fail(str(exc))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "score":
         return cmd_score(args)
     if args.command == "model":

@@ -21,6 +21,9 @@ _ENV_OVERRIDES = {
 }
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster")
+
+
 class SettingsError(ValueError):
     """A setting has a value that cannot be used."""
 
@@ -107,7 +110,23 @@ class Settings:
                 continue
             values[f.name] = _convert(name, raw, f.type)
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Endpoints that can only be a misconfiguration: one clear ``SettingsError`` (the CLI
+        prints one line and exits 2), not a traceback from a client library later."""
+        for server in filter(None, (x.strip() for x in self.kafka_bootstrap_servers.split(","))):
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers!r}: {server!r} is not "
+                                    f"host:port with a port in 1-65535")
+        if self.redis_url:
+            scheme = self.redis_url.split("://", 1)[0] if "://" in self.redis_url else ""
+            if scheme not in REDIS_SCHEMES:
+                raise SettingsError(f"REDIS_URL={self.redis_url!r}: the scheme must be one of "
+                                    f"{', '.join(s + '://' for s in REDIS_SCHEMES)}")
 
     @staticmethod
     def env_names() -> dict[str, str]:
@@ -115,6 +134,15 @@ class Settings:
         return {
             f.name: _ENV_OVERRIDES.get(f.name, f"DETECTOR_{f.name.upper()}") for f in fields(Settings)
         }
+
+
+def setting(field: str, environ: dict[str, str] | None = None) -> object:
+    """One setting from the environment (its default when unset), without reading (and
+    checking) every other one: loading a model must not fail on an unrelated variable."""
+    f = next(f for f in fields(Settings) if f.name == field)
+    name = _ENV_OVERRIDES.get(field, f"DETECTOR_{field.upper()}")
+    raw = (os.environ if environ is None else environ).get(name)
+    return f.default if raw is None or raw == "" else _convert(name, raw, f.type)
 
 
 def _convert(name: str, raw: str, type_name: object) -> object:

@@ -41,9 +41,9 @@ def inference_threads() -> int:
     thread shortens a batch (44 against 58 us a window when the other core is idle, 52 against
     59 when it is busy) but costs 43 % more CPU (83 against 58 us a window): the worker runs two
     scoring processes beside its consume loop and Redis, so CPU is what runs out."""
-    from stream_detector.config import Settings
+    from stream_detector.config import setting
 
-    return max(1, Settings.from_env().inference_threads)
+    return max(1, setting("inference_threads"))
 
 
 class ModelError(ValueError):

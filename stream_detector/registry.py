@@ -57,7 +57,6 @@ log = logging.getLogger("stream_detector.registry")
 CHUNK_BYTES = 512 * 1024
 MAX_MODEL_BYTES = 64 * 1024 * 1024
 HISTORY_IN_STATUS = 20
-ACTIONS = ("push", "promote", "rollback", "unshadow")
 
 
 class RegistryError(RuntimeError):

@@ -19,6 +19,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from stream_detector import keys
 from stream_detector.metrics import Metrics
 
 _CLAIM = """
@@ -66,7 +67,7 @@ class RescoreSchedule:
         self._release = redis.register_script(_RELEASE)
 
     def key(self, partition: int) -> str:
-        return f"{{{self.prefix}:due:{self.topic}:{partition}}}"
+        return keys.due(self.prefix, self.topic, partition)
 
     async def mark(self, due: dict[int, dict[str, int]]) -> None:
         """{partition: {video_id: due_ms}}; an earlier due time wins over a later one."""

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from redis.exceptions import NoScriptError
 
+from . import keys
 from .events import Event, EventColumns, VideoGroups
 from .metrics import Metrics
 from .series import METRICS, HourlySeries
@@ -100,10 +101,6 @@ class ApplyResult:
     no_dedup: int = 0  # videos whose events came from several partitions in one batch
 
 
-def window_key(prefix: str, video_id: str) -> str:
-    return f"{prefix}:w:{{{video_id}}}"
-
-
 class WindowStore:
     """Rolling per-video windows in Redis (see module docstring)."""
 
@@ -137,7 +134,7 @@ class WindowStore:
         self._cluster = type(redis).__name__ == "RedisCluster"
 
     def key(self, video_id: str) -> str:
-        return window_key(self.prefix, video_id)
+        return keys.window(self.prefix, video_id)
 
     # ------------------------------------------------------------------ metrics
     @contextmanager

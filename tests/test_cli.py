@@ -135,3 +135,31 @@ def test_train_cli_simulate_writes_csv_and_truth(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().splitlines()[0] == "video_id,ts,views,likes,comments,shares,published_at"
     assert len(truth.read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:notaport", "REDIS_URL": "redis://127.0.0.1:6379"}, "KAFKA_BOOTSTRAP_SERVERS"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092", "REDIS_URL": "http://127.0.0.1:6379"}, "REDIS_URL"),
+    ({"DETECTOR_INFERENCE_THREADS": "two"}, "DETECTOR_INFERENCE_THREADS"),
+])
+def test_a_misconfigured_worker_is_one_line_and_exit_2(env, needle):
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DETECTOR_") and k not in
+            ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    proc = run([*CLI, "worker"], env={**base, **env})
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+
+
+def test_score_reads_only_its_own_settings(week):
+    """An unrelated bad variable does not stop `score`; its own (the heap policy) is checked."""
+    import os
+
+    _, hourly, _, d = week
+    ok = run([*CLI, "score", "--input", str(hourly), "--output", str(d / "o.jsonl")],
+             env={**os.environ, "DETECTOR_TOPIC_PARTITIONS": "many"})
+    assert ok.returncode == 0, ok.stderr
+    bad = run([*CLI, "score", "--input", str(hourly), "--output", str(d / "o.jsonl")],
+              env={**os.environ, "DETECTOR_HEAP_KEEP_MB": "lots"})
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "DETECTOR_HEAP_KEEP_MB" in bad.stderr

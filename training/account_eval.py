@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from stream_detector.accounts import (
+    JUDGE_EVERY_MIN,
+    MIN_ACTIONS,
     AccountJudge,
     Action,
     InMemoryAccountStore,
@@ -21,9 +23,6 @@ from stream_detector.accounts import (
     group_of,
 )
 from stream_detector.dev.accounts import FAKE_ROLES, ROLES, AccountWorld
-
-MIN_ACTIONS = 3  # accounts judged (and counted) once they have this many actions
-JUDGE_EVERY = 30  # event minutes between two judgements of one account
 
 
 @dataclass
@@ -42,7 +41,8 @@ SUSPICION_DELAY_MIN = 120  # the video level judges an hour once it and the hour
 def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: AccountJudge | None = None,
                     hour_p: np.ndarray | None = None) -> AccountRun:
     """Apply the world's actions in event time, ``step_minutes`` at a time, and judge the
-    accounts touched (each at most every ``JUDGE_EVERY`` minutes, from ``MIN_ACTIONS``).
+    accounts touched (each at most every ``JUDGE_EVERY_MIN`` minutes, from ``MIN_ACTIONS``), as
+    the worker does.
     ``hour_p`` (N, T): the video level's hour probabilities (``stream_eval.replay``'s
     ``hour_p``), known ``SUSPICION_DELAY_MIN`` after each hour began."""
     t0 = time.perf_counter()
@@ -85,7 +85,7 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
         for user, acts in batch.items():
             k = index[user]
             n_actions[k] += len(acts)
-            if n_actions[k] < MIN_ACTIONS or now - last_judged[k] < JUDGE_EVERY:
+            if n_actions[k] < MIN_ACTIONS or now - last_judged[k] < JUDGE_EVERY_MIN:
                 continue
             last_judged[k] = now
             act = store.activity[user]

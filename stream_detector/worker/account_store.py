@@ -23,12 +23,19 @@ from importlib import resources
 import redis.asyncio as aioredis
 
 from stream_detector import keys, redis_client
-from stream_detector.accounts import DAYS, RING, SYNC_MINUTES, SYNC_SMALL, AccountActivity, Action
+from stream_detector.accounts import (
+    DAYS,
+    JUDGE_EVERY_MIN,
+    MIN_ACTIONS,
+    RING,
+    SYNC_MINUTES,
+    SYNC_SMALL,
+    AccountActivity,
+    Action,
+)
 from stream_detector.metrics import Metrics
 
 PER_CALL = 1000
-JUDGE_EVERY_MIN = 30  # event minutes between two judgements of one account
-MIN_ACTIONS = 3
 ENGAGER_MINUTES = 24 * 60  # engagers kept per video: the last day...
 ENGAGERS_PER_VIDEO = 2000  # ... at most this many
 
