@@ -33,7 +33,7 @@ from stream_detector.windows import WindowStore
 from tests.harness import ROOT, Deployment, WorkerProcess
 
 SHIPPED = Path(DEFAULT_MODEL_PATH)
-BUILT_IN = "1.0.0"  # version of the shipped model the workers start with
+BUILT_IN = "1.1.0"  # version of the shipped model the workers start with
 
 
 # --------------------------------------------------------------------------- test models
@@ -419,13 +419,13 @@ def test_shadow_flags_go_to_the_shadow_topic_only_then_promote_and_rollback(kafk
     dep = Deployment(kafka_bootstrap, redis_url)
     dep.create_topics()
     candidate = tmp_path / "shadow.onnx"
-    candidate.write_bytes(make_model("1.1.0", meta={"threshold": 0.2}))  # flags more than the serving model
+    candidate.write_bytes(make_model("1.7.0", meta={"threshold": 0.2}))  # flags more than the serving model
     w = WorkerProcess(dep, tmp_path)
     try:
         w.wait_ready()
         out = _ok(_cli(dep, "push", "--shadow", str(candidate)))
-        assert "1.1.0 runs in shadow beside built-in" in out
-        _wait_model([w], lambda s: (s["shadow"] or {}).get("version") == "1.1.0" and s["version"] == BUILT_IN, "shadow 1.1.0")
+        assert "1.7.0 runs in shadow beside built-in" in out
+        _wait_model([w], lambda s: (s["shadow"] or {}).get("version") == "1.7.0" and s["version"] == BUILT_IN, "shadow 1.7.0")
 
         data = simulate(30, seed=31)
         dep.produce(list(_items(data)))
@@ -433,7 +433,7 @@ def test_shadow_flags_go_to_the_shadow_topic_only_then_promote_and_rollback(kafk
         flags = _flags(dep, dep.flags)
         shadow_flags = _flags(dep, dep.shadow_flags)
         assert flags and {f["model"]["version"] for f in flags} == {BUILT_IN}, "shadow flags leaked to moderation"
-        assert shadow_flags and {f["model"]["version"] for f in shadow_flags} == {"1.1.0"}
+        assert shadow_flags and {f["model"]["version"] for f in shadow_flags} == {"1.7.0"}
         assert len({f["video_id"] for f in shadow_flags}) >= len({f["video_id"] for f in flags})
 
         m = w.metrics()
@@ -442,20 +442,20 @@ def test_shadow_flags_go_to_the_shadow_topic_only_then_promote_and_rollback(kafk
         assert m["detector_shadow_flags_total"] == len(shadow_flags)
         assert m["detector_flags_total"] == len(flags)
         assert m["detector_shadow_score_delta_count"] == compared
-        assert _info(m, "detector_shadow_model_info") == {"1.1.0"}
+        assert _info(m, "detector_shadow_model_info") == {"1.7.0"}
         shadow = _model(w)["shadow"]
         assert shadow["videos_compared"] == compared and 0.0 <= shadow["agreement"] <= 1.0
         assert shadow["shadow_flag_rate"] >= shadow["serving_flag_rate"]
         status, doc = w.get_json(f"/score/{data.video_ids[0]}")
-        assert status == 200 and doc["shadow"]["model"]["version"] == "1.1.0"
+        assert status == 200 and doc["shadow"]["model"]["version"] == "1.7.0"
 
-        out = _ok(_cli(dep, "promote", "1.1.0"))
-        assert "1.1.0 serves (was built-in)" in out
-        _wait_model([w], lambda s: s["version"] == "1.1.0" and s["shadow"] is None, "1.1.0 promoted", timeout_s=30)
+        out = _ok(_cli(dep, "promote", "1.7.0"))
+        assert "1.7.0 serves (was built-in)" in out
+        _wait_model([w], lambda s: s["version"] == "1.7.0" and s["shadow"] is None, "1.7.0 promoted", timeout_s=30)
         assert _info(w.metrics(), "detector_shadow_model_info") == {"none"}
         _ok(_cli(dep, "rollback"))
         _wait_model([w], _serving(BUILT_IN), "the rolled-back model", timeout_s=30)
         listing = _ok(_cli(dep, "list"))
-        assert "1.1.0" in listing and "rollback target" not in listing
+        assert "1.7.0" in listing and "rollback target" not in listing
     finally:
         w.terminate()

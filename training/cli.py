@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--cv-epochs", type=_positive, default=8)
         a.add_argument("--output", default="models/default.onnx")
         a.add_argument("--report-dir", default="reports")
-        a.add_argument("--version", default="1.0.0")
+        a.add_argument("--version", default="1.1.0")
         a.add_argument("--threads", type=_positive, default=2)
         a.add_argument("--stream-videos", type=_positive, default=800,
                        help="videos of the test week replayed through the stream process (validation: all)")

@@ -95,7 +95,7 @@ class TrainConfig:
     threads: int = 2
     output: str = "models/default.onnx"
     report_dir: str = "reports"
-    version: str = "1.0.0"
+    version: str = "1.1.0"
     name: str = "fake-engagement-tcn"
     texture: bool = True  # organic curves with real-world texture (train pool; the test week: test pool)
     stream_videos: int = 800  # videos of the test week replayed through the stream process (validation: all)
