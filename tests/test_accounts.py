@@ -172,7 +172,8 @@ def test_accounts_are_sharded_by_partition_consistently():
 def _farm_and_people(days: int = 3) -> list[dict]:
     """Accounts of a naive farm (around the clock, every 20 minutes, four customers of four
     channels) and people (awake 8-23, bursty) on those videos and eight others, plus
-    aggregated views."""
+    aggregated views that follow the day (flat views around the clock would make every
+    video's hours suspicious, and so every person who engaged on them)."""
     rng = np.random.default_rng(7)
     start = T0 * 60
     events = []
@@ -189,9 +190,11 @@ def _farm_and_people(days: int = 3) -> list[dict]:
                 video, channel = (customers + others)[int(rng.integers(0, 12))]
                 events.append({"video_id": video, "ts": start + ((day * 24 + int(h)) * 60 + int(rng.integers(0, 60))) * 60,
                                "likes": 1, "user_id": f"person-{k}", "channel_id": channel})
-    for video, channel in customers + others:
+    for video, channel in customers + others:  # audiences sleep too: views follow the day
         for hour in range(days * 24):
-            events.append({"video_id": video, "ts": start + hour * 3600, "views": int(rng.poisson(40)), "channel_id": channel})
+            awake = 0.15 + 0.85 * np.sin(np.pi * max(0, hour % 24 - 6) / 18) ** 2
+            events.append({"video_id": video, "ts": start + hour * 3600, "views": int(rng.poisson(60 * awake)),
+                           "channel_id": channel})
     return sorted(events, key=lambda e: e["ts"])
 
 
