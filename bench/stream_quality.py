@@ -12,8 +12,15 @@ Run at two production speeds (``--speeds``: events per second of replay; the wor
 re-scoring cadence is wall-clock, so a slower replay means many more re-scorings per event
 hour) to show that the flags do not depend on it.
 
+``--market``: a held-out week of fraud as panels sell it and its organic look-alikes
+(``dev/market.py``), reported per delivery kind, amplitude band and look-alike. ``--accounts``
+(with ``--market``): the same week as contract-1.1 events with the accounts behind them
+(``dev/accounts.py``); the account flags topic is read back too and scored by role, and the
+video flags show what the user level adds (coordinated_accounts).
+
     .venv/bin/python bench/stream_quality.py                 # 240 videos, speeds 40000 and 8000
     .venv/bin/python bench/stream_quality.py --videos 120 --speeds 20000 --json
+    .venv/bin/python bench/stream_quality.py --market --accounts --videos 300 --speeds 20000
 
 Prints a Markdown table; with ``--json`` the last line is one JSON object.
 """
@@ -116,16 +123,18 @@ async def _read_flags(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[d
     return out
 
 
-def run_once(data, events, stack, speed: float, lateness: int) -> tuple[dict, dict]:
+def run_once(data, events, stack, speed: float, lateness: int, world=None) -> tuple[dict, dict]:
     run_id = f"q{int(time.time() * 1000) % 10**9}"
-    topics = {"events": f"{run_id}-events", "flags": f"{run_id}-flags", "dlq": f"{run_id}-dlq"}
+    topics = {"events": f"{run_id}-events", "flags": f"{run_id}-flags", "dlq": f"{run_id}-dlq",
+              "accounts": f"{run_id}-account-flags"}
     asyncio.run(ensure_topics(stack.bootstrap_servers, {t: 4 for t in topics.values()}))
     port = _free_port()
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap_servers, REDIS_URL=stack.redis_url,
                DETECTOR_EVENTS_TOPIC=topics["events"], DETECTOR_FLAGS_TOPIC=topics["flags"],
                DETECTOR_DLQ_TOPIC=topics["dlq"], DETECTOR_CONSUMER_GROUP=f"{run_id}-g", DETECTOR_KEY_PREFIX=run_id,
                DETECTOR_WEB_PORT=str(port), DETECTOR_IDLE_CLOSE_SECONDS="3",
-               DETECTOR_CONTROL_TOPIC=f"{run_id}-models", DETECTOR_SHADOW_FLAGS_TOPIC=f"{run_id}-shadow")
+               DETECTOR_CONTROL_TOPIC=f"{run_id}-models", DETECTOR_SHADOW_FLAGS_TOPIC=f"{run_id}-shadow",
+               DETECTOR_ACCOUNT_FLAGS_TOPIC=topics["accounts"])
     log = open(Path(tempfile.gettempdir()) / f"{run_id}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "stream_detector.cli", "worker"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=str(ROOT))
@@ -155,6 +164,7 @@ def run_once(data, events, stack, speed: float, lateness: int) -> tuple[dict, di
             time.sleep(1)
         m = _metrics(port)
         flags = asyncio.run(_read_flags(stack.bootstrap_servers, topics["flags"]))
+        account_flags = asyncio.run(_read_flags(stack.bootstrap_servers, topics["accounts"])) if world else []
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -176,7 +186,41 @@ def run_once(data, events, stack, speed: float, lateness: int) -> tuple[dict, di
     res["replay_seconds"] = round(produced_s, 1)
     res["rescorings_per_event_hour"] = round(res["scorings"] / (len(data) * data.hours), 3)
     res["immediate_scorings"] = int(m.get('detector_videos_scored_total{path="immediate"}', 0))
+    if hasattr(data, "kind_of"):
+        labels = np.asarray(data.label, dtype=bool)
+        ever = np.array([bool(p) for p in published])
+        look = ~labels & np.array([bool(x) for x in data.lookalike])
+        kinds = np.array([data.kind_of(i) for i in range(len(data))])
+        res["kind_counts"] = {k: int((kinds == k).sum()) for k in sorted(set(kinds.tolist()))}
+        res["fpr_lookalikes"] = float(ever[look].mean()) if look.any() else None
+        res["fpr_plain"] = float(ever[~labels & ~look].mean()) if (~labels & ~look).any() else None
+        coordinated = np.array([any("coordinated_accounts" in w.patterns for p in pubs for w in p.windows)
+                                for pubs in published])
+        res["flagged_by_accounts_only"] = int((coordinated & ever).sum())
+    if world is not None:
+        res["accounts"] = _account_quality(world, account_flags, lateness)
     return res, m
+
+
+def _account_quality(world, account_flags: list[dict], lateness: int) -> dict:
+    """The account flags read back, scored like the evaluator scores its replay."""
+    from training.account_eval import AccountRun, account_metrics
+
+    index = {u: k for k, u in enumerate(world.account_ids)}
+    n = len(world.account_ids)
+    first = np.full(n, -1, dtype=np.int64)
+    group: list[str | None] = [None] * n
+    pats: list[set[str]] = [set() for _ in range(n)]
+    for f in account_flags:
+        k = index.get(f["user_id"])
+        if k is None or f["status"] == "withdrawn":
+            continue
+        minute = int((datetime_epoch(f["watermark"]) + lateness) // 60) - int(world.data.start_hour) * 60
+        if first[k] < 0 or minute < first[k]:
+            first[k] = max(minute, 0)
+            group[k] = (f.get("group") or {}).get("group_id")
+        pats[k] |= set(f["patterns"])
+    return account_metrics(AccountRun(first, np.zeros(n), pats, group, 0, 0.0), world)
 
 
 def datetime_epoch(iso: str) -> float:
@@ -190,16 +234,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos", type=int, default=240)
     ap.add_argument("--speeds", default="40000,8000", help="replay speeds, events/s, comma separated")
     ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--market", action="store_true", help="fraud as panels sell it and its look-alikes")
+    ap.add_argument("--accounts", action="store_true", help="with --market: events with the accounts behind them")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.accounts and not args.market:
+        ap.error("--accounts needs --market")
     speeds = [float(x) for x in args.speeds.split(",") if x]
-    data = simulate(args.videos, seed=args.seed, texture=RealTexture("test"), fake_fraction=0.4, start_hour=BASE_HOUR)
-    events = minute_events(data)
+    world = None
+    if args.market:
+        from stream_detector.dev.accounts import build_world
+        from stream_detector.dev.market import simulate_market
+
+        data = simulate_market(args.videos, seed=args.seed, texture=RealTexture("test"), start_hour=BASE_HOUR)
+        if args.accounts:
+            world = build_world(data, seed=args.seed)
+            events = [(e["video_id"], json.dumps(e, separators=(",", ":")).encode()) for e in world.iter_events()]
+        else:
+            events = minute_events(data)
+    else:
+        data = simulate(args.videos, seed=args.seed, texture=RealTexture("test"), fake_fraction=0.4, start_hour=BASE_HOUR)
+        events = minute_events(data)
     print(f"held-out week: {len(data)} videos ({int(data.label.sum())} fake), {len(events):,} minute-level events", flush=True)
     results = []
     with EmbeddedStack() as stack:
         for speed in speeds:
-            res, _ = run_once(data, events, stack, speed, lateness=3600)
+            res, _ = run_once(data, events, stack, speed, lateness=3600, world=world)
             results.append(res)
             print(f"  speed {speed:,.0f} ev/s: replay {res['replay_seconds']} s, FPR {res['fpr']:.3f}, "
                   f"recall {res['recall']:.3f}, {res['scorings']:,} scorings", flush=True)
@@ -229,6 +289,22 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|" + "---|" * len(kinds))
     for r in results:
         print(f"| {r['speed_events_per_s']:,.0f} ev/s | " + " | ".join(f"{r['fpr_by_kind'].get(k, float('nan')):.3f}" for k in kinds) + " |")
+    if args.market:
+        from training.market_eval import markdown
+
+        for r in results:
+            print(f"\n### {r['speed_events_per_s']:,.0f} ev/s: per delivery kind, band and look-alike\n")
+            print(markdown(r))
+            if "accounts" in r:
+                a = r["accounts"]
+                print(f"\nvideos flagged with coordinated_accounts windows: {r['flagged_by_accounts_only']}")
+                print("\n| accounts | value |\n|---|---|")
+                for key in ("accounts_judged", "fake_accounts", "precision", "recall", "fpr", "groups_found",
+                            "group_member_recall", "group_purity", "hours_to_first_account_flag_median"):
+                    v = a.get(key)
+                    print(f"| {key} | {v:.4f} |" if isinstance(v, float) else f"| {key} | {v} |")
+                print("| flagged by role | " + ", ".join(f"{k} {v:.4f}" for k, v in a["flagged_by_role"].items()) + " |")
+                print("| recall by farm kind | " + ", ".join(f"{k} {v:.3f}" for k, v in a["recall_by_stealth"].items()) + " |")
     if args.json:
         print(json.dumps({"videos": len(data), "events": len(events), "runs": results}, default=float))
     return 0
