@@ -147,12 +147,16 @@ def run_once(data, events, stack, speed: float, lateness: int, world=None) -> tu
                         break
             except OSError:
                 time.sleep(0.3)
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited {proc.returncode}: see {log.name}")
         t_start = time.monotonic()
         asyncio.run(produce(stack.bootstrap_servers, topics["events"], events, rate=speed))
         produced_s = time.monotonic() - t_start
         deadline = time.monotonic() + 600
         idle_seen = 0.0
         while time.monotonic() < deadline:  # drained: consumed, every partition idle-closed, nothing due
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited {proc.returncode}: see {log.name}")
             m = _metrics(port)
             if (m.get("detector_consumer_lag_messages", 1) == 0
                     and m.get('detector_hours_closed_total{reason="idle"}', 0) > idle_seen

@@ -1,7 +1,9 @@
 -- Account actions of one batch (stream_detector/worker/account_store.py), idempotent.
 -- KEYS: per account, its state HASH and its ring LIST (both hash-tagged by the account).
--- ARGV: ttl_s, ring, judge_every_min, min_actions, then per account: n, then n x (entry, minute).
--- An entry already in the ring is the same action applied again (a replay): nothing changes.
+-- ARGV: ttl_s, ring, judge_every_min, min_actions, then per account: n, then n entries
+-- (Action.key(): "<minute>|..."). An entry already in the ring is the same action applied again
+-- (a replay): nothing changes. Only an entry no later than the account's last minute can be one,
+-- so only those are looked up in the ring (LPOS is linear in it).
 -- The state keeps, per day of the last 8 (field d<day % 8> = "<day>:<24-bit mask>"), the hours
 -- with an action, the first and last minute, the actions seen (n) and when it was last judged
 -- (j), and whether it stands flagged (x, set by the judgement). Returns two lists of 1-based
@@ -18,26 +20,31 @@ for k = 1, #KEYS, 2 do
   local last = tonumber(redis.call('HGET', st, 'last') or '0')
   local first = tonumber(redis.call('HGET', st, 'first') or '0')
   local added = 0
+  local masks = {}
   for _ = 1, n do
-    local entry, minute = ARGV[a], tonumber(ARGV[a + 1])
-    a = a + 2
-    if not redis.call('LPOS', rk, entry) then
+    local entry = ARGV[a]
+    local minute = tonumber(string.match(entry, '^(%d+)'))
+    a = a + 1
+    if minute > last or not redis.call('LPOS', rk, entry) then
       redis.call('RPUSH', rk, entry)
       added = added + 1
       local hour = math.floor(minute / 60)
       local day = math.floor(hour / 24)
-      local field = 'd' .. (day % 8)
-      local cur = redis.call('HGET', st, field)
-      local mask = 0
-      if cur then
-        local d0, m0 = string.match(cur, '(%d+):(%d+)')
-        if tonumber(d0) == day then mask = tonumber(m0) end
-      end
-      mask = bit.bor(mask, bit.lshift(1, hour % 24))
-      redis.call('HSET', st, field, day .. ':' .. mask)
+      masks[day] = bit.bor(masks[day] or 0, bit.lshift(1, hour % 24))
       if minute > last then last = minute end
       if first == 0 or minute < first then first = minute end
     end
+  end
+  for day, bits in pairs(masks) do
+    local field = 'd' .. (day % 8)
+    local cur = redis.call('HGET', st, field)
+    local mask = bits
+    if cur then
+      local d0, m0 = string.match(cur, '(%d+):(%d+)')
+      if tonumber(d0) == day then mask = bit.bor(mask, tonumber(m0)) end
+      if tonumber(d0) > day then mask = nil end
+    end
+    if mask then redis.call('HSET', st, field, day .. ':' .. mask) end
   end
   if added > 0 and redis.call('HGET', st, 'x') == '1' then
     flagged[#flagged + 1] = (k + 1) / 2

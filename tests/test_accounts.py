@@ -153,10 +153,15 @@ async def test_the_redis_store_keeps_what_the_in_memory_one_keeps_and_a_replay_a
     for u in users:
         want = memory.activity[u]
         assert got[u].actions == want.actions and got[u].day_masks == want.day_masks, u
-    queries = [(a.video_id, a.minute) for a in batch[users[0]]]
+    crowd = {f"fan{k}": [act(T0 + 600 + k % 20, "viral", "cv")] for k in range(200)}  # a crowd within minutes
+    await store.apply(crowd)
+    memory.apply(crowd)
+    queries = [(a.video_id, a.minute) for a in batch[users[0]]] + [("viral", T0 + 605)]
     redis_co = await store.co_engagers(queries)
     memory_co = memory.co_engagers(queries)
-    for q in queries:
+    assert ("viral", T0 + 605) not in redis_co, "being in a crowd says nothing: the query is left out"
+    assert redis_co.keys() == memory_co.keys() and len(redis_co) == len(set(queries)) - 1
+    for q in redis_co:
         assert sorted(redis_co[q]) == sorted(memory_co[q])
     hours = await store.video_hours(["v1"])
     actions_v1 = {(u, a.minute) for u, acts in batch.items() for a in acts if a.video_id == "v1"}

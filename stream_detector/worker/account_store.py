@@ -63,8 +63,7 @@ class AccountStore:
                 ks += [keys.account_state(self.prefix, u), keys.account_ring(self.prefix, u)]
                 acts = actions[u]
                 args.append(len(acts))
-                for a in acts:
-                    args += [a.key(), a.minute]
+                args += [a.key() for a in acts]
             got_due, got_flagged = await self.metrics.timed_redis("accounts", self._accounts(keys=ks, args=args))
             due += [chunk[int(i) - 1] for i in got_due]
             flagged.update(chunk[int(i) - 1] for i in got_flagged)
@@ -113,16 +112,24 @@ class AccountStore:
         return out
 
     async def co_engagers(self, queries: Sequence[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, int]]]:
-        """Per (video, minute), the accounts that engaged the video within +-SYNC_MINUTES (at
-        most SYNC_SMALL + 1: a crowd is a crowd)."""
+        """Per (video, minute), the accounts that engaged the video within +-SYNC_MINUTES; a
+        query that finds a crowd (more than SYNC_SMALL) is left out: being in a crowd says nothing."""
         if not queries:
             return {}
         pipe = self.redis.pipeline(transaction=False)
-        for v, m in queries:
-            pipe.zrangebyscore(keys.engagers(self.prefix, v), m - SYNC_MINUTES, m + SYNC_MINUTES, start=0,
-                               num=SYNC_SMALL + 1, withscores=True)
-        got = await self.metrics.timed_redis("accounts", pipe.execute())
-        return {q: [(_s(u), int(s)) for u, s in rows] for q, rows in zip(queries, got, strict=True)}
+        for v, m in queries:  # counted first: a crowd's members are not worth reading
+            pipe.zcount(keys.engagers(self.prefix, v), m - SYNC_MINUTES, m + SYNC_MINUTES)
+        sizes = await self.metrics.timed_redis("accounts", pipe.execute())
+        small = [q for q, n in zip(queries, sizes, strict=True) if n <= SYNC_SMALL]
+        out: dict[tuple[str, int], list[tuple[str, int]]] = {}
+        if small:
+            pipe = self.redis.pipeline(transaction=False)
+            for v, m in small:
+                pipe.zrangebyscore(keys.engagers(self.prefix, v), m - SYNC_MINUTES, m + SYNC_MINUTES, start=0,
+                                   num=SYNC_SMALL + 1, withscores=True)
+            got = await self.metrics.timed_redis("accounts", pipe.execute())
+            out.update({q: [(_s(u), int(s)) for u, s in rows] for q, rows in zip(small, got, strict=True)})
+        return out
 
     async def video_hours(self, videos: Sequence[str]) -> dict[str, tuple[dict[int, tuple[int, int]], list[dict]]]:
         """Per video with account actions: (hour -> (account actions, actions of flagged

@@ -186,7 +186,7 @@ class AccountLoop:
                                                         for q in self.judge_core.suspicion_queries(a)}))
         scores = {}
         for u, act in acts.items():
-            mine = {q: engaged[q] for q in self.judge_core.sync_queries(act)}
+            mine = {q: engaged[q] for q in self.judge_core.sync_queries(act) if q in engaged}
             scores[u] = self.judge_core.judge(act, mine, suspicious)
         m.accounts_judged.inc(len(scores))
         m.account_judge_latency.observe(time.perf_counter() - t0)
