@@ -72,8 +72,13 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out]
 
 
+def _redis_cpu(url: str) -> float:
+    info = redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def run_worker(stack: EmbeddedStack, topic: str, prefix: str, expect: int, timeout_s: float) -> dict:
-    """One worker consumes ``topic`` to its end: events/s and CPU per 1k events."""
+    """One worker consumes ``topic`` to its end: events/s, its CPU and Redis's per 1k events."""
     port = free_port()
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap_servers, REDIS_URL=stack.redis_url,
                DETECTOR_EVENTS_TOPIC=topic, DETECTOR_CONSUMER_GROUP=f"{prefix}-group", DETECTOR_KEY_PREFIX=prefix,
@@ -99,12 +104,15 @@ def run_worker(stack: EmbeddedStack, topic: str, prefix: str, expect: int, timeo
             consumed = m.get("detector_consume_batch_size_sum", 0.0)
             if first is None and consumed > 0:
                 first, cpu0, n0 = time.monotonic(), _cpu(proc.pid), consumed
+                rcpu0 = _redis_cpu(stack.redis_url)
             if consumed >= expect:
                 seconds = time.monotonic() - first
                 cpu = _cpu(proc.pid) - cpu0
+                rcpu = _redis_cpu(stack.redis_url) - rcpu0
                 n = consumed - n0
                 return {"events": int(consumed), "seconds": round(seconds, 2), "events_per_s": round(n / seconds),
                         "cpu_ms_per_1k": round(1000 * cpu / n * 1000, 2) if n else None,
+                        "redis_cpu_ms_per_1k": round(1000 * rcpu / n * 1000, 2) if n else None,
                         "account_actions": int(m.get("detector_account_actions_total", 0)),
                         "accounts_judged": int(m.get("detector_accounts_judged_total", 0)),
                         "account_flags": int(m.get("detector_account_flags_total", 0))}
@@ -175,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{best['with accounts']['events_per_s']:,} |")
     print(f"| worker CPU per 1k events (incl. scoring children) | {best['video-only']['cpu_ms_per_1k']} ms | "
           f"{best['with accounts']['cpu_ms_per_1k']} ms |")
+    print(f"| Redis CPU per 1k events | {best['video-only']['redis_cpu_ms_per_1k']} ms | "
+          f"{best['with accounts']['redis_cpu_ms_per_1k']} ms |")
     print(f"| account actions / judgements / account flags | - | {best['with accounts']['account_actions']:,} / "
           f"{best['with accounts']['accounts_judged']:,} / {best['with accounts']['account_flags']:,} |")
     print(f"\nwith accounts / video-only: {ratio:.2f} of the rate; bytes per active account {mem['bytes_per_active_account']:,} "
