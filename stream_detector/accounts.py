@@ -41,7 +41,7 @@ import numpy as np
 RING = 48
 DAYS = 8
 MIN_ACTIONS = 3  # an account is judged from its 3rd action...
-JUDGE_EVERY_MIN = 30  # ... and at most every 30 event minutes (a suspicious hour makes it due at once)
+JUDGE_EVERY_MIN = 180  # ... then at most every 3 event hours (a suspicious hour makes it due at once)
 SYNC_MINUTES = 30  # co-engagement within +-this many minutes of the same video
 SYNC_CHANNELS = 3
 SYNC_PARTNERS = 4
@@ -86,7 +86,8 @@ class Action(NamedTuple):
     partition: int = -1  # the video's events partition (its owner re-judges it)
 
     def key(self) -> str:
-        return f"{self.minute}|{self.partition}|{self.video_id}|{self.channel}|{','.join(map(str, self.counts))}"
+        c = self.counts
+        return f"{self.minute}|{self.partition}|{self.video_id}|{self.channel}|{c[0]},{c[1]},{c[2]},{c[3]}"
 
     @classmethod
     def parse(cls, text: str) -> Action:
@@ -198,11 +199,16 @@ class AccountJudge:
 
     @staticmethod
     def sync_queries(act: AccountActivity) -> list[tuple[str, int]]:
-        """(video, minute) of each action whose co-engagers the judgement reads: none for an
-        account active on fewer than SYNC_CHANNELS channels (it cannot be in sync on that many)."""
+        """(video, minute) whose co-engagers the judgement reads: the account's latest action on
+        each of its videos (the engagers kept per video are each account's latest minute there,
+        so an older action would only meet accounts that never came back); none for an account
+        active on fewer than SYNC_CHANNELS channels (it cannot be in sync on that many)."""
         if len({a.channel for a in act.actions}) < SYNC_CHANNELS:
             return []
-        return sorted({(a.video_id, a.minute) for a in act.actions})
+        latest: dict[str, int] = {}
+        for a in act.actions:
+            latest[a.video_id] = max(latest.get(a.video_id, a.minute), a.minute)
+        return sorted(latest.items())
 
     def _sync(self, act: AccountActivity, engagers, within: int) -> tuple[set[str], int]:
         by_partner: dict[str, set[int]] = {}
