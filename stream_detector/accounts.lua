@@ -13,21 +13,21 @@ local ttl, ring, every, min_actions = tonumber(ARGV[1]), tonumber(ARGV[2]), tonu
 local due = {}
 local flagged = {}
 local a = 5
+-- Per account: two HMGETs, one RPUSH, one HSET (Redis time goes into calls, not into Lua).
 for k = 1, #KEYS, 2 do
   local st, rk = KEYS[k], KEYS[k + 1]
   local n = tonumber(ARGV[a])
   a = a + 1
-  local last = tonumber(redis.call('HGET', st, 'last') or '0')
-  local first = tonumber(redis.call('HGET', st, 'first') or '0')
-  local added = 0
+  local cur = redis.call('HMGET', st, 'last', 'first', 'n', 'j', 'x')
+  local last, first = tonumber(cur[1] or '0'), tonumber(cur[2] or '0')
+  local fresh = {}
   local masks = {}
   for _ = 1, n do
     local entry = ARGV[a]
     local minute = tonumber(string.match(entry, '^(%d+)'))
     a = a + 1
     if minute > last or not redis.call('LPOS', rk, entry) then
-      redis.call('RPUSH', rk, entry)
-      added = added + 1
+      fresh[#fresh + 1] = entry
       local hour = math.floor(minute / 60)
       local day = math.floor(hour / 24)
       masks[day] = bit.bor(masks[day] or 0, bit.lshift(1, hour % 24))
@@ -35,31 +35,42 @@ for k = 1, #KEYS, 2 do
       if first == 0 or minute < first then first = minute end
     end
   end
-  for day, bits in pairs(masks) do
-    local field = 'd' .. (day % 8)
-    local cur = redis.call('HGET', st, field)
-    local mask = bits
-    if cur then
-      local d0, m0 = string.match(cur, '(%d+):(%d+)')
-      if tonumber(d0) == day then mask = bit.bor(mask, tonumber(m0)) end
-      if tonumber(d0) > day then mask = nil end
-    end
-    if mask then redis.call('HSET', st, field, day .. ':' .. mask) end
-  end
-  if added > 0 and redis.call('HGET', st, 'x') == '1' then
-    flagged[#flagged + 1] = (k + 1) / 2
-  end
-  if added > 0 then
+  if #fresh > 0 then
+    local count = tonumber(cur[3] or '0') + #fresh
+    if #fresh > ring then fresh = {unpack(fresh, #fresh - ring + 1)} end  -- what LTRIM would keep
+    redis.call('RPUSH', rk, unpack(fresh))
     redis.call('LTRIM', rk, -ring, -1)
-    local count = redis.call('HINCRBY', st, 'n', added)
-    redis.call('HSET', st, 'last', last, 'first', first)
-    redis.call('EXPIRE', st, ttl)
-    redis.call('EXPIRE', rk, ttl)
-    local judged = tonumber(redis.call('HGET', st, 'j') or '-1000000000')
+    local fields = {'last', last, 'first', first, 'n', count}
+    local names, dayof = {}, {}
+    for day, _ in pairs(masks) do  -- two days 8 apart share a field: the later one wins
+      local f = 'd' .. (day % 8)
+      if dayof[f] == nil then names[#names + 1] = f end
+      if dayof[f] == nil or day > dayof[f] then dayof[f] = day end
+    end
+    local old = redis.call('HMGET', st, unpack(names))
+    for i, f in ipairs(names) do
+      local day = dayof[f]
+      local mask = masks[day]
+      if old[i] then
+        local d0, m0 = string.match(old[i], '(%d+):(%d+)')
+        if tonumber(d0) == day then mask = bit.bor(mask, tonumber(m0)) end
+        if tonumber(d0) > day then mask = nil end
+      end
+      if mask then
+        fields[#fields + 1] = f
+        fields[#fields + 1] = day .. ':' .. mask
+      end
+    end
+    local judged = tonumber(cur[4] or '-1000000000')
     if count >= min_actions and last - judged >= every then
-      redis.call('HSET', st, 'j', last)
+      fields[#fields + 1] = 'j'
+      fields[#fields + 1] = last
       due[#due + 1] = (k + 1) / 2
     end
+    redis.call('HSET', st, unpack(fields))
+    redis.call('EXPIRE', st, ttl)
+    redis.call('EXPIRE', rk, ttl)
+    if cur[5] == '1' then flagged[#flagged + 1] = (k + 1) / 2 end
   end
 end
 return {due, flagged}

@@ -123,7 +123,8 @@ class AccountActivity:
             self.last_minute = max(self.last_minute, a.minute)
         self.actions.sort(key=lambda a: a.minute)
         del self.actions[:-RING]
-        for d in sorted(self.day_masks)[:-DAYS]:
+        newest = max(self.day_masks, default=0)
+        for d in [d for d in self.day_masks if d <= newest - DAYS]:  # the last DAYS days, as in Redis
             del self.day_masks[d]
 
 

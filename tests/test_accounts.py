@@ -149,6 +149,9 @@ async def test_the_redis_store_keeps_what_the_in_memory_one_keeps_and_a_replay_a
     assert set(due) == {u for u, acts in batch.items() if len({a.key() for a in acts}) >= 3}
     assert await store.apply(batch) == [], "a replay: nothing new, nobody due again"
     users = sorted(batch)
+    later = {users[0]: [act(T0 + d * 1440 + 5, "v1", "c1") for d in (3, 8, 9)] + [act(T0 + 2 * 1440, "v2")]}
+    await store.apply(later)  # days 8 apart share a field in Redis: both keep the last 8 days
+    memory.apply(later)
     got = await store.activity(users)
     for u in users:
         want = memory.activity[u]
@@ -164,7 +167,7 @@ async def test_the_redis_store_keeps_what_the_in_memory_one_keeps_and_a_replay_a
     for q in redis_co:
         assert sorted(redis_co[q]) == sorted(memory_co[q])
     hours = await store.video_hours(["v1"])
-    actions_v1 = {(u, a.minute) for u, acts in batch.items() for a in acts if a.video_id == "v1"}
+    actions_v1 = {(u, a.minute) for b in (batch, later) for u, acts in b.items() for a in acts if a.video_id == "v1"}
     assert sum(t for t, _ in hours["v1"][0].values()) == len(actions_v1)
 
 

@@ -105,7 +105,8 @@ class AccountStore:
                 if f.startswith("d") and ":" in v:
                     day, mask = v.split(":")
                     days[int(day)] = int(mask)
-            act.day_masks = {d: days[d] for d in sorted(days)[-DAYS:]}
+            newest = max(days, default=0)  # a field not overwritten for DAYS days is stale
+            act.day_masks = {d: days[d] for d in sorted(days) if d > newest - DAYS}
             act.first_minute = int(fields.get("first", 0))
             act.last_minute = int(fields.get("last", 0))
             out[u] = act
