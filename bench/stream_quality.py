@@ -161,7 +161,7 @@ def run_once(data, events, stack, speed: float, lateness: int, world=None) -> tu
             if (m.get("detector_consumer_lag_messages", 1) == 0
                     and m.get('detector_hours_closed_total{reason="idle"}', 0) > idle_seen
                     and m.get("detector_videos_scored_total", 0) > 0):
-                idle_seen = m['detector_hours_closed_total{reason="idle"}']
+                # quiet for 5 s: nothing scored (an account flag can make videos due again)
                 time.sleep(5)
                 if _metrics(port).get("detector_videos_scored_total") == m.get("detector_videos_scored_total"):
                     break
