@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--videos", type=int, default=120)
     d.add_argument("--duration", type=float, default=40.0, help="seconds to replay the simulated week in")
     d.add_argument("--seed", type=int, default=2026)
+    d.add_argument("--market", action="store_true",
+                   help="fraud as panels sell it, organic look-alikes, and the accounts behind the events")
 
     r = sub.add_parser("replay", help="produce events from a CSV/JSONL file (or a simulation) into the topic")
     r.add_argument("file", nargs="?", help="CSV (offline format) or JSONL of events")
@@ -289,7 +291,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from stream_detector.dev.demo import run_demo
 
-        return run_demo(videos=args.videos, duration=args.duration, seed=args.seed)
+        return run_demo(videos=args.videos, duration=args.duration, seed=args.seed, market=args.market)
     if args.command == "replay":
         from stream_detector.dev.replay import run_replay
 

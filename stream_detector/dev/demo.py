@@ -4,6 +4,10 @@ Starts the embedded broker and redis-server, a real worker process (`stream-dete
 worker`), replays a simulated week of engagement (known fakes and tricky organic videos)
 compressed into ``duration`` seconds, prints flags as they arrive, and ends with a summary
 against the truth. Exit code 0 when the pipeline ran; the summary says how well it did.
+
+``--market``: fraud as panels sell it and its organic look-alikes (``dev/market.py``), as
+contract-1.1 events with the accounts behind them (``dev/accounts.py``): the video flags
+name delivery kinds and look-alikes, and account flags arrive on their own topic.
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> flo
     raise RuntimeError(f"worker not ready after {timeout:.0f}s")
 
 
-def run_demo(videos: int = 120, duration: float = 40.0, seed: int = 2026) -> int:
+def run_demo(videos: int = 120, duration: float = 40.0, seed: int = 2026, market: bool = False) -> int:
     if videos < 10:
         sys.stderr.write("stream-detector: error: --videos must be >= 10\n")
         return 2
@@ -90,9 +94,18 @@ def run_demo(videos: int = 120, duration: float = 40.0, seed: int = 2026) -> int
         texture = RealTexture("test")
     except (ImportError, OSError):
         texture = None
-    print(f"simulating {videos} videos over one week (seed {seed}; real texture: {texture is not None}) ...",
+    what = "a market week (deliveries as panels sell them, look-alikes, accounts)" if market else "one week"
+    print(f"simulating {videos} videos over {what} (seed {seed}; real texture: {texture is not None}) ...",
           flush=True)
-    data = simulate(videos, seed=seed, texture=texture)
+    world = None
+    if market:
+        from stream_detector.dev.accounts import build_world
+        from stream_detector.dev.market import simulate_market
+
+        data = simulate_market(videos, seed=seed, texture=texture)
+        world = build_world(data, seed=seed)
+    else:
+        data = simulate(videos, seed=seed, texture=texture)
     settings = Settings.from_env()
     stack = None
     if not settings.kafka_bootstrap_servers or not settings.redis_url:
@@ -101,18 +114,19 @@ def run_demo(videos: int = 120, duration: float = 40.0, seed: int = 2026) -> int
     try:
         bootstrap = settings.kafka_bootstrap_servers or stack.bootstrap_servers
         redis_url = settings.redis_url or stack.redis_url
-        return asyncio.run(_demo(data, duration, bootstrap, redis_url, settings))
+        return asyncio.run(_demo(data, duration, bootstrap, redis_url, settings, world))
     finally:
         if stack is not None:
             stack.stop()
 
 
-async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings: Settings) -> int:
+async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings: Settings, world=None) -> int:
     run_id = f"demo-{int(time.time())}"
     topics = {
         "events": f"{run_id}-events",
         "flags": f"{run_id}-flags",
         "dlq": f"{run_id}-dlq",
+        "accounts": f"{run_id}-account-flags",
     }
     await ensure_topics(bootstrap, {t: settings.topic_partitions for t in topics.values()})
     port = _free_port()
@@ -123,6 +137,7 @@ async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings:
         DETECTOR_EVENTS_TOPIC=topics["events"],
         DETECTOR_FLAGS_TOPIC=topics["flags"],
         DETECTOR_DLQ_TOPIC=topics["dlq"],
+        DETECTOR_ACCOUNT_FLAGS_TOPIC=topics["accounts"],
         DETECTOR_CONSUMER_GROUP=f"{run_id}-group",
         DETECTOR_KEY_PREFIX=run_id,
         DETECTOR_WEB_PORT=str(port),
@@ -137,7 +152,7 @@ async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings:
     try:
         ready_s = _wait_ready(port, proc)
         print(f"worker ready in {ready_s:.1f}s (pid {proc.pid}, http://127.0.0.1:{port}/metrics, log {log_path})", flush=True)
-        return await _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
+        return await _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc, world)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -149,9 +164,17 @@ async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings:
         log_file.close()
 
 
-async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc) -> int:
+def _kind(data, i: int) -> str:
+    """What the video is, for the table: its fake pattern or delivery kind, or organic/<kind>."""
+    if hasattr(data, "kind_of"):
+        return data.kind_of(i) if data.label[i] else f"organic/{data.kind_of(i)}"
+    return data.pattern[i] if data.label[i] else f"organic/{data.organic_kind[i]}"
+
+
+async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc, world=None) -> int:
     truth = {vid: i for i, vid in enumerate(data.video_ids)}
-    events = list(data.iter_events())
+    events = list(world.iter_events() if world is not None else data.iter_events())
+    account_flags: dict[str, dict] = {}
     n_events = len(events)
     rate = n_events / duration
     print(
@@ -160,7 +183,13 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
         flush=True,
     )
     print(f"{'time':>6}  {'video':<14} {'severity':<8} {'score':>5}  {'hours (UTC)':<24} {'patterns':<28} truth")
-    flags_consumer = AIOKafkaConsumer(topics["flags"], bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None)
+    flags_consumer = AIOKafkaConsumer(topics["flags"], topics["accounts"], bootstrap_servers=bootstrap,
+                                      auto_offset_reset="earliest", group_id=None)
+    roles = {}
+    if world is not None:
+        from stream_detector.dev.accounts import ROLES
+
+        roles = {u: ROLES[int(r)] for u, r in zip(world.account_ids, world.role, strict=True)}
     await flags_consumer.start()
     t0 = time.monotonic()
     last_flag: dict[str, dict] = {}
@@ -173,10 +202,18 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
             for records in batch.values():
                 for rec in records:
                     flag = json.loads(rec.value)
+                    if "user_id" in flag:  # an account flag
+                        account_flags[flag["user_id"]] = flag
+                        role = roles.get(flag["user_id"], "?")
+                        if flag["status"] == "new":
+                            print(f"{time.monotonic() - t0:6.1f}  ACCOUNT {flag['user_id']:<14} {flag['score']:5.2f}  "
+                                  f"{','.join(flag['patterns']):<28} {flag['explanation'][:70]}  "
+                                  f"{role} [{TRUTH_MARK[role in ('farm', 'pod')]}]", flush=True)
+                        continue
                     last_flag[flag["video_id"]] = flag
                     i = truth.get(flag["video_id"])
                     fake = bool(data.label[i]) if i is not None else False
-                    label = data.pattern[i] if fake else f"organic/{data.organic_kind[i]}"
+                    label = _kind(data, i)
                     if flag["status"] == "withdrawn":
                         withdrawn.append(flag["video_id"])
                         print(f"{time.monotonic() - t0:6.1f}  {flag['video_id']:<14} {'WITHDRAWN':<8} {flag['score']:5.2f}  "
@@ -237,11 +274,12 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc)
         await asyncio.sleep(1.0)
         shower.cancel()
         await flags_consumer.stop()
-    return await _summary(data, redis_url, run_id, last_flag, time.monotonic() - t0, port, withdrawn)
+    return await _summary(data, redis_url, run_id, last_flag, time.monotonic() - t0, port, withdrawn, world,
+                          account_flags)
 
 
 async def _summary(data, redis_url: str, run_id: str, last_flag: dict, elapsed: float, port: int,
-                   withdrawn: list[str]) -> int:
+                   withdrawn: list[str], world=None, account_flags: dict | None = None) -> int:
     r = aioredis.from_url(redis_url)
     keys = [f"{run_id}:s:{{{vid}}}" for vid in data.video_ids]
     docs = await r.mget(keys)
@@ -272,13 +310,29 @@ async def _summary(data, redis_url: str, run_id: str, last_flag: dict, elapsed: 
     wrong = sum(1 for v in standing if data.label[data.video_ids.index(v)] == 0)
     print(f"withdrawn flags {len(standing)} ({wrong} of them on organic videos): the evidence no longer held")
     print(f"fake hours within ±1 h of a flagged window (caught videos): {near}/{total} ({near / max(total, 1):.2f})")
-    for p in sorted(set(data.pattern) - {""}):
-        sel = np.asarray(data.pattern) == p
-        print(f"  {p:<16} caught {int((flagged & sel).sum())}/{int(sel.sum())}")
+    kinds = np.array([_kind(data, i) for i in range(len(data))])
+    for k in sorted(set(kinds)):
+        sel = kinds == k
+        if labels[sel].any() or k.split("/")[-1] in getattr(data, "lookalike", []):
+            verb = "caught" if labels[sel].any() else "flagged (look-alike, organic)"
+            print(f"  {k:<24} {verb} {int((flagged & sel).sum())}/{int(sel.sum())}")
     if missed.any():
-        print("missed: " + ", ".join(f"{data.video_ids[i]}({data.pattern[i]})" for i in np.flatnonzero(missed)[:10]))
+        print("missed: " + ", ".join(f"{data.video_ids[i]}({kinds[i]})" for i in np.flatnonzero(missed)[:10]))
     if false_flags.any():
-        print("false flags: " + ", ".join(f"{data.video_ids[i]}(organic/{data.organic_kind[i]})" for i in np.flatnonzero(false_flags)[:10]))
+        print("false flags: " + ", ".join(f"{data.video_ids[i]}({kinds[i]})" for i in np.flatnonzero(false_flags)[:10]))
+    if world is not None:
+        from stream_detector.dev.accounts import ROLES
+
+        standing = {u for u, f in (account_flags or {}).items() if f["status"] != "withdrawn"}
+        role = {u: ROLES[int(r)] for u, r in zip(world.account_ids, world.role, strict=True)}
+        fake = {u for u, f in zip(world.account_ids, world.fake_accounts, strict=True) if f}
+        active = world.active(3)
+        active_fake = sum(1 for u, a in zip(world.account_ids, active, strict=True) if a and u in fake)
+        hit = standing & fake
+        print(f"accounts: {len(standing)} flagged, {len(hit)} of them a farm's or a pod's "
+              f"(precision {len(hit) / max(len(standing), 1):.2f}); {active_fake} such accounts acted 3+ times "
+              f"(recall {len(hit) / max(active_fake, 1):.2f}); wrongly flagged: "
+              + (", ".join(f"{u}({role[u]})" for u in sorted(standing - fake)[:5]) or "none"))
     print(
         f"worker: {m.get('detector_events_consumed_total', 0):,.0f} metric-events consumed, "
         f"{m.get('detector_events_invalid_total', 0):.0f} invalid, {m.get('detector_flags_total', 0):.0f} flags published"
