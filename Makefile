@@ -27,8 +27,10 @@ $(STAMP_TRAIN): pyproject.toml $(STAMP_RUN)
 	$(PIP) install -q -e '.[train]'
 	touch $@
 
+# textbook fraud first, then fraud as panels sell it with the accounts behind the events
 demo: $(STAMP_RUN)
 	$(VENV)/bin/stream-detector demo
+	$(VENV)/bin/stream-detector demo --market --videos 60
 
 test: $(STAMP_DEV) $(STAMP_TRAIN)
 	$(PY) -m pytest -q

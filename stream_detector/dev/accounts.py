@@ -357,9 +357,12 @@ def build_world(data: MarketDataset, seed: int, *, users: int | None = None, vie
         members = g["members"]
         k_cover = int(paid[members].sum() // 4)
         who = rng.choice(members, k_cover)
-        minute = rng.integers(0, hours * 60, k_cover)
-        awake = pop.awake(who, int(data.start_hour) + minute // 60) / 24.0 > rng.random(k_cover) * pop.curves[who].max(axis=1)
         vids = rng.choice(popular, k_cover)
+        first = (data.published_hour[vids] - data.start_hour) * 60 + (
+            data.published_minute[vids] if data.published_minute is not None else 0)  # not before it exists
+        first = np.clip(first, 0, hours * 60 - 1).astype(np.int64)
+        minute = first + (rng.random(k_cover) * (hours * 60 - first)).astype(np.int64)
+        awake = pop.awake(who, int(data.start_hour) + minute // 60) / 24.0 > rng.random(k_cover) * pop.curves[who].max(axis=1)
         rows.append(np.stack([vids[awake], minute[awake], np.full(awake.sum(), 1), who[awake],
                               np.ones(awake.sum(), dtype=np.int64), np.ones(awake.sum(), dtype=np.int64)], axis=1))
     actions = np.concatenate(rows) if rows else np.zeros((0, 6), dtype=np.int64)

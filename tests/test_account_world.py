@@ -1,0 +1,64 @@
+"""The simulated accounts behind a market week: what the user level is evaluated on."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from stream_detector.dev.accounts import FAKE_ROLES, ROLES, build_world
+from stream_detector.dev.market import simulate_market
+from stream_detector.events import Rejection, parse_event
+from stream_detector.series import METRICS
+
+
+@pytest.fixture(scope="module")
+def world():
+    data = simulate_market(40, seed=5)
+    return build_world(data, seed=5)
+
+
+def test_every_event_of_a_world_is_a_valid_contract_1_1_event(world):
+    now = time.time() + 10 * 365 * 86400
+    bad = []
+    for e in world.iter_events():
+        got = parse_event(json.dumps(e).encode(), now=now, max_bytes=65536, max_count=2**31, max_future_s=3600)
+        if isinstance(got, Rejection):
+            bad.append((got.reason, e))
+    assert not bad, bad[:3]
+
+
+def test_the_world_delivers_the_weeks_counts_plus_the_stealthy_farms_cover_likes_on_popular_videos(world):
+    d = world.data
+    n, _, hours = d.counts.shape
+    got = np.zeros_like(d.counts)
+    start = int(d.start_hour)
+    index = {v: i for i, v in enumerate(d.video_ids)}
+    for e in world.iter_events():
+        for m, name in enumerate(METRICS):
+            if name in e:
+                got[index[e["video_id"]], m, e["ts"] // 3600 - start] += e[name]
+    extra = got - d.counts
+    assert extra.min() >= 0
+    likes = METRICS.index("likes")
+    assert np.all(np.delete(extra, likes, axis=1) == 0), "views, comments and shares are the week's exactly"
+    covered = np.flatnonzero(extra[:, likes].sum(axis=1) > 0)
+    popular = np.argsort(-d.organic_counts[:, likes].sum(axis=1))[: max(5, n // 10)]
+    assert set(covered.tolist()) <= set(popular.tolist()), "cover likes go to popular videos only"
+
+
+def test_farm_accounts_act_on_the_fake_videos_and_people_on_everything(world):
+    a = world.actions
+    fake_video = np.asarray(world.data.label, dtype=bool)[a[:, 0]]
+    fake_account = world.fake_accounts[a[:, 3]]
+    assert fake_account.any() and (~fake_account).any()
+    assert np.all(fake_video[a[:, 5] == 1] | fake_account[a[:, 5] == 1]), "bought actions are a farm's or a pod's"
+    roles = {ROLES[int(r)] for r in world.role}
+    assert set(FAKE_ROLES) & roles and "organic" in roles
+
+
+def test_a_world_is_seeded():
+    data = simulate_market(12, seed=9)
+    assert np.array_equal(build_world(data, seed=9).actions, build_world(data, seed=9).actions)
