@@ -34,9 +34,10 @@ import redis  # noqa: E402
 
 from stream_detector import keys  # noqa: E402
 from stream_detector.dev.accounts import build_world  # noqa: E402
-from stream_detector.dev.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
 from stream_detector.dev.market import simulate_market  # noqa: E402
 from stream_detector.dev.replay import produce  # noqa: E402
+from stream_detector.topics import ensure_topics  # noqa: E402
 from tests.harness import free_port  # noqa: E402
 
 

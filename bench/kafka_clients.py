@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import throughput as tb  # noqa: E402  (the workload and its producer)
 
-from stream_detector.dev.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
+from stream_detector.topics import ensure_topics  # noqa: E402
 
 
 def cpu_s() -> float:

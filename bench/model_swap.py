@@ -49,8 +49,9 @@ from throughput import WINDOW_HOURS, Worker, Workload, produce_prefill  # noqa: 
 
 from stream_detector.canary import validate_bytes  # noqa: E402
 from stream_detector.config import DEFAULT_MODEL_PATH  # noqa: E402
-from stream_detector.dev.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
 from stream_detector.registry import ModelRef, Registry  # noqa: E402
+from stream_detector.topics import ensure_topics  # noqa: E402
 
 POLL_S = 0.05
 WINDOW_S = 3.0  # after each push: validation + swap + settle

@@ -46,11 +46,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from stream_detector.decision import Published  # noqa: E402
-from stream_detector.dev.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
 from stream_detector.dev.replay import produce  # noqa: E402
 from stream_detector.dev.simulate import simulate  # noqa: E402
 from stream_detector.dev.texture import RealTexture  # noqa: E402
 from stream_detector.flags import window_from_dict  # noqa: E402
+from stream_detector.topics import ensure_topics  # noqa: E402
 from training.stream_eval import StreamRun, stream_metrics  # noqa: E402
 
 BASE_HOUR = 1767571200 // 3600 + 9 * 168  # a week no training or test week uses

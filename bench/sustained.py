@@ -54,7 +54,8 @@ sys.path.insert(0, str(BENCH.parent))
 
 import throughput as tb  # noqa: E402  (the single-run benchmark's workload, worker and helpers)
 
-from stream_detector.dev.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
+from stream_detector.topics import ensure_topics  # noqa: E402
 
 TARGETS = {
     "events_per_s": 150_000,

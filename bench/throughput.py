@@ -59,7 +59,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
 
-from stream_detector.dev.embedded import EmbeddedStack, ensure_topics  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
+from stream_detector.topics import ensure_topics  # noqa: E402
 
 TARGETS = {
     "events_per_s": 50_000,

@@ -32,10 +32,11 @@ from mode import Service
 from stream_detector import gc_policy, malloc_policy
 from stream_detector.canary import validate_bytes
 from stream_detector.config import Settings, SettingsError
-from stream_detector.dev.embedded import ensure_topics, resolve_endpoints
+from stream_detector.dev.embedded import resolve_endpoints
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact, ModelError
 from stream_detector.registry import ModelFollower
+from stream_detector.topics import ensure_deployment_topics
 from stream_detector.worker import Detector
 from stream_detector.worker.model_slot import decision_of
 
@@ -250,12 +251,7 @@ def run_worker() -> int:
         level = quiet.level
         quiet.setLevel(logging.CRITICAL)  # the one line below says it; no connection-retry noise
         try:
-            asyncio.run(asyncio.wait_for(ensure_topics(
-                settings.kafka_bootstrap_servers,
-                {settings.events_topic: settings.topic_partitions, settings.flags_topic: settings.topic_partitions,
-                 settings.dlq_topic: settings.topic_partitions, settings.shadow_flags_topic: settings.topic_partitions,
-                 settings.account_flags_topic: settings.topic_partitions},
-            ), timeout=settings.startup_timeout_seconds))
+            asyncio.run(asyncio.wait_for(ensure_deployment_topics(settings), timeout=settings.startup_timeout_seconds))
         except (TimeoutError, OSError, KafkaError) as exc:
             why = str(exc).splitlines()[0][:200] if str(exc) else f"no answer within {settings.startup_timeout_seconds:g} s"
             sys.stderr.write(f"stream-detector: error: broker {settings.kafka_bootstrap_servers} unreachable "

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stream_detector.dev.embedded import ensure_topics
 from stream_detector.dev.replay import produce
+from stream_detector.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 IDLE_CLOSE_S = 1.0  # a replay that stopped gets its last hours closed (and judged) after this

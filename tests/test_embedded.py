@@ -18,9 +18,9 @@ from stream_detector.dev import embedded
 from stream_detector.dev.embedded import (
     EmbeddedError,
     EmbeddedStack,
-    ensure_topics,
     resolve_endpoints,
 )
+from stream_detector.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,9 +13,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
-from stream_detector.dev.embedded import ensure_topics
 from stream_detector.events import Event, parse_event
 from stream_detector.metrics import Metrics
+from stream_detector.topics import ensure_topics
 from stream_detector.windows import MINUTE_SLOTS, WindowStore
 
 W = 168

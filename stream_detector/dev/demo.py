@@ -28,9 +28,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from stream_detector.config import Settings
-from stream_detector.dev.embedded import EmbeddedStack, ensure_topics
+from stream_detector.dev.embedded import EmbeddedStack
 from stream_detector.dev.replay import produce
 from stream_detector.schedule import RescoreSchedule
+from stream_detector.topics import ensure_topics
 
 TRUTH_MARK = {True: "ok", False: "FALSE"}
 

@@ -371,51 +371,6 @@ async def _kafka_metadata_probe(bootstrap: str) -> None:
         await admin.close()
 
 
-async def ensure_topics(
-    bootstrap_servers: str, topics: dict[str, int], timeout_s: float = 30,
-    configs: dict[str, dict[str, str]] | None = None,
-) -> dict[str, int]:
-    """Create the topics that are missing, with the given partition counts and topic
-    ``configs`` (retention, compaction; idempotent).
-
-    An existing topic is left as it is (a partition count other than requested is logged:
-    changing it would move videos between partitions). Returns every topic's partition count
-    once metadata shows each with at least one; raises ``TimeoutError`` after ``timeout_s``.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    deadline = time.monotonic() + timeout_s
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(min(timeout_s, 30) * 1000)
-    )
-    await asyncio.wait_for(admin.start(), timeout_s)
-    try:
-        existing = set(await admin.list_topics())
-        missing = [NewTopic(t, n, 1, topic_configs=(configs or {}).get(t)) for t, n in topics.items()
-                   if t not in existing]
-        if missing:
-            resp = await admin.create_topics(missing)
-            for item in getattr(resp, "topic_errors", []):
-                name, code = item[0], item[1]
-                if code not in (0, 36):  # 36 = TOPIC_ALREADY_EXISTS (a concurrent creator)
-                    raise RuntimeError(f"creating topic {name!r} failed: error code {code} {item}")
-        while True:
-            described = await admin.describe_topics(list(topics))
-            counts = {
-                d["topic"]: len(d["partitions"]) for d in described if d.get("error_code") == 0
-            }
-            if all(counts.get(t, 0) > 0 for t in topics):
-                for t, n in topics.items():
-                    if counts[t] != n:
-                        log.warning("topic %s has %d partitions, %d requested", t, counts[t], n)
-                return counts
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topics not visible in metadata after {timeout_s}s: {counts}")
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
-
-
 def resolve_endpoints(settings: Settings) -> tuple[EmbeddedStack | None, Settings]:
     """Start embedded servers for the endpoints that are not configured.
 

@@ -110,7 +110,7 @@ async def produce(
 
 
 def run_replay(path: str | None, *, simulate: int | None = None, rate: float = 0.0, seed: int = 1) -> int:
-    from stream_detector.dev.embedded import ensure_topics
+    from stream_detector.topics import ensure_topics
 
     settings = Settings.from_env()
     if not settings.kafka_bootstrap_servers:

@@ -10,31 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from dataclasses import dataclass
 
 from stream_detector.config import Settings
-from stream_detector.dev.embedded import ensure_topics
-
-DAY_MS = 24 * 3600 * 1000
-
-
-@dataclass(frozen=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    configs: dict[str, str]
-
-
-def stack_topics(settings: Settings, events_partitions: int) -> list[TopicSpec]:
-    """The topics a deployment needs; events kept 8 days (the windows' rebuild source)."""
-    return [
-        TopicSpec(settings.events_topic, events_partitions, {"retention.ms": str(8 * DAY_MS)}),
-        TopicSpec(settings.flags_topic, 4, {"retention.ms": str(14 * DAY_MS)}),
-        TopicSpec(settings.dlq_topic, 4, {"retention.ms": str(14 * DAY_MS)}),
-        TopicSpec(settings.shadow_flags_topic, 4, {"retention.ms": str(14 * DAY_MS)}),
-        # one partition: every worker folds the same ordered model log
-        TopicSpec(settings.control_topic, 1, {"cleanup.policy": "compact"}),
-    ]
+from stream_detector.topics import deployment_topics, ensure_topics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--events-partitions must be at least 1")
     from aiokafka.errors import KafkaError
 
-    specs = stack_topics(Settings.from_env(), args.events_partitions)
+    specs = deployment_topics(Settings.from_env(), args.events_partitions, output_partitions=4)
     try:
         counts = asyncio.run(ensure_topics(args.bootstrap, {t.name: t.partitions for t in specs}, args.timeout,
                                            configs={t.name: t.configs for t in specs}))
