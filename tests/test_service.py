@@ -248,6 +248,37 @@ def test_each_invalid_event_lands_in_the_dead_letter_topic_with_its_reason(kafka
         worker.terminate()
 
 
+def test_an_event_older_than_its_videos_window_is_dead_lettered_and_nothing_else(kafka_bootstrap, redis_url, tmp_path):
+    """Late for its video's window (not for the partition): dead-lettered, and not counted as
+    consumed, not scheduled, not an account's action."""
+    dep = Deployment(kafka_bootstrap, redis_url, partitions=1)
+    dep.create_topics()
+    worker = WorkerProcess(dep, tmp_path)
+    t0 = 1767600000
+    try:
+        worker.wait_ready()
+        # the partition's event time is set by many videos; one video's own head runs 170 h ahead
+        crowd = [(f"v{k}", json.dumps({"video_id": f"v{k}", "ts": t0 + i * 60, "views": 1}).encode())
+                 for k in range(20) for i in range(10)]
+        ahead = [("x", json.dumps({"video_id": "x", "ts": t0 + 170 * 3600, "likes": 1}).encode())]
+        dep.produce(crowd + ahead)
+        worker.wait_drained()
+        before = worker.metrics()
+        old = [("x", json.dumps({"video_id": "x", "ts": t0 + 600, "likes": 1, "user_id": "u1"}).encode())]
+        dep.produce(old)
+        worker.wait_drained()
+        dead = dep.read_topic(dep.dlq, expect=1, timeout_s=30)
+        assert [dict(r.headers)["dlq.reason"] for r in dead] == [b"late"]
+        assert b"window" in dict(dead[0].headers)["dlq.detail"]
+        m = worker.metrics()
+        likes = 'detector_events_consumed_total{metric="likes"}'
+        assert m[likes] == before[likes] == 1, "a dead-lettered event is not consumed"
+        assert m.get("detector_account_actions_total", 0) == 0, "nor an account's action"
+        assert m['detector_events_invalid_total{reason="late"}'] == 1
+    finally:
+        assert worker.terminate() == 0
+
+
 # --- restarts ---------------------------------------------------------------------------------
 
 

@@ -326,6 +326,10 @@ class Ingest:
             for idx in late:
                 dead.append((records[idx], b.tps[int(partitions[idx])],
                              Rejection("late", f"ts {events.ts[idx]:.0f} older than the {s.window_hours} h window")))
+            if late:  # dead-lettered: not consumed, not scheduled, not an account's action
+                dropped = set(late)
+                keep = [i for i in range(len(events)) if i not in dropped]
+                events, partitions = events.take(keep), partitions[keep]
             spiked = await ctx.guard.call("redis", "schedule",
                                           lambda: self.mark_due(events, partitions, result.spikes), ctx.stopping)
             if ctx.accounts is not None and events.user_ids is not None:  # the user level (event 1.1)
