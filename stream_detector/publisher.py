@@ -102,11 +102,18 @@ def explanation(rec: Published, scored: Scored, decision: StreamDecision) -> str
     return vs.explain(shown, th.publish)
 
 
+# a video's decision state (standing flag, generation, withdrawals) outlives its window's idle
+# TTL: a video quiet for a week that comes back must not re-publish a standing flag as new.
+# Serving and shadow models keep it equally long, so their flag rates compare like for like.
+FLAG_STATE_TTL_S = 30 * 24 * 3600
+
+
 class FlagPublisher:
     """Decision + publication for one model (the serving one, or a shadow)."""
 
     def __init__(self, redis: aioredis.Redis, producer: AIOKafkaProducer, metrics: Metrics, *, topic: str,
-                 state_key: Callable[[str], str], state_ttl_s: int, shadow: bool = False) -> None:
+                 state_key: Callable[[str], str], state_ttl_s: int = FLAG_STATE_TTL_S,
+                 shadow: bool = False) -> None:
         self.redis = redis
         self.producer = producer
         self.metrics = metrics

@@ -23,6 +23,7 @@ import pytest
 import redis.asyncio as aioredis
 from onnx import helper, numpy_helper
 
+from stream_detector import keys
 from stream_detector.canary import auc, check_model, load_canary, validate_bytes
 from stream_detector.cli import main as cli_main
 from stream_detector.config import DEFAULT_MODEL_PATH
@@ -415,6 +416,14 @@ def test_bad_models_are_refused_by_every_gate_and_the_old_model_serves_on(kafka_
         w.terminate()
 
 
+async def _ttls(redis_url: str, names: list[str]) -> list[int]:
+    r = aioredis.from_url(redis_url)
+    try:
+        return [await r.ttl(k) for k in names]
+    finally:
+        await r.aclose()
+
+
 def test_shadow_flags_go_to_the_shadow_topic_only_then_promote_and_rollback(kafka_bootstrap, redis_url, tmp_path):
     dep = Deployment(kafka_bootstrap, redis_url)
     dep.create_topics()
@@ -448,6 +457,11 @@ def test_shadow_flags_go_to_the_shadow_topic_only_then_promote_and_rollback(kafk
         assert shadow["shadow_flag_rate"] >= shadow["serving_flag_rate"]
         status, doc = w.get_json(f"/score/{data.video_ids[0]}")
         assert status == 200 and doc["shadow"]["model"]["version"] == "1.7.0"
+        both = sorted({f["video_id"] for f in flags} & {f["video_id"] for f in shadow_flags})
+        sha = hashlib.sha256(candidate.read_bytes()).hexdigest()
+        ttls = asyncio.run(_ttls(dep.redis_url, [keys.flag_state(dep.run_id, both[0]),
+                                                 keys.shadow_flag_state(dep.run_id, both[0], sha)]))
+        assert ttls[0] > 8 * 86400 and abs(ttls[0] - ttls[1]) < 600, f"serving and shadow state live alike: {ttls}"
 
         out = _ok(_cli(dep, "promote", "1.7.0"))
         assert "1.7.0 serves (was built-in)" in out

@@ -46,7 +46,6 @@ from stream_detector.worker.scoring import ScoringLoop
 
 log = logging.getLogger("stream_detector.detector")
 
-FLAG_STATE_TTL_S = 30 * 24 * 3600
 COMMIT_INTERVAL_S = 0.5
 SCORE_POLL_S = 0.05
 IMMEDIATE_POLL_S = 1.0
@@ -159,7 +158,7 @@ class Detector:
         await ctx.consumer.start()
         ctx.schedule = RescoreSchedule(ctx.redis, prefix=s.key_prefix, topic=s.events_topic, metrics=ctx.metrics)
         self.publisher = FlagPublisher(ctx.redis, ctx.producer, ctx.metrics, topic=s.flags_topic,
-                                       state_key=ctx.flag_key, state_ttl_s=FLAG_STATE_TTL_S)
+                                       state_key=ctx.flag_key)
         # one child for cadence batches and one for the immediate path, so a spike is never
         # queued behind cadence batches there; the cadence child runs at a lower CPU priority
         # (CADENCE_NICENESS): in an hour closure's burst it waits, spikes do not
