@@ -561,6 +561,8 @@ class Ingest:
         await reader.start()
         applied = 0
         videos: set[str] = set()
+        # found lost at assignment, the partition has no event clock yet: the rebuilt events set it
+        clock_unknown = tp.partition not in cp.clock
         try:
             reader.assign([tp])
             found = await reader.offsets_for_times({tp: max(since_ms, 0)})
@@ -583,8 +585,14 @@ class Ingest:
                         parsed.columns, parsed.offsets, np.full(len(parsed), tp.partition, dtype=np.int64)))
                     applied += len(parsed)
                     videos.update(parsed.columns.video_ids)
+                    if clock_unknown:
+                        cp.robust_high(tp.partition, parsed.columns.ts)
         finally:
             await reader.stop()
+        if clock_unknown and applied:  # the open event hour, as if the rebuilt events had just been consumed
+            cp.advance(tp.partition, cp.robust_high(tp.partition))
+            cp.clock[tp.partition] = int(cp.event_high[tp.partition] // 3600)
+            cp.last_events[tp.partition] = time.monotonic()  # a stream that stays quiet closes its hour
         if videos:  # every rebuilt video is judged again (its decision state went with Redis)
             await ctx.schedule.mark({tp.partition: dict.fromkeys(videos, now_ms())})
             await ctx.redis.zadd(ctx.active_key(tp.partition),

@@ -42,6 +42,7 @@ log = logging.getLogger("stream_detector.scoring_loop")
 
 IMMEDIATE_SWEEP_S = 1.0  # the immediate path claims in every owned partition this often
 CADENCE_YIELD_S = 0.5  # at most this long a cadence lane waits for a spike's pass before claiming
+CLOCK_UNKNOWN_RETRY_MS = 5_000  # a video due in a partition without an event clock is looked at again after this
 
 
 class ScoringLoop:
@@ -196,7 +197,12 @@ class ScoringLoop:
         ctx, m = self.ctx, self.ctx.metrics
         assert ctx.windows is not None and ctx.schedule is not None
         decision = self.slot.decision_for(scorer.model)
-        now_hour = self.checkpoint.clock.get(partition, 0)
+        now_hour = self.checkpoint.clock.get(partition)
+        if now_hour is None:  # event time unknown (no event consumed, nothing rebuilt): which hours
+            # are closed is unknown too; judged once the partition's clock is set, not released
+            await ctx.schedule.mark({partition: dict.fromkeys(ids, now_ms() + CLOCK_UNKNOWN_RETRY_MS)})
+            m.videos_deferred.inc(len(ids))
+            return
         win = await ctx.windows.read_arrays(ids)
         keep, closed, first = closed_windows(win.counts, win.head_hours, now_hour,
                                              decision.thresholds.confirm_hours, scorer.window)
