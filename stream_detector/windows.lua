@@ -16,7 +16,8 @@
 -- ARGV: W, TTL seconds, spike threshold, NM, wall-clock hour now, video records,
 --   hour entries, minute entries.
 --   video record (44 bytes) '>i8i8I4I4I4I4I4I4I4':
---     min offset, max offset, partition, flags (bit0: no dedup), published hour,
+--     min offset, max offset, partition, flags (bit0: no dedup, bit1: a new log's offsets),
+--     published hour,
 --     n hour entries, n minute entries, max hour, max minute
 --   hour / minute entry (20 bytes) '>I4I4I4I4I4': hour (or minute), 4 counts (saturated)
 --   Entries of a video are consecutive and ascending.
@@ -97,9 +98,11 @@ for i = 1, #KEYS do
   end
   local stored = ahi * TWO32 + alo - 1
   local nodedup = (flags % 2) == 1
+  -- bit1: the offsets belong to a log that started again: applied, and they become the guard's
+  local fresh = (math.floor(flags / 2) % 2) == 1
 
   local status = 0
-  if exists and not nodedup and spart == part and stored >= 0 then
+  if exists and not nodedup and not fresh and spart == part and stored >= 0 then
     if stored >= maxoff then
       status = 1
     elseif stored >= minoff then

@@ -24,8 +24,10 @@ ending at the newest one; older minutes still count in their hour).
 Replay protection assumes the producer contract (key = video_id): offsets of one video are
 compared within one partition. Events of one video from several partitions in a batch, or
 from a partition other than the stored one, are applied without de-duplication (never
-silently skipped) and counted in ``ApplyResult.no_dedup``. After a topic is deleted and
-re-created (offsets restart at 0), flush the windows or change ``key_prefix``.
+silently skipped) and counted in ``ApplyResult.no_dedup``. A log that started again (the
+consumer's position went back: truncated, re-created, a broker restarted empty) reuses offsets
+the windows hold: the worker marks those events ``fresh`` (``Checkpoint.fresh_below``) and they
+are applied, their offsets becoming the guard's.
 
 Redis Cluster: keys are hash-tagged by video and every script call only touches the keys it
 declares. With a ``redis.asyncio.cluster.RedisCluster`` client the batch is split into one
@@ -70,6 +72,7 @@ HEADER_CELLS = 8
 U32_MAX = 2**32 - 1
 _NO_PARTITION = 0
 _FLAG_NO_DEDUP = 1
+_FLAG_FRESH = 2  # applied without the replay check; its offsets become the stored ones
 _MAX_RETRIES = 3
 
 _SCRIPT = (Path(__file__).with_name("windows.lua")).read_text()
@@ -158,13 +161,16 @@ class WindowStore:
         events: EventColumns | Sequence[Event],
         offsets: Sequence[int] | np.ndarray | None,
         partitions: Sequence[int] | np.ndarray | None = None,
+        fresh: np.ndarray | None = None,
     ) -> ApplyResult:
         """Add a consumed batch to the windows, exactly once per (partition, offset).
 
         ``events``: columns (the consume path's form) or ``Event`` objects. ``offsets[i]`` is
         the Kafka offset of event i; ``partitions[i]`` its partition (default: all 0; pass it
         when a batch spans partitions so a video keyed to the wrong partition cannot make valid
-        events look replayed). ``offsets=None`` disables replay protection for this batch. Late
+        events look replayed). ``offsets=None`` disables replay protection for this batch;
+        ``fresh[i]`` for event i alone (its offset belongs to a log that started again, which
+        the stored offsets know nothing of: the video is applied and its stored offset reset). Late
         events (older than the video's head hour − (W−1)) are not stored and are returned in
         ``result.late``.
         """
@@ -176,9 +182,13 @@ class WindowStore:
         if offsets is None:
             off = np.arange(n, dtype=np.int64)
             forced = True
+            new_log = np.zeros(n, dtype=bool)
         else:
             off = np.asarray(offsets, dtype=np.int64)
             forced = False
+            new_log = np.zeros(n, dtype=bool) if fresh is None else np.asarray(fresh, dtype=bool)
+            if new_log.shape != (n,):
+                raise ValueError("fresh must have one entry per event")
             if off.shape != (n,):
                 raise ValueError("offsets must have one entry per event")
             if n and off.min() < 0:
@@ -193,7 +203,7 @@ class WindowStore:
 
         hours = np.floor_divide(cols.ts, 3600.0).astype(np.int64)
         minutes = np.floor_divide(cols.ts, 60.0).astype(np.int64)
-        batch = _Batch(cols.video_ids, hours, minutes, cols.counts, off, part, cols.published, forced)
+        batch = _Batch(cols.video_ids, hours, minutes, cols.counts, off, part, cols.published, forced, new_log)
         if self._cluster:  # one call per hash slot, concurrently
             outcomes = await asyncio.gather(*(self._apply_group(batch, g, None)
                                               for g in self._slot_groups(cols.video_ids)))
@@ -285,7 +295,8 @@ class WindowStore:
         pmax = g.reduce(np.maximum, part)
         mixed = pmin != pmax
         rec["partition"] = pmin
-        rec["flags"] = np.where(mixed | b.forced, _FLAG_NO_DEDUP, 0)
+        fresh = g.reduce(np.maximum, b.fresh[idx].astype(np.int8)) > 0
+        rec["flags"] = np.where(mixed | b.forced, _FLAG_NO_DEDUP, np.where(fresh, _FLAG_FRESH, 0))
         rec["max_hour"] = g.reduce(np.maximum, hours)
         rec["max_minute"] = g.reduce(np.maximum, minutes)
         if b.pub:
@@ -428,7 +439,8 @@ class _Batch:
     off: np.ndarray
     part: np.ndarray
     pub: list[tuple[int, float]]
-    forced: bool
+    forced: bool  # no offsets: applied without the replay check
+    fresh: np.ndarray  # per event: its offset belongs to a log that started again
 
 
 @dataclass

@@ -394,3 +394,43 @@ async def test_a_batch_of_many_videos_goes_in_calls_of_bounded_size(redis_client
     assert {"video-3", "video-44"} <= got.spikes
     again = await ws.apply(events, offsets)
     assert again.replayed == len(events) and again.changed == set()
+
+
+@pytest.mark.asyncio
+async def test_a_log_that_started_again_is_applied_once_then_guarded_again(redis_client: aredis.Redis) -> None:
+    """Offsets of a log that started again (re-created, truncated, a broker restarted empty)
+    collide with the stored ones: marked fresh they are applied, and from then on the new
+    log's offsets are the guard's."""
+    ws = store(redis_client)
+    old = [ev("v", T0 + k * 60, likes=1) for k in range(10)]
+    await ws.apply(old, list(range(10)), [0] * 10)
+    new = [ev("v", T0 + 3600 + k * 60, views=2) for k in range(5)]
+    skipped = await ws.apply(new, list(range(5)), [0] * 5)
+    assert skipped.replayed == 5, "without the mark, the new log's records look like replays"
+    applied = await ws.apply(new, list(range(5)), [0] * 5, fresh=np.ones(5, dtype=bool))
+    assert applied.replayed == 0 and applied.no_dedup == 0
+    again = await ws.apply(new, list(range(5)), [0] * 5)
+    assert again.replayed == 5, "a replay of the new log is skipped again"
+    s = (await ws.read(["v"]))["v"]
+    assert s.counts[1].sum() == 10 and s.counts[0].sum() == 10
+
+
+def test_a_rewind_while_consuming_marks_the_offsets_below_the_old_position_fresh_until_passed() -> None:
+    from types import SimpleNamespace
+
+    from stream_detector.worker.checkpoint import Checkpoint
+
+    metrics = Metrics()
+    cp = Checkpoint(SimpleNamespace(metrics=metrics))  # what these methods read of the worker's context
+    tp, other = TopicPartition("e", 0), TopicPartition("e", 1)
+    cp.written({tp: 500, other: 70})
+    cp.check_continuity(tp, 500)  # continuous: nothing
+    assert cp.fresh(np.array([10, 499]), np.array([0, 0])) is None
+    cp.check_continuity(tp, 0)  # the log started again
+    assert metrics.log_discontinuities.labels(kind="rewind")._value.get() == 1
+    mask = cp.fresh(np.array([0, 499, 500, 10]), np.array([0, 0, 0, 1]))
+    assert mask.tolist() == [True, True, False, False], "below the old position, on that partition only"
+    cp.written({tp: 300})
+    assert cp.fresh(np.array([300]), np.array([0])).tolist() == [True]
+    cp.written({tp: 501})
+    assert cp.fresh(np.array([300]), np.array([0])) is None, "past the old position the guard holds again"

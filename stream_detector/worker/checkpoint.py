@@ -83,6 +83,9 @@ class Checkpoint:
         self.saved: set[int] = set()  # partitions whose state marker this worker wrote or found
         self.lost: set[TopicPartition] = set()  # partitions whose windows Redis lost: to rebuild
         self._recent_ts: dict[int, RecentTimes] = {}
+        # per partition: offsets below this belong to a log that started again (a rewind seen
+        # while consuming): the windows' replay guard knows the old log's offsets, not these
+        self.fresh_below: dict[int, int] = {}
         self.uncommitted = False
         self.last_commit = 0.0
 
@@ -119,16 +122,32 @@ class Checkpoint:
                       "re-created topic); their events were never applied", tp.topic, tp.partition, expected,
                       first_offset - 1)
         else:
+            # Only the log can move a running consumer back (an out-of-range reset after the log
+            # was truncated, re-created or restarted empty; an operator's reset needs the group
+            # stopped): the offsets from here to where we were are new records, not replays.
             m.log_discontinuities.labels(kind="rewind").inc()
-            log.error("partition %s[%d]: the log position went back from %d to %d (offset reset or re-created "
-                      "topic); windows skip what they hold only for the same offsets", tp.topic, tp.partition,
-                      expected, first_offset)
+            self.fresh_below[tp.partition] = max(self.fresh_below.get(tp.partition, 0), expected)
+            log.error("partition %s[%d]: the log position went back from %d to %d (a truncated, re-created or "
+                      "restarted log); records below offset %d are applied as new (replay guard reset)",
+                      tp.topic, tp.partition, expected, first_offset, expected)
 
     # -- commit order ------------------------------------------------------------------------
     def written(self, fetched: dict[TopicPartition, int]) -> None:
         """Everything before these offsets is written: they may be committed."""
         self.positions.update(fetched)
         self.uncommitted = True
+        for tp, pos in fetched.items():
+            if pos > self.fresh_below.get(tp.partition, pos):
+                del self.fresh_below[tp.partition]  # past the old log's offsets: the guard holds again
+
+    def fresh(self, offsets: np.ndarray, partitions: np.ndarray) -> np.ndarray | None:
+        """Per event: whether its offset belongs to a log that started again (see ``fresh_below``)."""
+        if not self.fresh_below:
+            return None
+        out = np.zeros(len(offsets), dtype=bool)
+        for p, below in self.fresh_below.items():
+            out |= (partitions == p) & (offsets < below)
+        return out if out.any() else None
 
     async def commit(self, reason: str) -> None:
         ctx = self.ctx
@@ -202,7 +221,7 @@ class Checkpoint:
         p = tp.partition
         self.positions.pop(tp, None)
         self.fetched_to.pop(tp, None)
-        for d in (self.watermark, self.event_high, self._recent_ts, self.clock, self.last_events):
+        for d in (self.watermark, self.event_high, self._recent_ts, self.clock, self.last_events, self.fresh_below):
             d.pop(p, None)
         self.idle_closed.discard(p)
         self.saved.discard(p)

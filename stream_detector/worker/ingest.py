@@ -309,7 +309,7 @@ class Ingest:
                 for tp in await cp.find_lost({sl.tp.partition for sl in b.slices}):
                     await self.rebuild(tp)
                 cp.lost.clear()
-                return await self.apply_isolating(events, offsets, partitions)
+                return await self.apply_isolating(events, offsets, partitions, cp.fresh(offsets, partitions))
 
             result, poisoned = await ctx.guard.call("redis", "windows", write_windows, ctx.stopping)
             records = b.records() if poisoned or result.late else None
@@ -348,8 +348,8 @@ class Ingest:
             if k:
                 self.ctx.metrics.events_consumed.labels(metric=name).inc(k)
 
-    async def apply_isolating(self, events: EventColumns | list[Event], offsets, partitions
-                              ) -> tuple[ApplyResult, dict[int, str]]:
+    async def apply_isolating(self, events: EventColumns | list[Event], offsets, partitions,
+                              fresh: np.ndarray | None = None) -> tuple[ApplyResult, dict[int, str]]:
         """Apply a batch to the windows; if it fails for a reason that is not the connection
         (one record the code cannot handle), bisect down to the failing records so that they
         alone are dead-lettered and the rest of the partition goes on. Re-applying a half that
@@ -366,7 +366,8 @@ class Ingest:
             whole = len(idx) == len(cols)
             try:
                 part = await windows.apply(cols if whole else cols.take(idx), offsets if whole else offsets[idx],
-                                           partitions if whole else partitions[idx])
+                                           partitions if whole else partitions[idx],
+                                           None if fresh is None else fresh if whole else fresh[idx])
             except (RedisConnectionError, RedisTimeoutError, OSError, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 - isolate the record, never crash-loop on it
