@@ -335,8 +335,17 @@ def test_restart_mid_stream_loses_nothing_and_counts_stay_exact(kafka_bootstrap,
                 f"got {[aligned[m, h] for m, h in diff[:5]]} want {[want[m, h] for m, h in diff[:5]]}"
             )
         flags = [json.loads(r.value) for r in dep.read_topic(dep.flags, idle_s=2.0)]
-        ids = [f["flag_id"] for f in flags]
-        assert len(ids) == len(set(ids)), "duplicate flag ids after restart"
+        ids = Counter(f["flag_id"] for f in flags)
+        repeated = {i for i, n in ids.items() if n > 1}
+        if sig == signal.SIGTERM:
+            assert not repeated, "a clean stop repeats no flag"
+        else:
+            # the README's contract: a SIGKILL between the broker's ack and the state write can
+            # send that batch's records once more, with the same id and status (consumers
+            # de-duplicate on flag_id); nothing else repeats
+            for i in repeated:
+                same = [f for f in flags if f["flag_id"] == i]
+                assert ids[i] == 2 and len({(f["status"], f["video_id"]) for f in same}) == 1, same
     finally:
         second.terminate()
 
