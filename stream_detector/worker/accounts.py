@@ -130,13 +130,18 @@ class AccountLoop:
         for v, hs in fresh.items():
             for h in hs[-24:]:
                 users.update(await self.store.engaged_in(v, h))
-        if users:
-            shards = self.partitions()
-            marks: dict[int, dict[str, int]] = {}
-            now = now_ms()
-            for u in users:
-                marks.setdefault(shard_of(u, shards), {})[u] = now
-            await self.schedule.mark(marks)
+        await self.mark_due(users)
+
+    async def mark_due(self, users) -> None:
+        """Accounts due for a judgement now, each in its shard (the owner of that partition judges it)."""
+        if not users:
+            return
+        shards = self.partitions()
+        marks: dict[int, dict[str, int]] = {}
+        now = now_ms()
+        for u in users:
+            marks.setdefault(shard_of(u, shards), {})[u] = now
+        await self.schedule.mark(marks)
 
     async def ingest(self, events: EventColumns, partitions: np.ndarray) -> int:
         """Apply a written batch's account actions; mark the accounts due. Returns the actions."""
@@ -150,14 +155,7 @@ class AccountLoop:
                                                ex=self.ctx.settings.idle_ttl_seconds))
         n = sum(len(a) for a in actions.values())
         self.ctx.metrics.account_actions.inc(n)
-        due = await self.store.apply(actions)
-        if due:
-            shards = self.partitions()
-            marks: dict[int, dict[str, int]] = {}
-            now = now_ms()
-            for u in due:
-                marks.setdefault(shard_of(u, shards), {})[u] = now
-            await self.schedule.mark(marks)
+        await self.mark_due(await self.store.apply(actions))
         return n
 
     async def judge(self) -> int:
