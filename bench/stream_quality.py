@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from stream_detector.decision import Published  # noqa: E402
-from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack, free_port  # noqa: E402
 from stream_detector.dev.replay import produce  # noqa: E402
 from stream_detector.dev.simulate import simulate  # noqa: E402
 from stream_detector.dev.texture import RealTexture  # noqa: E402
@@ -98,14 +98,6 @@ def _metrics(port: int) -> dict[str, float]:
     return out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _read_flags(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict]:
     from aiokafka import AIOKafkaConsumer
 
@@ -129,7 +121,7 @@ def run_once(data, events, stack, speed: float, lateness: int, world=None) -> tu
     topics = {"events": f"{run_id}-events", "flags": f"{run_id}-flags", "dlq": f"{run_id}-dlq",
               "accounts": f"{run_id}-account-flags"}
     asyncio.run(ensure_topics(stack.bootstrap_servers, {t: 4 for t in topics.values()}))
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=stack.bootstrap_servers, REDIS_URL=stack.redis_url,
                DETECTOR_EVENTS_TOPIC=topics["events"], DETECTOR_FLAGS_TOPIC=topics["flags"],
                DETECTOR_DLQ_TOPIC=topics["dlq"], DETECTOR_CONSUMER_GROUP=f"{run_id}-g", DETECTOR_KEY_PREFIX=run_id,

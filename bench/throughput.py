@@ -37,7 +37,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.partitioner import murmur2  # noqa: E402
 
-from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
+from stream_detector.dev.embedded import EmbeddedStack, free_port  # noqa: E402
 from stream_detector.topics import ensure_topics  # noqa: E402
 
 TARGETS = {
@@ -83,12 +82,6 @@ POLL_S = 0.2  # /metrics and CPU sampling period during the throughput phase
 def log(msg: str) -> None:
     sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
     sys.stderr.flush()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- events

@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,12 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream_detector.dev.embedded import free_port  # noqa: F401 - tests take it from here
 from stream_detector.dev.replay import produce
 from stream_detector.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
 IDLE_CLOSE_S = 1.0  # a replay that stopped gets its last hours closed (and judged) after this
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

@@ -56,6 +56,7 @@ WEB_PORT = 6066
 EVENTS_TOPIC = "engagement-events"
 TOPICS = {"engagement-events", "engagement-flags", "engagement-events-dlq"}
 MODEL_TOPICS = {"engagement-flags-shadow", "engagement-models"}  # shadow flags, model registry
+ACCOUNT_TOPICS = {"engagement-account-flags"}  # the user level's flags
 CONSUMER_GROUP = "stream-detector"
 BUILD_ONLY_PACKAGES = {"gcc", "g++", "make", "build-essential", "libc6-dev", "clang", "cmake"}
 
@@ -550,7 +551,12 @@ def test_compose_stack_is_wired():
     # Topics: created by kafka-init; events partitions == the workers' setting.
     script = "\n".join(services["kafka-init"]["command"])
     created = dict(re.findall(r"^\s*create\s+(\S+)\s+(\d+)", script, re.M))
-    assert set(created) == TOPICS | MODEL_TOPICS
+    assert set(created) == TOPICS | MODEL_TOPICS | ACCOUNT_TOPICS
+    # ...and exactly the topics the worker itself would create (stream_detector.topics)
+    from stream_detector.config import Settings
+    from stream_detector.topics import deployment_topics
+
+    assert set(created) == {spec.name for spec in deployment_topics(Settings())}
     assert re.search(r"^\s*create\s+engagement-models\s+1\s+cleanup\.policy=compact", script, re.M), (
         "the model registry must be one compacted partition"
     )
@@ -575,6 +581,7 @@ def test_compose_stack_is_wired():
             env["DETECTOR_DLQ_TOPIC"],
         } == TOPICS
         assert {env["DETECTOR_SHADOW_FLAGS_TOPIC"], env["DETECTOR_CONTROL_TOPIC"]} == MODEL_TOPICS
+        assert {env["DETECTOR_ACCOUNT_FLAGS_TOPIC"]} == ACCOUNT_TOPICS
         deps = w["depends_on"]
         assert deps["kafka"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"

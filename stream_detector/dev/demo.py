@@ -28,20 +28,12 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from stream_detector.config import Settings
-from stream_detector.dev.embedded import EmbeddedStack
+from stream_detector.dev.embedded import EmbeddedStack, free_port
 from stream_detector.dev.replay import produce
 from stream_detector.schedule import RescoreSchedule
 from stream_detector.topics import ensure_topics
 
 TRUTH_MARK = {True: "ok", False: "FALSE"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -130,7 +122,7 @@ async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings:
         "accounts": f"{run_id}-account-flags",
     }
     await ensure_topics(bootstrap, {t: settings.topic_partitions for t in topics.values()})
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
