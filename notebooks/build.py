@@ -287,7 +287,7 @@ from training.stream_eval import replay, stream_metrics
 
 sub = test.subset(np.arange(60 if SMALL else 400))
 publish = model.publish_threshold()
-run = replay(scorer, StreamDecision(Thresholds.for_publish(publish, model.combiner.hour_threshold)), sub,
+run = replay(scorer, StreamDecision(Thresholds.from_artifact(publish, model.decision, model.combiner.hour_threshold)), sub,
              step_minutes=10)
 m = stream_metrics(run, sub)
 print(f"stream at publish threshold {publish:.3f}: precision {m['precision']:.3f} recall {m['recall']:.3f} "

@@ -211,7 +211,7 @@ def check_model(model: ModelArtifact, *, window_hours: int | None = None, canary
     from stream_detector.decision import StreamDecision, Thresholds
 
     publish = model.publish_threshold()
-    stat = stream_statistic(Scorer(model), list(canary.series), StreamDecision(Thresholds.for_publish(publish)))
+    stat = stream_statistic(Scorer(model), list(canary.series), StreamDecision(Thresholds.from_artifact(publish, model.decision, model.combiner.hour_threshold)))
     stream_flagged = stat >= publish
     stream_fpr = float((stream_flagged & ~y).sum() / max((~y).sum(), 1))
     stream_recall = float((stream_flagged & y).sum() / max(y.sum(), 1))

@@ -27,6 +27,7 @@ by the worker). The design, and why:
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -39,22 +40,38 @@ from stream_detector.series import HourlySeries
 SEVERITY_ORDER = ("low", "medium", "high", "critical")
 
 
+# The decision parameters a model artifact records beside its operating curve
+# (``operating_points.decision``): the shipped model's calibrated values, used for an artifact
+# that records none. Training writes these into every artifact it builds.
+DEFAULT_DECISION = {"confirm_hours": 1, "withdraw_ratio": 0.35, "burst": 0.5, "withdraw_after_hours": 12}
+
+
 @dataclass(frozen=True)
 class Thresholds:
-    """Every threshold of the stream decision (the artifact's operating point picks them)."""
+    """Every threshold of the stream decision (the artifact's operating point picks them).
+
+    Built in one place, ``from_artifact``: the worker, the canary, training and the benches
+    decide with the same parameters the artifact recorded."""
 
     publish: float  # hour probability that flags a confirmed hour
     withdraw: float  # below this (on every published hour, with context) a flag is withdrawn
     extent: float  # neighbouring hours at least this high join a flagged window
-    burst: float = 0.5  # immediate-path evidence that flags at once
-    confirm_hours: int = 1
-    withdraw_after_hours: int = 6
+    burst: float = DEFAULT_DECISION["burst"]  # immediate-path evidence that flags at once
+    confirm_hours: int = DEFAULT_DECISION["confirm_hours"]
+    withdraw_after_hours: int = DEFAULT_DECISION["withdraw_after_hours"]
 
     @classmethod
-    def for_publish(cls, publish: float, extent: float | None = None) -> Thresholds:
+    def from_artifact(cls, publish: float, decision: Mapping[str, float] | None = None,
+                      extent: float | None = None) -> Thresholds:
+        """The thresholds at ``publish`` with an artifact's decision parameters (missing ones
+        take ``DEFAULT_DECISION``); ``extent`` is the combiner's calibrated hour threshold
+        (default: half the publish threshold), never above ``publish``."""
+        d = {**DEFAULT_DECISION, **(decision or {})}
         publish = float(np.clip(publish, 1e-4, 1 - 1e-4))
-        return cls(publish=publish, withdraw=0.5 * publish,
-                   extent=min(publish, extent if extent is not None else 0.5 * publish))
+        return cls(publish=publish, withdraw=float(d["withdraw_ratio"]) * publish,
+                   extent=min(publish, extent if extent is not None else 0.5 * publish),
+                   burst=float(d["burst"]), confirm_hours=int(d["confirm_hours"]),
+                   withdraw_after_hours=int(d["withdraw_after_hours"]))
 
     def to_dict(self) -> dict:
         return asdict(self)

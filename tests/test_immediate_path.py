@@ -75,7 +75,7 @@ async def test_immediate_path_decides_firing_bursts_and_hands_back_the_rest(redi
 
     slot, publisher = _slot_and_publisher(ctx)
     checkpoint = Checkpoint(ctx)
-    checkpoint.clock[0] = NOW_HOUR
+    checkpoint.clock.set_open({0: NOW_HOUR})
     loop = ScoringLoop(ctx, slot, checkpoint, Arrivals(), publisher)  # scores in a thread
     assert await loop._score_claimed(0, 10, URGENT_DUE_MS, "immediate") == 2
 
@@ -115,7 +115,7 @@ async def test_the_immediate_path_claims_where_spikes_were_marked_and_cadence_la
         events = _history(vid, 1000, 100) + [Event(vid, minute, (0, 900, 0, 0))]
         await ctx.windows.apply(events, list(range(len(events))), [p] * len(events))
         await ctx.schedule.mark({p: {vid: URGENT_DUE_MS}})
-        checkpoint.clock[p] = NOW_HOUR
+        checkpoint.clock.set_open({p: NOW_HOUR})
     slot, publisher = _slot_and_publisher(ctx)
     arrivals = Arrivals()
     loop = ScoringLoop(ctx, slot, checkpoint, arrivals, publisher)
@@ -156,7 +156,7 @@ async def test_a_bought_burst_on_a_new_video_is_flagged_at_once_a_viral_start_is
     await ctx.schedule.mark({0: {"new-bought": URGENT_DUE_MS, "new-viral": URGENT_DUE_MS}})
     slot, publisher = _slot_and_publisher(ctx)
     checkpoint = Checkpoint(ctx)
-    checkpoint.clock[0] = NOW_HOUR
+    checkpoint.clock.set_open({0: NOW_HOUR})
     loop = ScoringLoop(ctx, slot, checkpoint, Arrivals(), publisher)
     assert await loop._score_claimed(0, 10, URGENT_DUE_MS, "immediate") == 2
     assert publisher.published == 1

@@ -49,8 +49,8 @@ def _ingest(redis_client, metrics: Metrics) -> tuple[Ingest, Checkpoint, Rescore
     ctx = WorkerContext(settings, metrics, DependencyGuard(metrics, limit_s=5.0), redis=redis_client,
                         schedule=schedule)
     cp = Checkpoint(ctx)
-    cp.clock[0] = HOUR
-    cp.event_high[0] = (HOUR + 1) * 3600 + 10.0  # this batch's events opened the next hour
+    cp.clock.set_open({0: HOUR})
+    cp.clock.high[0] = (HOUR + 1) * 3600 + 10.0  # this batch's events opened the next hour
     return Ingest(ctx, cp, Arrivals(), confirm_hours=lambda: 1), cp, schedule
 
 
@@ -64,12 +64,12 @@ async def test_a_claim_the_moment_a_closure_is_marked_sees_the_closed_hour(redis
     async def claim_now() -> None:
         ids, _ = await schedule.claim(0, 10)
         for vid in ids:
-            seen[vid] = cp.clock[0]  # the now_hour a scoring pass would judge with
+            seen[vid] = cp.clock.open_hour(0)  # the now_hour a scoring pass would judge with
 
     metrics.hook = claim_now
     await ingest.mark_due([Event("busy", (HOUR + 1) * 3600 + 5.0, (3, 0, 0, 0))], [0], set())
     assert seen.get("idle") == HOUR + 1, seen  # claimed as soon as marked, and judged with the hour closed
-    assert cp.clock[0] == HOUR + 1
+    assert cp.clock.open_hour(0) == HOUR + 1
 
 
 @pytest.mark.asyncio
@@ -82,12 +82,12 @@ async def test_a_failed_marks_write_leaves_the_closure_to_the_retry(redis_client
     with pytest.raises(RedisConnectionError):
         await ingest.mark_due(events, [0], set())
     assert metrics.calls == 2
-    assert cp.clock[0] == HOUR  # not moved: the retry must still see the hour close
+    assert cp.clock.open_hour(0) == HOUR  # not moved: the retry must still see the hour close
     assert (await schedule.claim(0, 10))[0] == []
     metrics.fail_call = None
     await ingest.mark_due(events, [0], set())  # the guard's retry
     claimed, _ = await schedule.claim(0, 10)
-    assert sorted(claimed) == ["busy", "idle"] and cp.clock[0] == HOUR + 1
+    assert sorted(claimed) == ["busy", "idle"] and cp.clock.open_hour(0) == HOUR + 1
 
 
 async def _calls(redis_client, command: str) -> int:
@@ -98,7 +98,7 @@ async def _calls(redis_client, command: str) -> int:
 @pytest.mark.asyncio
 async def test_active_sets_are_written_only_with_what_changed_and_stay_exact(redis_client):
     ingest, cp, _ = _ingest(redis_client, Metrics())
-    cp.event_high[0] = HOUR * 3600 + 10.0  # the clock stays at HOUR: no closure in these batches
+    cp.clock.high[0] = HOUR * 3600 + 10.0  # the clock stays at HOUR: no closure in these batches
     key = ingest.ctx.active_key(0)
 
     async def batch(*pairs: tuple[str, int]) -> tuple[int, int]:
@@ -113,7 +113,7 @@ async def test_active_sets_are_written_only_with_what_changed_and_stay_exact(red
         "a": HOUR, "b": HOUR, "c": HOUR}
     ingest.written.forget(0)  # a revocation or a rebuild: written again
     assert (await batch(("a", HOUR),))[0] == 1
-    cp.event_high[0] = (HOUR + 1) * 3600 + 5.0  # this batch closes HOUR: the active set is written again
+    cp.clock.high[0] = (HOUR + 1) * 3600 + 5.0  # this batch closes HOUR: the active set is written again
     await batch(("a", HOUR + 1), ("c", HOUR + 1))
     assert {v.decode(): s for v, s in await redis_client.zrange(key, 0, -1, withscores=True)} == {
         "a": HOUR + 1, "b": HOUR, "c": HOUR + 1}

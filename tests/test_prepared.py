@@ -70,7 +70,7 @@ def test_prepare_keeps_valid_timely_events_as_columns_and_dead_letters_the_rest(
                         DependencyGuard(metrics, limit_s=5.0), consumer=Consumer())
     cp = Checkpoint(ctx)
     t0 = 1.7e9
-    cp.watermark[3] = t0  # events before t0 - allowed lateness are late
+    cp.clock.watermark[3] = t0  # events before t0 - allowed lateness are late
     lateness = ctx.settings.allowed_lateness_seconds
     values = [
         {"video_id": "a", "ts": t0 + 5, "likes": 2, "published_at": t0 - 3600},

@@ -125,7 +125,7 @@ def test_the_decision_never_raises_over_a_sequence_of_scorings(scorer, batch, st
     """A video judged again and again as hours close (its state through JSON each time, as the
     worker keeps it in Redis), with and without bursts: every record is well formed."""
     counts, starts, pubs = batch
-    decision = StreamDecision(Thresholds.for_publish(0.6, 0.3))
+    decision = StreamDecision(Thresholds.from_artifact(0.6, extent=0.3))
     state: VideoDecisionState | None = None
     issued = set()
     for shift, evidence, burst in steps:

@@ -23,7 +23,7 @@ def setup():
 
 def test_hourly_decisions_do_not_depend_on_the_rescoring_cadence(setup):
     scorer, model, data = setup
-    decision = StreamDecision(Thresholds.for_publish(model.publish_threshold()))
+    decision = StreamDecision(Thresholds.from_artifact(model.publish_threshold(), model.decision, model.combiner.hour_threshold))
     fast = replay(scorer, decision, data, step_minutes=5)
     slow = replay(scorer, decision, data, step_minutes=30)
     assert np.allclose(fast.statistic, slow.statistic), "the closed hours judged are the same at any cadence"
@@ -46,7 +46,7 @@ def test_the_legacy_process_flags_more_the_more_it_rescores(setup):
 
 def test_stream_metrics_count_what_moderators_see(setup):
     scorer, model, data = setup
-    run = replay(scorer, StreamDecision(Thresholds.for_publish(model.publish_threshold())), data, step_minutes=10)
+    run = replay(scorer, StreamDecision(Thresholds.from_artifact(model.publish_threshold(), model.decision, model.combiner.hour_threshold)), data, step_minutes=10)
     m = stream_metrics(run, data)
     labels = np.asarray(data.label, dtype=bool)
     ever = np.array([bool(p) for p in run.published])

@@ -418,10 +418,11 @@ async def test_a_log_that_started_again_is_applied_once_then_guarded_again(redis
 def test_a_rewind_while_consuming_marks_the_offsets_below_the_old_position_fresh_until_passed() -> None:
     from types import SimpleNamespace
 
+    from stream_detector.config import Settings
     from stream_detector.worker.checkpoint import Checkpoint
 
     metrics = Metrics()
-    cp = Checkpoint(SimpleNamespace(metrics=metrics))  # what these methods read of the worker's context
+    cp = Checkpoint(SimpleNamespace(metrics=metrics, settings=Settings()))  # what these methods read of the worker's context
     tp, other = TopicPartition("e", 0), TopicPartition("e", 1)
     cp.written({tp: 500, other: 70})
     cp.check_continuity(tp, 500)  # continuous: nothing

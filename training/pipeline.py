@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stream_detector.decision import StreamDecision, Thresholds
+from stream_detector.decision import DEFAULT_DECISION, StreamDecision, Thresholds
 from stream_detector.dev.texture import RealTexture
 from stream_detector.features import (
     CHANNELS,
@@ -55,8 +55,6 @@ from training.models import build_model, is_supervised
 from training.models.fit import fit, predict
 from training.stream_eval import replay, stream_metrics
 
-DECISION = {"confirm_hours": 1, "withdraw_ratio": 0.35, "burst": 0.5, "withdraw_after_hours": 12}
-
 
 @dataclass
 class TorchHourModel:
@@ -71,15 +69,6 @@ class TorchHourModel:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return predict(self.module, x).astype(np.float64)
-
-
-def decision_thresholds(publish: float, decision: dict = DECISION, extent: float | None = None) -> Thresholds:
-    """The stream decision at a publish threshold, with the artifact's decision parameters;
-    ``extent`` (hours joining a flagged window) is the combiner's calibrated hour threshold."""
-    base = Thresholds.for_publish(publish, extent)
-    return Thresholds(publish=base.publish, withdraw=decision["withdraw_ratio"] * base.publish,
-                      extent=base.extent, burst=decision["burst"], confirm_hours=decision["confirm_hours"],
-                      withdraw_after_hours=decision["withdraw_after_hours"])
 
 
 @dataclass
@@ -245,7 +234,7 @@ def run(cfg: TrainConfig) -> dict:
     publish = stream["curve"].threshold_for(cfg.target_fpr)
     test_data = test.data.subset(np.arange(min(cfg.stream_videos, len(test.data))))
     _log(f"stream replay of the test week ({len(test_data)} videos) at publish threshold {publish:.4f}")
-    test_run = replay(scorer, StreamDecision(decision_thresholds(publish, extent=primary.combiner.hour_threshold)), test_data,
+    test_run = replay(scorer, StreamDecision(Thresholds.from_artifact(publish, DEFAULT_DECISION, primary.combiner.hour_threshold)), test_data,
                       step_minutes=cfg.stream_step_minutes)
     stream_eval = stream_metrics(test_run, test_data)
     stream_eval["publish_threshold"] = publish
@@ -253,7 +242,7 @@ def run(cfg: TrainConfig) -> dict:
     market_eval = None
     if market:
         _log(f"stream replay of the held-out market week ({len(market[-1])} videos)")
-        market_eval = evaluate_market(scorer, StreamDecision(decision_thresholds(publish, extent=primary.combiner.hour_threshold)),
+        market_eval = evaluate_market(scorer, StreamDecision(Thresholds.from_artifact(publish, DEFAULT_DECISION, primary.combiner.hour_threshold)),
                                       market[-1], step_minutes=cfg.stream_step_minutes)
         _log(f"market (test week): recall {market_eval['recall']:.3f} (>= 1x {market_eval['recall_1x_or_more']:.3f}), "
              f"FPR {market_eval['fpr']:.3f} (look-alikes {market_eval['fpr_lookalikes']:.3f})")
@@ -286,7 +275,7 @@ def run(cfg: TrainConfig) -> dict:
         "operating_points": {
             "stream": stream["curve"].to_points(),
             "offline": stream["offline_curve"].to_points(),
-            "decision": DECISION,
+            "decision": DEFAULT_DECISION,
             "default_target_fpr": cfg.target_fpr,
             "measured_on": f"validation week, {stream['videos']} videos, real texture {cfg.texture}, "
                            f"stream process replayed at {cfg.stream_step_minutes}-minute cadence",
@@ -321,11 +310,11 @@ def calibrate_stream(cfg: TrainConfig, scorer: Scorer, weeks: list, primary: Cal
     The offline curve (one decision per video over its whole week) is measured on the same
     videos, so a target organic flag rate means the same thing in the CLI and the stream."""
     stats, offs, labs, fired_all = [], [], [], []
-    probe = StreamDecision(decision_thresholds(0.5))  # the statistic does not depend on the threshold
+    probe = StreamDecision(Thresholds.from_artifact(0.5))  # the statistic does not depend on the threshold
     for data in weeks:  # all of them: the chosen threshold rests on the upper bound of a rate measured here
         _log(f"stream replay of a validation week ({len(data)} videos) for the operating points")
         run_ = replay(scorer, probe, data, step_minutes=cfg.stream_step_minutes)
-        fired_all.append(run_.burst >= DECISION["burst"])
+        fired_all.append(run_.burst >= DEFAULT_DECISION["burst"])
         stats.append(np.where(fired_all[-1], 1.0, run_.statistic))
         labs.append(np.asarray(data.label, dtype=bool))
         offs.append(np.array([vs.score for vs in scorer.score([data.series(i) for i in range(len(data))])]))

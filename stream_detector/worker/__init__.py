@@ -3,7 +3,9 @@
 - ``context``: what every part shares (settings, metrics, clients, the dependency guard);
 - ``model_slot``: the serving / pending / shadow models and their decisions; the registry
   follower talks to it, never to the loops;
-- ``checkpoint``: applied offsets, watermarks and event clocks, commit order, state markers;
+- ``event_clock``: event time per partition (high mark, watermark, open hour, idle closure);
+  the one place that says which event hours are closed, or that it does not know yet;
+- ``checkpoint``: applied offsets, commit order, persisted watermarks, state markers;
 - ``ingest``: fetch → parse → windows → schedule marks (the consume side), state rebuilds;
 - ``scoring``: claim → score → decide → publish (the scoring side);
 - ``quarantine``: videos whose judgement raised: bounded retries, then set aside;

@@ -189,7 +189,7 @@ class AccountLoop:
         m.accounts_judged.inc(len(scores))
         m.account_judge_latency.observe(time.perf_counter() - t0)
         states = await self._states(list(scores))
-        wm = max(self.checkpoint.watermark.values(), default=0.0)
+        wm = max(self.checkpoint.clock.watermark.values(), default=0.0)
         now = time.time()
         sends, new_states, docs, newly = [], {}, {}, []
         for u, sc in scores.items():

@@ -1,13 +1,11 @@
-"""Offsets, event time and commit order: what has been written, and what may be committed.
+"""Offsets and commit order: what has been written, and what may be committed.
 
 - ``positions``: per owned partition, the next offset whose predecessors are all written
   (windows, schedule marks, dead letters); commits carry exactly these, never the consumer's
   fetch positions.
-- Event time per partition: a robust high mark (``WATERMARK_QUANTILE`` of the last
-  ``WATERMARK_EVENTS`` event times, so one event from a fast clock cannot move it), the
-  watermark (high − allowed lateness), and the event clock (the open event hour; hours before
-  it are closed). Watermarks are persisted after each commit, never before (a watermark ahead
-  of the committed offsets would make replayed events look late after a crash).
+- Event time per partition lives in ``clock`` (``event_clock.EventClock``); its watermarks
+  are persisted here after each commit, never before (a watermark ahead of the committed
+  offsets would make replayed events look late after a crash).
 - The persisted watermark doubles as the partition's **state marker**: a worker that wrote it
   and later finds it gone knows Redis lost the partition's windows (``lost``).
 """
@@ -25,47 +23,11 @@ from aiokafka import TopicPartition
 from stream_detector import redis_client
 from stream_detector.dependencies import TRANSIENT
 from stream_detector.worker.context import WorkerContext
+from stream_detector.worker.event_clock import EventClock
 
 log = logging.getLogger("stream_detector.checkpoint")
 
-WATERMARK_EVENTS = 2048  # recent event times per partition behind its watermark
-WATERMARK_QUANTILE = 0.99  # one in a hundred of them may run ahead without moving it
 COMMIT_TIMEOUT_S = 5.0
-
-
-class RecentTimes:
-    """The last ``size`` event times of a partition (a ring) and their quantile, computed once
-    per change: the consume loop asks for it twice per slice of every batch."""
-
-    def __init__(self, size: int) -> None:
-        self.values = np.zeros(size, dtype=np.float64)
-        self.count = 0  # values held (<= size)
-        self.pos = 0  # where the next one goes
-        self._quantile: tuple[float, float] | None = None  # (q, value) of the ring as it is
-
-    def extend(self, ts: np.ndarray) -> None:
-        size = len(self.values)
-        if len(ts) >= size:
-            self.values[:] = ts[-size:]
-            self.pos, self.count = 0, size
-        else:
-            end = self.pos + len(ts)
-            if end <= size:
-                self.values[self.pos:end] = ts
-            else:
-                split = size - self.pos
-                self.values[self.pos:] = ts[:split]
-                self.values[: end - size] = ts[split:]
-            self.pos = end % size
-            self.count = min(size, self.count + len(ts))
-        self._quantile = None
-
-    def quantile(self, q: float) -> float | None:
-        if not self.count:
-            return None
-        if self._quantile is None or self._quantile[0] != q:
-            self._quantile = (q, float(np.quantile(self.values[: self.count], q)))
-        return self._quantile[1]
 
 
 class Checkpoint:
@@ -75,37 +37,14 @@ class Checkpoint:
         # next offset the consumer should fetch per partition: the next batch may be fetched
         # and prepared before this one is written, so continuity is judged against this
         self.fetched_to: dict[TopicPartition, int] = {}
-        self.watermark: dict[int, float] = {}
-        self.event_high: dict[int, float] = {}
-        self.clock: dict[int, int] = {}  # per partition: its open event hour
-        self.last_events: dict[int, float] = {}  # monotonic time of a partition's last valid event
-        self.idle_closed: set[int] = set()
+        self.clock = EventClock(ctx.settings.allowed_lateness_seconds)
         self.saved: set[int] = set()  # partitions whose state marker this worker wrote or found
         self.lost: set[TopicPartition] = set()  # partitions whose windows Redis lost: to rebuild
-        self._recent_ts: dict[int, RecentTimes] = {}
         # per partition: offsets below this belong to a log that started again (a rewind seen
         # while consuming): the windows' replay guard knows the old log's offsets, not these
         self.fresh_below: dict[int, int] = {}
         self.uncommitted = False
         self.last_commit = 0.0
-
-    # -- event time ------------------------------------------------------------------------
-    def robust_high(self, partition: int, batch_ts: np.ndarray | None = None) -> float:
-        """The partition's event-time high mark after adding ``batch_ts``, never below the
-        persisted watermark + lateness."""
-        ring = self._recent_ts.get(partition)
-        if ring is None:
-            ring = self._recent_ts[partition] = RecentTimes(WATERMARK_EVENTS)
-        if batch_ts is not None and len(batch_ts):
-            ring.extend(np.asarray(batch_ts, dtype=np.float64))
-        floor = self.watermark.get(partition, 0.0) + self.ctx.settings.allowed_lateness_seconds
-        q = ring.quantile(WATERMARK_QUANTILE)
-        return floor if q is None else max(floor, q)
-
-    def advance(self, partition: int, high: float) -> None:
-        lateness = self.ctx.settings.allowed_lateness_seconds
-        self.watermark[partition] = max(self.watermark.get(partition, 0.0), high - lateness)
-        self.event_high[partition] = max(self.event_high.get(partition, 0.0), high)
 
     def check_continuity(self, tp: TopicPartition, first_offset: int) -> None:
         """A fetch that does not start where the last one ended means the log moved under us:
@@ -192,18 +131,16 @@ class Checkpoint:
                     self.positions[tp] = committed
                 continue
             self.saved.add(p)
-            self.watermark[p] = max(self.watermark.get(p, 0.0), float(v))
-            high = self.watermark[p] + ctx.settings.allowed_lateness_seconds
-            self.event_high[p] = max(self.event_high.get(p, 0.0), high)
-            self.clock.setdefault(p, int(high // 3600))
+            self.clock.resume(p, float(v))
 
     async def save(self) -> None:
         ctx = self.ctx
-        if ctx.redis is None or not self.watermark:
+        watermark = self.clock.watermark
+        if ctx.redis is None or not watermark:
             return
         await ctx.metrics.timed_redis("watermark", redis_client.mset(
-            ctx.redis, {ctx.watermark_key(p): str(v) for p, v in self.watermark.items()}))
-        self.saved.update(self.watermark)
+            ctx.redis, {ctx.watermark_key(p): str(v) for p, v in watermark.items()}))
+        self.saved.update(watermark)
 
     async def find_lost(self, partitions: set[int]) -> set[TopicPartition]:
         """Owned partitions among ``partitions`` whose state marker this worker wrote and which
@@ -221,9 +158,8 @@ class Checkpoint:
         p = tp.partition
         self.positions.pop(tp, None)
         self.fetched_to.pop(tp, None)
-        for d in (self.watermark, self.event_high, self._recent_ts, self.clock, self.last_events, self.fresh_below):
-            d.pop(p, None)
-        self.idle_closed.discard(p)
+        self.fresh_below.pop(p, None)
+        self.clock.forget(p)
         self.saved.discard(p)
         self.lost.discard(tp)
         with contextlib.suppress(KeyError):

@@ -263,10 +263,9 @@ class Ingest:
             # judged against the event time before the batch: a replayed batch can span hours
             # of event time, and its own events must not make each other late
             ts = parsed.columns.ts
-            low = cp.robust_high(p) - s.allowed_lateness_seconds
-            high = cp.robust_high(p, ts)
+            low = cp.clock.robust_high(p) - s.allowed_lateness_seconds
+            high = cp.clock.robust_high(p, ts)
             if len(ts):
-                cp.last_events[p] = time.monotonic()
                 late = ts < low
                 if late.any():
                     for k in np.flatnonzero(late).tolist():
@@ -294,12 +293,12 @@ class Ingest:
         # event time moves on only with what is written: a watermark persisted ahead of the
         # committed offsets would make a dropped prepared batch's events look late on replay
         for p, high in b.highs.items():
-            cp.advance(p, high)
+            cp.clock.advance(p, high)
         dead = b.dead
         self.consumed += b.n
         m.consume_batch_size.observe(b.n)
-        if cp.watermark:
-            m.watermark.set(max(cp.watermark.values()))
+        if cp.clock.watermark:
+            m.watermark.set(max(cp.clock.watermark.values()))
         if len(b):
             events = b.columns()
             offsets = b.offsets()
@@ -426,13 +425,7 @@ class Ingest:
         confirm = self.confirm_hours()
         now = now_ms()
         cadence = now + int(ctx.settings.score_interval_seconds * 1000)
-        clocks: dict[int, tuple[int, int]] = {}
-        for p in np.unique(partitions).tolist():
-            old = cp.clock.get(p)
-            new = int(cp.event_high.get(p, 0.0) // 3600)
-            if old is None:
-                old = new
-            clocks[p] = (old, max(old, new))
+        clocks = {p: cp.clock.hours_to_close(p) for p in np.unique(partitions).tolist()}
         due, heads = due_and_heads(cols, partitions, clocks, spikes, now, cadence)
         videos = cols.groups().videos
         # The closing hours' idle videos are read first (a second round trip, once per event
@@ -472,21 +465,13 @@ class Ingest:
         # moment it is written must judge the closed hour, not the clock before it (it would
         # release the mark having scored the old window, and an idle video gets no other).
         # Put back if the write fails, so that the retry still sees the closure.
-        before = {p: cp.clock.get(p) for p in clocks}
-        for p, (_, new) in clocks.items():
-            cp.clock[p] = new
+        before = cp.clock.set_open({p: new for p, (_, new) in clocks.items()})
         try:
             if len(pipe):
                 await ctx.metrics.timed_redis("schedule", pipe.execute())
         except BaseException:
-            for p, old in before.items():
-                if old is None:
-                    cp.clock.pop(p, None)
-                else:
-                    cp.clock[p] = old
+            cp.clock.restore(before)
             raise
-        for p in clocks:
-            cp.idle_closed.discard(p)
         for p, fresh in fresh_heads.items():
             written.wrote_heads(p, fresh)
         written.wrote_counted(counted)
@@ -507,20 +492,20 @@ class Ingest:
         due: dict[int, dict[str, int]] = {}
         for tp in ctx.owned():
             p = tp.partition
-            last = cp.last_events.get(p)
-            if last is None or p in cp.idle_closed or t - last < limit or p not in cp.clock:
+            idle = cp.clock.idle_for(p, t)
+            if idle is None or idle < limit:
                 continue
-            old = cp.clock[p]
+            old = cp.clock.open_hour(p)
+            assert old is not None  # idle_for says None for an unknown clock
             new = old + 1 + confirm
             members = await ctx.metrics.timed_redis(
                 "schedule", ctx.redis.zrangebyscore(ctx.active_key(p), old - 1 - confirm, new - 1))
             now = now_ms()
             due[p] = {(x.decode() if isinstance(x, bytes) else x): now for x in members}
-            cp.clock[p] = new
-            cp.idle_closed.add(p)
+            cp.clock.close_idle(p, confirm)
             ctx.metrics.hours_closed.labels(reason="idle").inc(new - old)
             log.info("partition %d idle for %.0f s: closed event hours up to %s (%d videos to judge)", p,
-                     t - last, iso(new * 3600), len(members))
+                     idle, iso(new * 3600), len(members))
         if due:
             await ctx.schedule.mark(due)
 
@@ -563,7 +548,7 @@ class Ingest:
         applied = 0
         videos: set[str] = set()
         # found lost at assignment, the partition has no event clock yet: the rebuilt events set it
-        clock_unknown = tp.partition not in cp.clock
+        clock_unknown = cp.clock.open_hour(tp.partition) is None
         try:
             reader.assign([tp])
             found = await reader.offsets_for_times({tp: max(since_ms, 0)})
@@ -587,17 +572,15 @@ class Ingest:
                     applied += len(parsed)
                     videos.update(parsed.columns.video_ids)
                     if clock_unknown:
-                        cp.robust_high(tp.partition, parsed.columns.ts)
+                        cp.clock.robust_high(tp.partition, parsed.columns.ts)
         finally:
             await reader.stop()
         if clock_unknown and applied:  # the open event hour, as if the rebuilt events had just been consumed
-            cp.advance(tp.partition, cp.robust_high(tp.partition))
-            cp.clock[tp.partition] = int(cp.event_high[tp.partition] // 3600)
-            cp.last_events[tp.partition] = time.monotonic()  # a stream that stays quiet closes its hour
+            cp.clock.start_from_high(tp.partition)
         if videos:  # every rebuilt video is judged again (its decision state went with Redis)
             await ctx.schedule.mark({tp.partition: dict.fromkeys(videos, now_ms())})
             await ctx.redis.zadd(ctx.active_key(tp.partition),
-                                 {v: cp.clock.get(tp.partition, 0) - 1 for v in videos}, gt=True)
+                                 {v: (cp.clock.open_hour(tp.partition) or 0) - 1 for v in videos}, gt=True)
         await cp.save()
         ctx.metrics.state_rebuilds.inc()
         ctx.metrics.state_rebuilt_events.inc(applied)

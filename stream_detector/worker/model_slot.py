@@ -29,16 +29,7 @@ def decision_of(model: ModelArtifact, target_fpr: float | None) -> StreamDecisio
         publish = model.publish_threshold(target_fpr)
     except OperatingPointError as exc:
         raise ModelError(f"DETECTOR_TARGET_FPR={target_fpr:g}: {exc}") from None
-    d = dict(model.decision)
-    base = Thresholds.for_publish(publish, model.combiner.hour_threshold)
-    return StreamDecision(Thresholds(
-        publish=base.publish,
-        withdraw=float(d.get("withdraw_ratio", 0.5)) * base.publish,
-        extent=base.extent,
-        burst=float(d.get("burst", base.burst)),
-        confirm_hours=int(d.get("confirm_hours", base.confirm_hours)),
-        withdraw_after_hours=int(d.get("withdraw_after_hours", base.withdraw_after_hours)),
-    ))
+    return StreamDecision(Thresholds.from_artifact(publish, model.decision, model.combiner.hour_threshold))
 
 
 class ModelSlot:

@@ -197,7 +197,7 @@ class ScoringLoop:
         ctx, m = self.ctx, self.ctx.metrics
         assert ctx.windows is not None and ctx.schedule is not None
         decision = self.slot.decision_for(scorer.model)
-        now_hour = self.checkpoint.clock.get(partition)
+        now_hour = self.checkpoint.clock.open_hour(partition)
         if now_hour is None:  # event time unknown (no event consumed, nothing rebuilt): which hours
             # are closed is unknown too; judged once the partition's clock is set, not released
             await ctx.schedule.mark({partition: dict.fromkeys(ids, now_ms() + CLOCK_UNKNOWN_RETRY_MS)})
@@ -250,7 +250,7 @@ class ScoringLoop:
         m.videos_scored.labels(path=path).inc(len(prepared))
         batch = [Scored(vs, now_hour, burst, arrival.get(vid, 0.0), *evidence.get(vid, (None, None)))
                  for (vid, burst), vs in zip(prepared, scores, strict=True)]
-        wm = max(self.checkpoint.watermark.values()) if self.checkpoint.watermark else 0.0
+        wm = max(self.checkpoint.clock.watermark.values(), default=0.0)
         sent = await self.publisher.run(batch, decision, scorer.model, watermark=wm, prior=prior)
         if ctx.accounts is not None:  # the suspicious hours make their engagers due (the user level)
             await ctx.accounts.note_suspicion(scores)
