@@ -416,6 +416,9 @@ class LegacyDecision:
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
 
+    def fires(self, burst: Burst | None) -> bool:
+        return False  # it had no immediate path
+
     def decide(self, state: VideoDecisionState | None, vs: VideoScore, *, now_hour: int,
                burst: Burst | None = None) -> tuple[VideoDecisionState | None, Published | None]:
         if not (vs.flagged and vs.score >= self.threshold):

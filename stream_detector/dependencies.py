@@ -39,6 +39,25 @@ TRANSIENT: dict[str, tuple[type[BaseException], ...]] = {
 }
 
 
+class Backoff:
+    """Exponential backoff between retries, reset by a success: the one retry policy of the
+    worker's loops (dependency calls, scoring lanes, the model registry follower)."""
+
+    def __init__(self, first_s: float = 0.2, max_s: float = 5.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self.delay = first_s
+        self.failures = 0  # consecutive, since the last success
+
+    async def sleep(self) -> None:
+        self.failures += 1
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.max_s)
+
+    def reset(self) -> None:
+        self.delay, self.failures = self.first_s, 0
+
+
 class DependencyLost(RuntimeError):
     """A dependency stayed unreachable longer than the configured limit."""
 
@@ -83,7 +102,7 @@ class DependencyGuard:
     async def call(self, dep: str, what: str, factory: Callable[[], Awaitable[T]],
                    stopping: asyncio.Event | None = None) -> T:
         """``await factory()``, retried while ``dep`` fails transiently (see the module doc)."""
-        backoff = self.first_backoff_s
+        backoff = Backoff(self.first_backoff_s, self.max_backoff_s)
         while True:
             try:
                 result = await factory()
@@ -92,8 +111,7 @@ class DependencyGuard:
                 self.check_limit(dep)
                 if stopping is not None and stopping.is_set():
                     raise
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
+                await backoff.sleep()
                 continue
             self.mark_up(dep)
             return result

@@ -219,6 +219,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.model_registry_failing = Gauge(
+            "detector_model_registry_failing",
+            "1 while reading the model registry (control topic) keeps failing: pushes and rollbacks do not reach "
+            "this worker (it keeps serving its current model)",
+            registry=r,
+        )
         self.model_validation = Histogram(
             "detector_model_validation_seconds",
             "Time to load and canary-check a pushed model (in a thread, off the scoring path)",

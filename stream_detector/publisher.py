@@ -82,7 +82,7 @@ def explanation(rec: Published, scored: Scored, decision: StreamDecision) -> str
         return (f"withdrawn: the evidence no longer holds; no flagged hour is above {th.withdraw:.2f} any more "
                 f"(highest now {vs.score:.2f}); first flagged hour {hour_start_iso(first)}")
     burst = scored.burst
-    if burst is not None and burst.evidence >= th.burst:
+    if decision.fires(burst):
         minute = hour_start_iso(burst.minute // 60)[:-6] + f"{burst.minute % 60:02d}:00Z"
         against = (f"vs usual ~{burst.usual_hour:,.0f} per hour" if burst.ring_views < 0 else
                    f"with {burst.ring_views:,} views in the last {MINUTE_SLOTS} minutes (no usual level yet)")

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_detector.canary import validate_bytes
+from stream_detector.dependencies import Backoff
 from stream_detector.models import ModelArtifact, ModelError
 
 if TYPE_CHECKING:
@@ -451,6 +452,7 @@ class ModelFollower:
         self.reports: dict[str, dict] = {}
         self.last_validation_s: float | None = None
         self.synced_offset = 0
+        self.backoff = Backoff(1.0, 30.0)
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
 
@@ -478,7 +480,7 @@ class ModelFollower:
     async def _follow(self) -> None:
         assert self.consumer is not None
         tp = TopicPartition(self.topic, 0)
-        backoff = 1.0
+        backoff = self.backoff
         dirty = False  # the state changed and is not reconciled yet (survives a failed attempt)
         while not self._stopping.is_set():
             try:
@@ -489,13 +491,17 @@ class ModelFollower:
                     await self.reconcile()
                     dirty = False
                 self.synced_offset = self.clog.next_offset
-                backoff = 1.0
+                if backoff.failures:
+                    log.warning("model registry: following %s again after %d failures", self.topic, backoff.failures)
+                backoff.reset()
+                self.metrics.model_registry_failing.set(0)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # keep serving the current model; try again
-                log.exception("model registry: following %s failed; retrying in %.0fs", self.topic, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+            except Exception:  # keep serving the current model, say so (gauge, /model, log), try again
+                self.metrics.model_registry_failing.set(1)
+                log.exception("model registry: following %s failed (%d in a row); retrying in %.0fs", self.topic,
+                              backoff.failures + 1, backoff.delay)
+                await backoff.sleep()
 
     async def reconcile(self) -> None:
         st = self.clog.state
@@ -577,6 +583,7 @@ class ModelFollower:
         return {
             "topic": self.topic,
             "offset": self.synced_offset,
+            "failures_in_a_row": self.backoff.failures,
             "desired": {"serving": st.serving.to_dict() if st.serving else {"version": "built-in", "sha256": self.baseline.sha256},
                         "shadow": st.shadow.to_dict() if st.shadow else None},
             "in_sync": (st.serving.sha256 if st.serving else self.baseline.sha256) == self.slot.scorer.model.sha256

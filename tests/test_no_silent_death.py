@@ -136,3 +136,24 @@ def test_a_loop_that_dies_ends_the_worker_unhealthy_and_a_restart_loses_nothing(
         assert sorted(_final_scores(redis_url, dep.run_id, data.video_ids)) == sorted(data.video_ids)
     finally:
         assert again.terminate() == 0
+
+
+def test_the_one_retry_policy_doubles_up_to_its_cap_and_a_success_resets_it() -> None:
+    """Dependency calls, scoring lanes and the registry follower retry with this policy."""
+    import asyncio
+
+    from stream_detector.dependencies import Backoff
+
+    backoff = Backoff(first_s=0.001, max_s=0.004)
+    delays = []
+
+    async def fail_five_times() -> None:
+        for _ in range(5):
+            delays.append(backoff.delay)
+            await backoff.sleep()
+
+    asyncio.run(fail_five_times())
+    assert delays == [0.001, 0.002, 0.004, 0.004, 0.004]
+    assert backoff.failures == 5
+    backoff.reset()
+    assert (backoff.delay, backoff.failures) == (0.001, 0)

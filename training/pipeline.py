@@ -314,7 +314,7 @@ def calibrate_stream(cfg: TrainConfig, scorer: Scorer, weeks: list, primary: Cal
     for data in weeks:  # all of them: the chosen threshold rests on the upper bound of a rate measured here
         _log(f"stream replay of a validation week ({len(data)} videos) for the operating points")
         run_ = replay(scorer, probe, data, step_minutes=cfg.stream_step_minutes)
-        fired_all.append(run_.burst >= DEFAULT_DECISION["burst"])
+        fired_all.append(run_.burst >= probe.thresholds.burst)  # the evidence a burst fires at (StreamDecision.fires)
         stats.append(np.where(fired_all[-1], 1.0, run_.statistic))
         labs.append(np.asarray(data.label, dtype=bool))
         offs.append(np.array([vs.score for vs in scorer.score([data.series(i) for i in range(len(data))])]))

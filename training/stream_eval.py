@@ -165,7 +165,7 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
             per = np.diff(cum[i, :, head, : m_in + 1], axis=-1, prepend=0)
             ring = per[:, -MINUTE_SLOTS:]
             burst = bursts.judge(ring, _closed(data.counts[i], head), (base + head) * MINUTES_PER_HOUR + m_in)
-            if burst is not None and burst.evidence >= getattr(getattr(decision, "thresholds", None), "burst", 1.0):
+            if decision.fires(burst):
                 fired[i] = burst
         if fired:
             run_decisions(np.array(sorted(fired)), minute, hour_now, fired)

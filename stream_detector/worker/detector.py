@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 
 from stream_detector import redis_client
 from stream_detector.config import Settings
-from stream_detector.dependencies import TRANSIENT, DependencyGuard, DependencyLost
+from stream_detector.dependencies import TRANSIENT, Backoff, DependencyGuard, DependencyLost
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact
 from stream_detector.publisher import FlagPublisher
@@ -336,7 +336,7 @@ class Detector:
     async def _score_lane(self, name: str, run: Callable[[], Awaitable[int]], idle_s: float,
                           wake: asyncio.Event | None = None) -> None:
         ctx = self.ctx
-        backoff = 0.2
+        backoff = Backoff(0.2, 5.0)
         try:
             while not ctx.stopping.is_set():
                 if wake is not None:
@@ -347,10 +347,9 @@ class Detector:
                     dep = "broker" if isinstance(exc, TRANSIENT["broker"]) and not isinstance(exc, OSError) else "redis"
                     ctx.guard.mark_down(dep, f"scoring: {type(exc).__name__}: {str(exc)[:120]}")
                     ctx.guard.check_limit(dep)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+                    await backoff.sleep()
                     continue
-                backoff = 0.2
+                backoff.reset()
                 if worked:
                     continue
                 if wake is None:
