@@ -20,7 +20,8 @@ from stream_detector.schedule import RescoreSchedule, now_ms
 from stream_detector.windows import WindowStore
 from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
-from stream_detector.worker.ingest import URGENT_DUE_MS, Arrivals
+from stream_detector.worker.ingest import Arrivals
+from stream_detector.worker.marks import URGENT_DUE_MS
 from stream_detector.worker.model_slot import ModelSlot
 from stream_detector.worker.scoring import ScoringLoop
 

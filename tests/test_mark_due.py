@@ -15,7 +15,7 @@ from stream_detector.metrics import Metrics
 from stream_detector.schedule import RescoreSchedule
 from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
-from stream_detector.worker.ingest import Arrivals, Ingest
+from stream_detector.worker.marks import DueMarks
 
 HOUR = 480_000  # an event hour (epoch hours) of the test's partition clock
 
@@ -43,7 +43,7 @@ class AfterScheduleWrites(Metrics):
         return result
 
 
-def _ingest(redis_client, metrics: Metrics) -> tuple[Ingest, Checkpoint, RescoreSchedule]:
+def _ingest(redis_client, metrics: Metrics) -> tuple[DueMarks, Checkpoint, RescoreSchedule]:
     settings = Settings(key_prefix=f"t{uuid.uuid4().hex[:8]}", events_topic="events")
     schedule = RescoreSchedule(redis_client, prefix=settings.key_prefix, topic="events")  # its own metrics
     ctx = WorkerContext(settings, metrics, DependencyGuard(metrics, limit_s=5.0), redis=redis_client,
@@ -51,7 +51,7 @@ def _ingest(redis_client, metrics: Metrics) -> tuple[Ingest, Checkpoint, Rescore
     cp = Checkpoint(ctx)
     cp.clock.set_open({0: HOUR})
     cp.clock.high[0] = (HOUR + 1) * 3600 + 10.0  # this batch's events opened the next hour
-    return Ingest(ctx, cp, Arrivals(), confirm_hours=lambda: 1), cp, schedule
+    return DueMarks(ctx, cp, confirm_hours=lambda: 1), cp, schedule
 
 
 @pytest.mark.asyncio
@@ -122,7 +122,7 @@ async def test_active_sets_are_written_only_with_what_changed_and_stay_exact(red
 
 def _due_and_heads_per_event(cols, partitions, clocks, spikes, now, cadence, confirm):
     """The rule event by event, as the consume loop once ran it: the reference."""
-    from stream_detector.worker.ingest import URGENT_DUE_MS
+    from stream_detector.worker.marks import URGENT_DUE_MS
 
     due, heads = {}, {}
     hours = (cols.ts // 3600).astype(int).tolist()
@@ -147,7 +147,7 @@ def test_due_and_heads_per_video_match_the_rule_event_by_event():
     import numpy as np
 
     from stream_detector.events import EventColumns
-    from stream_detector.worker.ingest import due_and_heads
+    from stream_detector.worker.marks import due_and_heads
 
     rng = random.Random(7)
     for _ in range(300):

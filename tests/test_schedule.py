@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from stream_detector.schedule import RescoreSchedule, now_ms
-from stream_detector.worker.ingest import URGENT_DUE_MS
+from stream_detector.worker.marks import URGENT_DUE_MS
 
 
 @pytest.mark.asyncio

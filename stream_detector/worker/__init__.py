@@ -6,7 +6,9 @@
 - ``event_clock``: event time per partition (high mark, watermark, open hour, idle closure);
   the one place that says which event hours are closed, or that it does not know yet;
 - ``checkpoint``: applied offsets, commit order, persisted watermarks, state markers;
-- ``ingest``: fetch → parse → windows → schedule marks (the consume side), state rebuilds;
+- ``ingest``: fetch → parse → windows → marks → dead letters (the consume side);
+- ``marks``: which videos a written batch (or an idle partition) makes due, and when;
+- ``rebuild``: a partition whose windows Redis lost, re-applied from the input topic and re-judged;
 - ``scoring``: claim → score → decide → publish (the scoring side);
 - ``quarantine``: videos whose judgement raised: bounded retries, then set aside;
 - ``detector``: the composition with its lifecycle and tasks (consume, score, probe).

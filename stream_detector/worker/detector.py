@@ -81,7 +81,7 @@ class _Rebalance(ConsumerRebalanceListener):
                 await d.checkpoint.commit("rebalance")  # the new owner takes over the due schedule
             for tp in revoked:
                 d.checkpoint.forget(tp)
-                d.ingest.written.forget(tp.partition)
+                d.ingest.marks.written.forget(tp.partition)
 
     async def on_partitions_assigned(self, assigned) -> None:
         await self.detector.checkpoint.load(assigned)
@@ -283,7 +283,7 @@ class Detector:
                         await self.ingest.write(prepared)
                 if cp.uncommitted and time.monotonic() - cp.last_commit >= COMMIT_INTERVAL_S:
                     await cp.commit("interval")
-                await ctx.guard.call("redis", "idle close", self.ingest.close_idle_partitions, ctx.stopping)
+                await ctx.guard.call("redis", "idle close", self.ingest.marks.close_idle_partitions, ctx.stopping)
                 ctx.metrics.ready.set(1 if self.ready else 0)
             if ahead is not None:  # fetched, never written: not committed, the events replay
                 ahead.cancel()
@@ -297,7 +297,7 @@ class Detector:
 
     async def _rebuild_lost(self) -> None:
         for tp in sorted(self.checkpoint.lost & self.ctx.owned(), key=lambda t: t.partition):
-            await self.ingest.rebuild(tp)
+            await self.ingest.rebuilder.rebuild(tp)
         self.checkpoint.lost.clear()
 
     async def _score_loop(self) -> None:

@@ -33,7 +33,8 @@ from stream_detector.scoring import Scorer, VideoScore
 from stream_detector.windows import WindowArrays
 from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
-from stream_detector.worker.ingest import URGENT_DUE_MS, Arrivals
+from stream_detector.worker.ingest import Arrivals
+from stream_detector.worker.marks import URGENT_DUE_MS
 from stream_detector.worker.model_slot import ModelSlot
 from stream_detector.worker.quarantine import Failure, Quarantine
 from stream_detector.worker.score_process import ScoringProcess, WindowBatch
