@@ -35,9 +35,9 @@ from stream_detector.config import Settings, SettingsError
 from stream_detector.dev.embedded import resolve_endpoints
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact, ModelError
-from stream_detector.registry import ModelFollower
 from stream_detector.topics import ensure_deployment_topics
 from stream_detector.worker import Detector
+from stream_detector.worker.model_follower import ModelFollower
 from stream_detector.worker.model_slot import decision_of
 
 log = logging.getLogger("stream_detector.app")

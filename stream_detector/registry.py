@@ -20,7 +20,7 @@ and the history *is* the log (who / what / when of every change, applied or not)
 ``serving = None`` means "each worker's built-in model" (``DETECTOR_MODEL_PATH``): the
 state before the first push, and what ``rollback`` returns to after it.
 
-Workers (``ModelFollower``) read the topic from the beginning before they start consuming
+Workers (``worker.model_follower.ModelFollower``) read the topic from the beginning before they start consuming
 events, then follow it; they validate every model themselves (``canary.validate_bytes``,
 in a thread, off the scoring path) and hand it to the detector, which swaps between scoring
 batches. A refused model never serves: the reason is counted and shown in ``/model``.
@@ -37,21 +37,16 @@ import logging
 import socket
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from stream_detector.canary import validate_bytes
-from stream_detector.dependencies import Backoff
-from stream_detector.models import ModelArtifact, ModelError
+from stream_detector.models import ModelArtifact
 
 if TYPE_CHECKING:
-    from stream_detector.config import Settings
-    from stream_detector.metrics import Metrics
-    from stream_detector.worker.model_slot import ModelSlot
+    pass
 
 log = logging.getLogger("stream_detector.registry")
 
@@ -93,7 +88,7 @@ class ModelRef:
         return cls(str(d["version"]), str(d["sha256"]), str(d.get("name", "")))
 
 
-def _label(ref: ModelRef | None) -> str:
+def model_label(ref: ModelRef | None) -> str:
     return "built-in" if ref is None else ref.version
 
 
@@ -145,7 +140,7 @@ def apply_change(state: State, change: dict) -> tuple[str, str]:
             if state.serving is not None and state.serving.sha256 == ref.sha256:
                 return "noop", f"{ref.version} is serving; not shadowing it against itself"
             state.shadow = ref
-            return "applied", f"{ref.version} runs in shadow beside {_label(state.serving)}"
+            return "applied", f"{ref.version} runs in shadow beside {model_label(state.serving)}"
         return _serve(state, ref)
     if action == "promote":
         ref = state.by_version(str(change.get("version")))
@@ -157,7 +152,7 @@ def apply_change(state: State, change: dict) -> tuple[str, str]:
             return "rejected", "nothing to roll back to"
         before = state.serving
         state.serving = state.rollback.pop()
-        return "applied", f"rolled back from {_label(before)} to {_label(state.serving)}"
+        return "applied", f"rolled back from {model_label(before)} to {model_label(state.serving)}"
     if action == "unshadow":
         if state.shadow is None:
             return "noop", "no shadow model"
@@ -175,7 +170,7 @@ def _serve(state: State, ref: ModelRef) -> tuple[str, str]:
     state.serving = ref
     if state.shadow is not None and state.shadow.sha256 == ref.sha256:
         state.shadow = None
-    return "applied", f"{ref.version} serves (was {_label(before)})"
+    return "applied", f"{ref.version} serves (was {model_label(before)})"
 
 
 def fold(changes: list[dict]) -> State:
@@ -195,7 +190,7 @@ def record(state: State, change: dict) -> None:
         "at": change.get("at"),
         "result": result,
         "detail": detail,
-        "serving": _label(state.serving),
+        "serving": model_label(state.serving),
         "id": change.get("id"),
     }
     state.history.append(entry)
@@ -250,7 +245,7 @@ class ControlLog:
         return data if hashlib.sha256(data).hexdigest() == sha else None
 
 
-def _consumer(bootstrap: str) -> AIOKafkaConsumer:
+def control_consumer(bootstrap: str) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -295,15 +290,15 @@ async def ensure_control_topic(bootstrap: str, topic: str, timeout_s: float = 30
 
 async def read_log(bootstrap: str, topic: str, timeout_s: float = 30) -> ControlLog:
     """The whole control topic, up to its end offset at call time."""
-    consumer = _consumer(bootstrap)
+    consumer = control_consumer(bootstrap)
     await consumer.start()
     try:
-        return await _catch_up(consumer, topic, ControlLog(), timeout_s)
+        return await catch_up(consumer, topic, ControlLog(), timeout_s)
     finally:
         await consumer.stop()
 
 
-async def _catch_up(consumer: AIOKafkaConsumer, topic: str, clog: ControlLog, timeout_s: float) -> ControlLog:
+async def catch_up(consumer: AIOKafkaConsumer, topic: str, clog: ControlLog, timeout_s: float) -> ControlLog:
     tp = TopicPartition(topic, 0)
     if tp not in consumer.assignment():
         consumer.assign([tp])
@@ -419,177 +414,3 @@ class Registry:
         if entry is None:
             raise RegistryError("the change was written but is not visible in the control topic yet")
         return {"change": entry, "state": clog.state}
-
-
-# -------------------------------------------------------------------------- worker side
-
-
-@dataclass
-class Refusal:
-    version: str
-    sha256: str
-    role: str
-    reason: str
-    at: str
-
-    def to_dict(self) -> dict:
-        return {"version": self.version, "sha256": self.sha256, "role": self.role, "reason": self.reason, "at": self.at}
-
-
-class ModelFollower:
-    """Keeps a worker's serving and shadow models equal to the registry state, validated."""
-
-    def __init__(self, settings: Settings, slot: ModelSlot, baseline: ModelArtifact, metrics: Metrics) -> None:
-        self.settings = settings
-        self.slot = slot
-        self.baseline = baseline
-        self.metrics = metrics
-        self.topic = settings.control_topic
-        self.clog = ControlLog()
-        self.consumer: AIOKafkaConsumer | None = None
-        self.refused: OrderedDict[str, Refusal] = OrderedDict()
-        self.validated: OrderedDict[str, ModelArtifact] = OrderedDict({baseline.sha256: baseline})
-        self.reports: dict[str, dict] = {}
-        self.last_validation_s: float | None = None
-        self.synced_offset = 0
-        self.backoff = Backoff(1.0, 30.0)
-        self._task: asyncio.Task | None = None
-        self._stopping = asyncio.Event()
-
-    async def start(self) -> None:
-        """Catch up with the whole control topic and adopt its state, before events flow."""
-        await ensure_control_topic(self.settings.kafka_bootstrap_servers, self.topic)
-        self.consumer = _consumer(self.settings.kafka_bootstrap_servers)
-        await self.consumer.start()
-        await _catch_up(self.consumer, self.topic, self.clog, timeout_s=60)
-        await self.reconcile()
-        self.synced_offset = self.clog.next_offset
-        log.info("model registry %s read to offset %d: serving %s, shadow %s", self.topic, self.clog.next_offset,
-                 _label(self.clog.state.serving), _label(self.clog.state.shadow) if self.clog.state.shadow else "none")
-        self._task = asyncio.create_task(self._follow(), name="model-follower")
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self.consumer is not None:
-            await self.consumer.stop()
-
-    async def _follow(self) -> None:
-        assert self.consumer is not None
-        tp = TopicPartition(self.topic, 0)
-        backoff = self.backoff
-        dirty = False  # the state changed and is not reconciled yet (survives a failed attempt)
-        while not self._stopping.is_set():
-            try:
-                batch = await self.consumer.getmany(tp, timeout_ms=1000)
-                for rec in batch.get(tp, []):
-                    dirty |= self.clog.apply_record(rec.key, rec.value, rec.headers, rec.offset)
-                if dirty:
-                    await self.reconcile()
-                    dirty = False
-                self.synced_offset = self.clog.next_offset
-                if backoff.failures:
-                    log.warning("model registry: following %s again after %d failures", self.topic, backoff.failures)
-                backoff.reset()
-                self.metrics.model_registry_failing.set(0)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep serving the current model, say so (gauge, /model, log), try again
-                self.metrics.model_registry_failing.set(1)
-                log.exception("model registry: following %s failed (%d in a row); retrying in %.0fs", self.topic,
-                              backoff.failures + 1, backoff.delay)
-                await backoff.sleep()
-
-    async def reconcile(self) -> None:
-        st = self.clog.state
-        want = st.serving.sha256 if st.serving else self.baseline.sha256
-        if want != self.slot.serving_sha:
-            model = self.baseline if st.serving is None else await self._load(st.serving, "serving")
-            if model is not None:
-                self.slot.swap_model(model)
-                log.info("model %s %s (sha256 %s) validated; serving from the next scoring batch",
-                         model.name, model.version, model.sha256[:12])
-        want_shadow = st.shadow.sha256 if st.shadow else None
-        if want_shadow != self.slot.shadow_sha:
-            if st.shadow is None:
-                self.slot.set_shadow(None)
-                log.info("shadow model stopped")
-            else:
-                model = await self._load(st.shadow, "shadow")
-                if model is not None:
-                    self.slot.set_shadow(model)
-                    log.info("model %s %s runs in shadow", model.version, model.sha256[:12])
-
-    async def _load(self, ref: ModelRef, role: str) -> ModelArtifact | None:
-        if ref.sha256 in self.validated:
-            self.validated.move_to_end(ref.sha256)
-            return self.validated[ref.sha256]
-        if ref.sha256 in self.refused:
-            return None
-        data = self.clog.model_bytes(ref.sha256)
-        if data is None:
-            self._refuse(ref, role, f"the bytes of sha256 {ref.sha256[:12]} are not (completely) in the control topic")
-            return None
-        t0 = time.perf_counter()
-        try:
-            model, report = await asyncio.to_thread(
-                validate_bytes, data, source=f"{self.topic}:{ref.version}", window_hours=self.settings.window_hours
-            )
-        except ModelError as exc:
-            self._refuse(ref, role, str(exc))
-            return None
-        except Exception as exc:  # noqa: BLE001 - whatever breaks the check refuses the model
-            self._refuse(ref, role, f"validation failed: {type(exc).__name__}: {str(exc)[:200]}")
-            return None
-        finally:
-            self.last_validation_s = time.perf_counter() - t0
-            self.metrics.model_validation.observe(self.last_validation_s)
-        if model.version != ref.version:
-            self._refuse(ref, role, f"metadata says version {model.version}, the registry says {ref.version}")
-            return None
-        try:
-            self.slot.decision_for(model)  # this deployment's target FPR must be reachable
-        except ModelError as exc:
-            self._refuse(ref, role, str(exc))
-            return None
-        if model.version == self.baseline.version:
-            self._refuse(ref, role, f"version {model.version} is this worker's built-in model with other bytes "
-                                    f"(sha256 {self.baseline.sha256[:12]}); give the new model its own version")
-            return None
-        self.metrics.model_reloads.labels(result="loaded").inc()
-        self.reports[ref.sha256] = report.to_dict()
-        self.validated[ref.sha256] = model
-        while len(self.validated) > 4:  # the baseline and the latest few: instant rollback
-            oldest = next(iter(self.validated))
-            if oldest == self.baseline.sha256:
-                self.validated.move_to_end(oldest)
-                oldest = next(iter(self.validated))
-            self.validated.pop(oldest)
-        return model
-
-    def _refuse(self, ref: ModelRef, role: str, reason: str) -> None:
-        self.refused[ref.sha256] = Refusal(ref.version, ref.sha256, role, reason, now_iso())
-        while len(self.refused) > 20:
-            self.refused.popitem(last=False)
-        self.metrics.model_reloads.labels(result="refused").inc()
-        log.error("model %s (sha256 %s) refused as %s: %s; keeping %s", ref.version, ref.sha256[:12], role, reason,
-                  self.slot.scorer.model.version)
-
-    def status(self) -> dict[str, Any]:
-        st = self.clog.state
-        return {
-            "topic": self.topic,
-            "offset": self.synced_offset,
-            "failures_in_a_row": self.backoff.failures,
-            "desired": {"serving": st.serving.to_dict() if st.serving else {"version": "built-in", "sha256": self.baseline.sha256},
-                        "shadow": st.shadow.to_dict() if st.shadow else None},
-            "in_sync": (st.serving.sha256 if st.serving else self.baseline.sha256) == self.slot.scorer.model.sha256
-            and (st.shadow.sha256 if st.shadow else None) == (self.slot.shadow.model.sha256 if self.slot.shadow else None),
-            "refused": [r.to_dict() for r in reversed(self.refused.values())],
-            "last_validation_seconds": None if self.last_validation_s is None else round(self.last_validation_s, 4),
-            "canary": self.reports.get(self.slot.scorer.model.sha256),
-            "history": st.history[-HISTORY_IN_STATUS:],
-        }

@@ -1,8 +1,9 @@
 """The worker, as parts whose responsibilities are visible (as faust's own services are built):
 
 - ``context``: what every part shares (settings, metrics, clients, the dependency guard);
-- ``model_slot``: the serving / pending / shadow models and their decisions; the registry
-  follower talks to it, never to the loops;
+- ``model_slot``: the serving / pending / shadow models and their decisions;
+- ``model_follower``: keeps the slot equal to the model registry's state, validated; it talks
+  to the slot, never to the loops;
 - ``event_clock``: event time per partition (high mark, watermark, open hour, idle closure);
   the one place that says which event hours are closed, or that it does not know yet;
 - ``checkpoint``: applied offsets, commit order, persisted watermarks, state markers;
