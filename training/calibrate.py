@@ -27,10 +27,6 @@ def fit_combiner(model_score: np.ndarray, evidence: np.ndarray, hour_labels: np.
     return Combiner(float(lr.intercept_[0]), float(coef[0]), [float(c) for c in coef[1:]], 0.5)
 
 
-def video_scores(hour_p: np.ndarray) -> np.ndarray:
-    return hour_p.max(axis=1)
-
-
 def choose_threshold(scores: np.ndarray, labels: np.ndarray, fpr_budget: float = FPR_BUDGET) -> float:
     """Threshold maximising F1 among thresholds with validation FPR <= budget."""
     cands = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, 401)))
@@ -86,18 +82,3 @@ def choose_hour_threshold(hour_p: np.ndarray, flagged: np.ndarray, threshold: fl
         if f > best:
             best, best_t = f, float(t)
     return best_t
-
-
-def choose_stream_threshold(max_scores: np.ndarray, labels: np.ndarray, threshold: float,
-                            fpr_budget: float = FPR_BUDGET) -> float:
-    """Threshold for *publishing* flags in the stream, where every video is re-scored many times
-    on growing windows and a flag, once published, stays: the lowest threshold (>= the
-    offline one) whose share of organic videos *ever* flagged stays within the budget.
-    ``max_scores`` is each validation video's highest score over its simulated stream."""
-    neg = max_scores[labels == 0]
-    for t in np.unique(np.concatenate([[threshold], np.quantile(max_scores, np.linspace(0, 1, 801))])):
-        if t < threshold:
-            continue
-        if (neg >= t).mean() <= fpr_budget:
-            return float(min(t, 1 - 1e-4))
-    return float(1 - 1e-4)

@@ -100,14 +100,6 @@ def _validate(metadata: Mapping[str, object], in_channels: int, window: int) -> 
     return {k: _encode(k, v) for k, v in metadata.items()}
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _to_onnx_proto(model: nn.Module, in_channels: int, window: int, opset: int) -> onnx.ModelProto:
     dummy = torch.randn(2, in_channels, window, generator=torch.Generator().manual_seed(0))
     buf = io.BytesIO()

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from stream_detector.dev.market import MarketDataset
-from stream_detector.dev.simulate import DIURNAL_24, HOME_ZONE_P, HOME_ZONES, _iso_minute
+from stream_detector.dev.simulate import DIURNAL_24, HOME_ZONE_P, HOME_ZONES
 from stream_detector.series import METRICS, SECONDS_PER_HOUR
 
 REAL_ACCOUNTS = Path(__file__).resolve().parent / "real_accounts" / "german_elections_posts.csv.gz"
@@ -439,7 +439,3 @@ def _dedupe_likes(rng, actions: np.ndarray, general: np.ndarray, members: dict[i
 
 def _logu(rng, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-
-
-def iso_minute(start_hour: int, minute: int) -> str:
-    return _iso_minute(start_hour + minute // 60, minute % 60)
