@@ -1,9 +1,10 @@
 """Parse and validate one engagement event (one Kafka record value) on the hot path.
 
-Contract (DESIGN.md): a JSON object
+Contract (DESIGN.md; README "Contracts", event 1.1): a JSON object
 ``{"video_id": str, "ts": ISO-8601 or epoch seconds,
 "views"|"likes"|"comments"|"shares": int >= 0, "published_at"?: time,
-"category"?: str, "region"?: str}``. Absent metrics are 0.
+"category"?: str, "region"?: str, "user_id"?: str, "channel_id"?: str}``. Absent metrics
+are 0; an event with a ``user_id`` is that account's action(s) on the video (1.1).
 
 :func:`parse_event` never raises on bad input: it returns an :class:`Event` or a
 :class:`Rejection` whose ``reason`` is one of the stable strings in :data:`REASONS`. It tries
