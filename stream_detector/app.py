@@ -180,6 +180,12 @@ def create_app(
             return web.json({"user_id": user_id, "error": "no judgement for this account"}, status=404)
         return web.json(doc)
 
+    @app.page("/verdicts")
+    async def verdicts_view(web: Any, request: Any) -> Any:
+        """What moderation told this worker: verdict counts, allowlists in force, episode
+        verdicts waiting for their flag, judged precision (the moderation loop)."""
+        return web.json(detector.verdicts.status() if detector.verdicts is not None else {})
+
     @app.page("/quarantine")
     async def quarantine_view(web: Any, request: Any) -> Any:
         """Videos whose judgement raised: attempts, reason, traceback, set aside or not."""

@@ -45,6 +45,11 @@ class Settings:
     shadow_flags_topic: str = "engagement-flags-shadow"
     # the user level: account flags (accounts.py), on their own topic, key = user_id
     account_flags_topic: str = "engagement-account-flags"
+    # the moderation loop (moderation.py): verdicts in, suppressed critical flags out for review
+    verdicts_topic: str = "engagement-verdicts"
+    review_topic: str = "engagement-flags-review"
+    verdict_pending_seconds: float = 3600.0  # a verdict on a flag not seen yet waits this long
+    judged_precision_floor: float = 0.8  # alert when moderation's judged precision falls below
     consumer_group: str = "stream-detector"
     topic_partitions: int = 4
     model_path: str = str(DEFAULT_MODEL_PATH)

@@ -108,6 +108,12 @@ class VideoDecisionState:
     published_severity: str = "low"
     published_windows: int = 0
     score: float = 0.0
+    # the moderation loop's (moderation.py): this episode's published flag ids, a cleared
+    # episode, the last flag id sent for review, when the episode was first flagged (wall clock)
+    episode_ids: tuple[str, ...] = ()
+    cleared: dict | None = None
+    reviewed: str | None = None
+    flagged_at: float | None = None
 
     @property
     def active(self) -> bool:
@@ -125,6 +131,7 @@ class VideoDecisionState:
         d = dict(d)
         d["windows"] = [window_from_dict(w) for w in d.get("windows", [])]
         d["published_patterns"] = tuple(d.get("published_patterns", ()))
+        d["episode_ids"] = tuple(d.get("episode_ids", ()))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 

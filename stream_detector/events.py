@@ -109,7 +109,7 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _parse_time(value: object) -> float | None:
+def parse_event_time(value: object) -> float | None:
     """Epoch seconds from a JSON number or an ISO-8601 string; None if unusable."""
     t = type(value)
     try:
@@ -422,7 +422,7 @@ def parse_records(records: Sequence, *, now: float, max_bytes: int, max_count: i
                          (st & _ST_KEY_MISMATCH) > 0, arrival, rejected)
 
 
-def _good_id(value: object) -> bool:
+def good_id(value: object) -> bool:
     """An id of the contract (video_id, and event 1.1's user_id and channel_id): a non-empty
     string of at most 256 characters, not only whitespace, encodable as UTF-8."""
     if type(value) is not str or not value or len(value) > MAX_VIDEO_ID_CHARS or value.isspace():
@@ -445,16 +445,16 @@ def _typed(raw: bytes, now: float, max_bytes: int, max_count: int, max_future_s:
         w = _decode_wire(raw)
     except _WIRE_ERRORS:
         return None
-    if not _good_id(w.video_id):
+    if not good_id(w.video_id):
         return None
-    if (w.user_id is not msgspec.UNSET and not _good_id(w.user_id)) or (
-            w.channel_id is not msgspec.UNSET and not _good_id(w.channel_id)):
+    if (w.user_id is not msgspec.UNSET and not good_id(w.user_id)) or (
+            w.channel_id is not msgspec.UNSET and not good_id(w.channel_id)):
         return None
     c = (w.views if w.views > 0 else 0, w.likes if w.likes > 0 else 0,
          w.comments if w.comments > 0 else 0, w.shares if w.shares > 0 else 0)
     if max(c) > max_count:
         return None
-    ts = w.ts if type(w.ts) is float else _parse_time(w.ts)
+    ts = w.ts if type(w.ts) is float else parse_event_time(w.ts)
     limit = now + max_future_s
     if ts is None or not MIN_TS <= ts <= limit:
         return None
@@ -463,7 +463,7 @@ def _typed(raw: bytes, now: float, max_bytes: int, max_count: int, max_future_s:
         pub = None
     elif pub is not None:
         if type(pub) is not float:
-            pub = _parse_time(pub)
+            pub = parse_event_time(pub)
         if pub is None or not MIN_TS <= pub <= limit or pub > ts + max_future_s:
             return None
     if not raw.isascii():  # msgspec does not check the UTF-8 of values it skips
@@ -505,7 +505,7 @@ def validate_event(
     vid = get("video_id")
     if vid is None:
         return Rejection("missing_video_id", "no video_id")
-    if not _good_id(vid):
+    if not good_id(vid):
         return Rejection("bad_video_id", f"video_id={_short(vid)}")
 
     # Fast path: all four metrics are plain ints (or absent) within range.
@@ -532,7 +532,7 @@ def validate_event(
         except OverflowError:  # an int beyond float range
             ts = None
     else:
-        ts = _parse_time(ts_raw)
+        ts = parse_event_time(ts_raw)
     if ts is None or not ts >= MIN_TS:  # `not >=` also catches NaN
         return Rejection("bad_timestamp", f"ts={_short(ts_raw)}")
     limit = now + max_future_s
@@ -545,7 +545,7 @@ def validate_event(
     pub_raw = get("published_at")
     pub = None
     if pub_raw is not None:
-        pub = _parse_time(pub_raw)
+        pub = parse_event_time(pub_raw)
         if pub is None or not MIN_TS <= pub <= limit:
             return Rejection("bad_published_at", f"published_at={_short(pub_raw)}")
         if pub > ts + max_future_s:
@@ -554,7 +554,7 @@ def validate_event(
     ids = {}
     for name in ("user_id", "channel_id"):  # event 1.1, optional; a null is absent
         value = get(name)
-        if value is not None and not _good_id(value):
+        if value is not None and not good_id(value):
             return Rejection(f"bad_{name}", f"{name}={_short(value)}")
         ids[name] = value
     cat = get("category")

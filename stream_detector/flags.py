@@ -28,7 +28,7 @@ from stream_detector.patterns import PATTERNS
 from stream_detector.scoring import FlaggedWindow
 from stream_detector.series import hour_of
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 METRIC_ORDER = ("views", "likes", "comments", "shares")
 # every name a window can carry: the hour detectors (patterns.PATTERNS), minute bursts on a
 # schedule (decision.scheduled) and engagement carried by flagged accounts
@@ -121,6 +121,7 @@ def build_record(
     watermark: float,
     detected_at: float,
     accounts: dict | None = None,
+    moderation: dict | None = None,
 ) -> dict:
     """The flag record of a decision (``decision.Published``): new, updated or withdrawn;
     ``accounts`` (1.2): who engaged in its hours, when events carry user_id."""
@@ -142,6 +143,8 @@ def build_record(
     }
     if accounts is not None:
         record["accounts"] = accounts
+    if moderation is not None:
+        record["moderation"] = moderation
     return record
 
 

@@ -96,3 +96,13 @@ def video_suspicion(prefix: str, video_id: str) -> str:
 def video_accounts(prefix: str, video_id: str) -> str:
     """Per hour, the account actions on a video (t<hour>) and those of flagged accounts (f<hour>)."""
     return f"{prefix}:va:{{{video_id}}}"
+
+
+def video_channel(prefix: str, video_id: str) -> str:
+    """The video's channel as its latest events name it (event 1.1 ``channel_id``)."""
+    return f"{prefix}:ch:{{{video_id}}}"
+
+
+def verdict_dead_lettered(prefix: str, verdict_key: str) -> str:
+    """Set once a pending verdict was dead-lettered as unknown_flag (by whichever worker)."""
+    return f"{prefix}:vdlq:{verdict_key}"

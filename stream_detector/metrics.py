@@ -33,6 +33,7 @@ REDIS_OPERATIONS = (
     "schedule",  # schedule.py
     "quarantine",  # worker/quarantine.py
     "accounts",  # worker/account_store.py, worker/accounts.py
+    "verdicts",  # worker/verdicts.py, publisher.py (channels)
 )
 BATCH_BUCKETS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 VALIDATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -190,6 +191,56 @@ class Metrics:
             ["pattern"],
             registry=r,
         )
+        self.verdicts = Counter(
+            "detector_verdicts_total",
+            "Moderation verdicts read from the verdicts topic, by verdict and scope",
+            ["verdict", "scope"],
+            registry=r,
+        )
+        self.verdicts_invalid = Counter(
+            "detector_verdicts_invalid_total",
+            "Verdicts dead-lettered, by reason (bad JSON, unknown verdict or scope, unknown_flag, ...)",
+            ["reason"],
+            registry=r,
+        )
+        self.moderation_suppressed = Counter(
+            "detector_moderation_suppressed_total",
+            "Flag records held back by moderation (episode_cleared, allowlist_video, allowlist_channel)",
+            ["reason"],
+            registry=r,
+        )
+        self.moderation_withdrawn = Counter(
+            "detector_moderation_withdrawn_total",
+            "Flags withdrawn because of a verdict, by scope",
+            ["scope"],
+            registry=r,
+        )
+        self.review_flags = Counter(
+            "detector_review_flags_total",
+            "Critical flags of allowlisted videos sent to the review topic instead of being dropped",
+            registry=r,
+        )
+        self.judged_precision = Gauge(
+            "detector_judged_precision",
+            "Precision as judged by moderation: confirmed / (confirmed + false_positive) over the last 200 verdicts",
+            registry=r,
+        )
+        self.judged_verdicts = Gauge(
+            "detector_judged_verdicts",
+            "Confirmed and false-positive verdicts the judged precision is computed over (at most 200)",
+            registry=r,
+        )
+        self.judged_precision_floor = Gauge(
+            "detector_judged_precision_floor",
+            "DETECTOR_JUDGED_PRECISION_FLOOR: the alert fires when judged precision stays below it",
+            registry=r,
+        )
+        self.flag_to_verdict = Histogram(
+            "detector_flag_to_verdict_seconds",
+            "Wall time from a video's flag to its verdict",
+            buckets=(60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400),
+            registry=r,
+        )
         self.redis_errors = Counter(
             "detector_redis_errors_total",
             "Redis calls that failed, by operation",
@@ -340,6 +391,18 @@ class Metrics:
             self.flag_status.labels(status=status)
         for reason in ("events", "idle"):
             self.hours_closed.labels(reason=reason)
+        from stream_detector.verdicts import REASONS as VERDICT_REASONS
+        from stream_detector.verdicts import SCOPES, VERDICTS
+
+        for verdict in VERDICTS:
+            for scope in SCOPES:
+                self.verdicts.labels(verdict=verdict, scope=scope)
+        for reason in VERDICT_REASONS:
+            self.verdicts_invalid.labels(reason=reason)
+        for reason in ("episode_cleared", "allowlist_video", "allowlist_channel"):
+            self.moderation_suppressed.labels(reason=reason)
+        for scope in SCOPES:
+            self.moderation_withdrawn.labels(scope=scope)
         for kind in ("gap", "rewind"):
             self.log_discontinuities.labels(kind=kind)
         for dep in ("redis", "broker"):

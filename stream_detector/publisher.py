@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import msgspec
 import numpy as np
@@ -25,6 +25,7 @@ from stream_detector.decision import Published, StreamDecision, VideoDecisionSta
 from stream_detector.flags import build_record
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact
+from stream_detector.moderation import VerdictBook, moderate
 from stream_detector.patterns import Burst
 from stream_detector.scoring import VideoScore
 from stream_detector.series import hour_start_iso
@@ -113,7 +114,8 @@ class FlagPublisher:
 
     def __init__(self, redis: aioredis.Redis, producer: AIOKafkaProducer, metrics: Metrics, *, topic: str,
                  state_key: Callable[[str], str], state_ttl_s: int = FLAG_STATE_TTL_S,
-                 shadow: bool = False) -> None:
+                 shadow: bool = False, book: VerdictBook | None = None, review_topic: str | None = None,
+                 channel_key: Callable[[str], str] | None = None) -> None:
         self.redis = redis
         self.producer = producer
         self.metrics = metrics
@@ -121,6 +123,9 @@ class FlagPublisher:
         self.state_key = state_key
         self.state_ttl_s = state_ttl_s
         self.shadow = shadow
+        self.book = book  # moderators' verdicts (moderation.py); None: no moderation loop
+        self.review_topic = review_topic
+        self.channel_key = channel_key
         self.published = 0
 
     async def states(self, video_ids: list[str]) -> dict[str, VideoDecisionState | None]:
@@ -140,33 +145,76 @@ class FlagPublisher:
         if prior is None:
             prior = await self.states([s.score.video_id for s in batch])
         now = time.time()
-        records, states = [], {}
+        records, states, reviews = [], {}, []
+        channels = await self._channels(batch)
         # every decision first, then the sends: a decision that raises sends nothing of its batch
         for scored in batch:
-            key = self.state_key(scored.score.video_id)
-            old = prior.get(scored.score.video_id)
+            vid = scored.score.video_id
+            key = self.state_key(vid)
+            old = prior.get(vid)
             state, rec = decision.decide(old, scored.score, now_hour=scored.now_hour, burst=scored.burst,
                                          accounts=scored.accounts)
+            moderation = None
+            if self.book is not None:
+                m = moderate(self.book, vid, channels.get(vid), old, state, rec, now)
+                state, rec, moderation = m.state, m.flag, m.moderation
+                self._count_moderation(m)
+                if m.review is not None and self.review_topic is not None:
+                    reviews.append((scored, self._record(scored, m.review, model, decision, watermark, now,
+                                                         m.moderation)))
+            if rec is not None and rec.status == "new":
+                state = replace(state, flagged_at=now)
             if state is not None and state != (old or _NOTHING):  # a video with nothing to remember has no key
                 states[key] = JSON_ENCODER.encode(state.to_dict())
             if rec is None:
                 continue
-            records.append((scored, build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,
-                                                 explanation=explanation(rec, scored, decision), watermark=watermark,
-                                                 detected_at=now,
-                                                 accounts=accounts_doc(rec.windows, scored.accounts,
-                                                                       scored.account_groups))))
+            records.append((scored, self._record(scored, rec, model, decision, watermark, now, moderation)))
         sends = []
-        for scored, doc in records:
-            body = json.dumps(doc, separators=(",", ":")).encode()
-            fut = await self.producer.send(self.topic, value=body, key=scored.score.video_id.encode())
-            sends.append((scored, doc, fut))
+        for topic, docs in ((self.topic, records), (self.review_topic, reviews)):
+            for scored, doc in docs:
+                body = json.dumps(doc, separators=(",", ":")).encode()
+                fut = await self.producer.send(topic, value=body, key=scored.score.video_id.encode())
+                if topic == self.topic:
+                    sends.append((scored, doc, fut))
+                else:
+                    await fut
+                    self.metrics.review_flags.inc()
+                    log.warning("flag of an allowlisted video sent for review video=%s flag_id=%s severity=%s",
+                                doc["video_id"], doc["flag_id"], doc["severity"])
         for _, _, fut in sends:
             await fut
         done = time.time()
         self._count(sends, done)
         await self.metrics.timed_redis("flag_state", redis_client.set_ex(self.redis, states, self.state_ttl_s))
         return [(s, d) for s, d, _ in sends]
+
+    def _record(self, scored: Scored, rec: Published, model: ModelArtifact, decision: StreamDecision,
+                watermark: float, now: float, moderation: dict | None) -> dict:
+        line = explanation(rec, scored, decision)
+        if moderation is not None and moderation["action"] == "withdrawn":
+            line = "withdrawn: cleared by moderation" + _verdict_words(moderation)
+        elif moderation is not None:
+            line = "suppressed by moderation" + _verdict_words(moderation) + "; " + line
+        return build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,
+                            explanation=line, watermark=watermark, detected_at=now,
+                            accounts=accounts_doc(rec.windows, scored.accounts, scored.account_groups),
+                            moderation=moderation)
+
+    async def _channels(self, batch: list[Scored]) -> dict[str, str]:
+        """The batch's videos' channels, read only while a channel allowlist exists."""
+        if self.book is None or self.channel_key is None or not self.book.has_channel_allowlists:
+            return {}
+        ids = [s.score.video_id for s in batch]
+        raw = await self.metrics.timed_redis("verdicts", redis_client.mget(self.redis, [self.channel_key(v) for v in ids]))
+        return {v: (r.decode() if isinstance(r, bytes) else r) for v, r in zip(ids, raw, strict=True) if r}
+
+    def _count_moderation(self, m) -> None:
+        if m.suppressed is not None:
+            self.metrics.moderation_suppressed.labels(reason=m.suppressed).inc()
+        if m.flag is not None and m.moderation is not None and m.flag.status == "withdrawn" and not self.shadow:
+            self.metrics.moderation_withdrawn.labels(scope=m.moderation["scope"]).inc()
+            log.info("flag withdrawn by moderation video_flag_id=%s verdict=%s scope=%s", m.flag.flag_id,
+                     m.moderation["verdict"], m.moderation["scope"])
 
     def _count(self, sends: list, done: float) -> None:
         m = self.metrics
@@ -189,3 +237,10 @@ class FlagPublisher:
                 m.end_to_end_latency.observe(max(0.0, done - scored.arrival_ms / 1000.0))
             log.info("flag video=%s flag_id=%s status=%s score=%.3f severity=%s windows=%d", doc["video_id"],
                      doc["flag_id"], doc["status"], doc["score"], doc["severity"], len(doc["windows"]))
+
+
+def _verdict_words(moderation: dict) -> str:
+    """" (false_positive, scope episode, by ana: a premiere)"."""
+    who = f", by {moderation['reviewer']}" if moderation.get("reviewer") else ""
+    why = f": {moderation['reason']}" if moderation.get("reason") else ""
+    return f" ({moderation['verdict']}, scope {moderation['scope']}{who}{why})"

@@ -41,6 +41,10 @@ def deployment_topics(settings: Settings, events_partitions: int | None = None,
         TopicSpec(settings.dlq_topic, out, keep),
         TopicSpec(settings.shadow_flags_topic, out, keep),
         TopicSpec(settings.account_flags_topic, out, keep),
+        TopicSpec(settings.review_topic, out, keep),
+        # one partition, kept forever: every worker reads all of it in order (later verdicts on
+        # a subject win); human-rate and small; the labels the next model is judged with
+        TopicSpec(settings.verdicts_topic, 1, {"retention.ms": "-1"}),
         # one partition: every worker folds the same ordered model log
         TopicSpec(settings.control_topic, 1, {"cleanup.policy": "compact"}),
     ]

@@ -353,6 +353,21 @@ class WindowStore:
         self._script_loaded = True
 
     # ------------------------------------------------------------------ read
+    async def partitions(self, video_ids: Sequence[str]) -> dict[str, int | None]:
+        """The Kafka partition each video's events were last applied from (header cell 4;
+        None for a video without a window, or whose partition is unknown)."""
+        if not video_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for v in video_ids:
+            pipe.getrange(self.key(v), 16, 19)
+        raw = await pipe.execute()
+        out: dict[str, int | None] = {}
+        for v, cell in zip(video_ids, raw, strict=True):
+            p = int.from_bytes(cell, "big") if cell and len(cell) == 4 else None
+            out[v] = None if p is None or p == 0xFFFFFFFF else p
+        return out
+
     async def read(self, video_ids: Sequence[str]) -> dict[str, HourlySeries]:
         """Windows of the given videos: exactly W hours ending at each video's head hour.
 

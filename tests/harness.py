@@ -64,6 +64,14 @@ class Deployment:
     def account_flags(self) -> str:
         return f"{self.run_id}-account-flags"
 
+    @property
+    def verdicts(self) -> str:
+        return f"{self.run_id}-verdicts"
+
+    @property
+    def review(self) -> str:
+        return f"{self.run_id}-flags-review"
+
     def env(self, port: int) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
@@ -75,6 +83,8 @@ class Deployment:
             DETECTOR_CONTROL_TOPIC=self.models,
             DETECTOR_SHADOW_FLAGS_TOPIC=self.shadow_flags,
             DETECTOR_ACCOUNT_FLAGS_TOPIC=self.account_flags,
+            DETECTOR_VERDICTS_TOPIC=self.verdicts,
+            DETECTOR_REVIEW_TOPIC=self.review,
             DETECTOR_CONSUMER_GROUP=f"{self.run_id}-group",
             DETECTOR_KEY_PREFIX=self.run_id,
             DETECTOR_WEB_PORT=str(port),
@@ -88,7 +98,8 @@ class Deployment:
     def create_topics(self) -> None:
         asyncio.run(ensure_topics(self.bootstrap, {self.events: self.partitions, self.flags: self.partitions,
                                                    self.dlq: self.partitions, self.shadow_flags: self.partitions,
-                                                   self.account_flags: self.partitions}))
+                                                   self.account_flags: self.partitions,
+                                                   self.review: self.partitions, self.verdicts: 1}))
 
     def produce(self, items, rate: float = 0.0) -> int:
         return asyncio.run(produce(self.bootstrap, self.events, items, rate=rate))

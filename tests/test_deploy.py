@@ -57,6 +57,7 @@ EVENTS_TOPIC = "engagement-events"
 TOPICS = {"engagement-events", "engagement-flags", "engagement-events-dlq"}
 MODEL_TOPICS = {"engagement-flags-shadow", "engagement-models"}  # shadow flags, model registry
 ACCOUNT_TOPICS = {"engagement-account-flags"}  # the user level's flags
+MODERATION_TOPICS = {"engagement-verdicts", "engagement-flags-review"}  # verdicts in, review out
 CONSUMER_GROUP = "stream-detector"
 BUILD_ONLY_PACKAGES = {"gcc", "g++", "make", "build-essential", "libc6-dev", "clang", "cmake"}
 
@@ -551,7 +552,7 @@ def test_compose_stack_is_wired():
     # Topics: created by kafka-init; events partitions == the workers' setting.
     script = "\n".join(services["kafka-init"]["command"])
     created = dict(re.findall(r"^\s*create\s+(\S+)\s+(\d+)", script, re.M))
-    assert set(created) == TOPICS | MODEL_TOPICS | ACCOUNT_TOPICS
+    assert set(created) == TOPICS | MODEL_TOPICS | ACCOUNT_TOPICS | MODERATION_TOPICS
     # ...and exactly the topics the worker itself would create (stream_detector.topics)
     from stream_detector.config import Settings
     from stream_detector.topics import deployment_topics
@@ -582,6 +583,7 @@ def test_compose_stack_is_wired():
         } == TOPICS
         assert {env["DETECTOR_SHADOW_FLAGS_TOPIC"], env["DETECTOR_CONTROL_TOPIC"]} == MODEL_TOPICS
         assert {env["DETECTOR_ACCOUNT_FLAGS_TOPIC"]} == ACCOUNT_TOPICS
+        assert {env["DETECTOR_VERDICTS_TOPIC"], env["DETECTOR_REVIEW_TOPIC"]} == MODERATION_TOPICS
         deps = w["depends_on"]
         assert deps["kafka"]["condition"] == "service_healthy"
         assert deps["redis"]["condition"] == "service_healthy"

@@ -77,6 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--shadow", action="store_true", help="run it in shadow beside the serving model")
     pu.add_argument("--dry-run", action="store_true", help="validate exactly as a worker would, publish nothing")
 
+    v = sub.add_parser("verdicts", help="moderators' verdicts as labels: judged precision, the publish threshold "
+                                         "they support (dumps of the verdicts and flags topics, JSON lines)")
+    v.add_argument("--verdicts", required=True, help="verdicts topic dump (verdict 1.0, one per line)")
+    v.add_argument("--flags", required=True, help="flags topic dump (flag records, one per line)")
+    v.add_argument("--target-precision", type=_rate, default=0.9)
+    v.add_argument("--output", help="write the report as JSON here too")
+
     c = sub.add_parser("canary", help="regenerate the canary set the workers check every model against")
     c.add_argument("--videos", type=_positive, default=200)
     c.add_argument("--seed", type=int, default=31337)
@@ -136,6 +143,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         args.model_command = "push"
         return registry_command(args, prog="detector-train")
+    if args.command == "verdicts":
+        import json
+
+        from training.verdicts import load_labels, report
+
+        try:
+            labels = load_labels(args.verdicts, args.flags)
+        except (OSError, ValueError, KeyError) as exc:
+            sys.stderr.write(f"detector-train: error: {exc}\n")
+            return 2
+        if not len(labels):
+            sys.stderr.write("detector-train: error: no verdict names a flag of the flags dump\n")
+            return 2
+        rep = report(labels, args.target_precision)
+        b, a = rep["before"], rep["after"]
+        print(f"{rep['labelled_flags']} judged flags ({rep['confirmed']} confirmed, {rep['false_positive']} false "
+              f"positives, {rep['unmatched_verdicts']} verdicts without their flag)")
+        print("| operating point | publish threshold | judged precision | flags | confirmed kept |")
+        print("|---|---|---|---|---|")
+        print(f"| as published | {b['threshold']:.4f} | {b['precision']:.3f} | {b['flags']} | 1.000 |")
+        print(f"| re-estimated (precision >= {args.target_precision:g}) | {a['threshold']:.4f} | {a['precision']:.3f} "
+              f"| {a['flags']} | {a['confirmed_kept']:.3f} |")
+        if args.output:
+            with open(args.output, "w") as f:
+                json.dump(rep, f, indent=2)
+        return 0
     if args.command == "canary":
         from training.canary import DEFAULT_PATH, write_canary
 

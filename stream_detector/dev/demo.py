@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from stream_detector.config import Settings
 from stream_detector.dev.embedded import EmbeddedStack, free_port
@@ -120,8 +120,11 @@ async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings:
         "flags": f"{run_id}-flags",
         "dlq": f"{run_id}-dlq",
         "accounts": f"{run_id}-account-flags",
+        "verdicts": f"{run_id}-verdicts",
+        "review": f"{run_id}-flags-review",
     }
-    await ensure_topics(bootstrap, {t: settings.topic_partitions for t in topics.values()})
+    await ensure_topics(bootstrap, {t: 1 if name == "verdicts" else settings.topic_partitions
+                                    for name, t in topics.items()})
     port = free_port()
     env = dict(os.environ)
     env.update(
@@ -131,6 +134,8 @@ async def _demo(data, duration: float, bootstrap: str, redis_url: str, settings:
         DETECTOR_FLAGS_TOPIC=topics["flags"],
         DETECTOR_DLQ_TOPIC=topics["dlq"],
         DETECTOR_ACCOUNT_FLAGS_TOPIC=topics["accounts"],
+        DETECTOR_VERDICTS_TOPIC=topics["verdicts"],
+        DETECTOR_REVIEW_TOPIC=topics["review"],
         DETECTOR_CONSUMER_GROUP=f"{run_id}-group",
         DETECTOR_KEY_PREFIX=run_id,
         DETECTOR_WEB_PORT=str(port),
@@ -267,8 +272,10 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc,
         await asyncio.sleep(1.0)
         shower.cancel()
         await flags_consumer.stop()
-    return await _summary(data, redis_url, run_id, last_flag, time.monotonic() - t0, port, withdrawn, world,
+    code = await _summary(data, redis_url, run_id, last_flag, time.monotonic() - t0, port, withdrawn, world,
                           account_flags)
+    await _moderate_one(data, bootstrap, topics, last_flag)
+    return code
 
 
 async def _summary(data, redis_url: str, run_id: str, last_flag: dict, elapsed: float, port: int,
@@ -331,6 +338,48 @@ async def _summary(data, redis_url: str, run_id: str, last_flag: dict, elapsed: 
         f"{m.get('detector_events_invalid_total', 0):.0f} invalid, {m.get('detector_flags_total', 0):.0f} flags published"
     )
     return 0
+
+
+async def _moderate_one(data, bootstrap: str, topics: dict[str, str], last_flag: dict[str, dict]) -> None:
+    """The moderation loop in one step: a moderator clears a standing flag (a false positive by
+    the simulator's truth when there is one); the worker withdraws it and says why."""
+    standing = {v: f for v, f in last_flag.items() if f["status"] != "withdrawn"}
+    if not standing:
+        print("\n=== moderation ===\nno standing flag to judge")
+        return
+    organic = [v for v in sorted(standing) if not data.label[data.video_ids.index(v)]]
+    vid = (organic or sorted(standing))[0]
+    flag = standing[vid]
+    verdict = {"flag_id": flag["flag_id"], "video_id": vid, "verdict": "false_positive", "scope": "episode",
+               "reviewer": "demo-moderator", "reason": "organic by the simulator's truth" if organic else "a test",
+               "ts": time.time()}
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await consumer.start()
+    await producer.start()
+    try:
+        tps = [TopicPartition(topics["flags"], p) for p in sorted(consumer.partitions_for_topic(topics["flags"]) or ())]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        print("\n=== moderation ===")
+        print(f"verdict -> {topics['verdicts']}: {json.dumps(verdict)}")
+        t0 = time.monotonic()
+        await producer.send_and_wait(topics["verdicts"], json.dumps(verdict).encode(), key=vid.encode())
+        while time.monotonic() - t0 < 15:
+            batch = await consumer.getmany(timeout_ms=200)
+            for rec in (r for recs in batch.values() for r in recs):
+                doc = json.loads(rec.value)
+                if doc["video_id"] == vid:
+                    print(f"{time.monotonic() - t0:.2f} s later on {topics['flags']}: status {doc['status']}, "
+                          f"moderation {json.dumps(doc.get('moderation'))}\n  explanation: {doc['explanation']}")
+                    print("the episode stays closed unless its evidence grows; /verdicts on the worker lists it")
+                    return
+        print("no withdrawal within 15 s (see the worker log)")
+    finally:
+        await producer.stop()
+        await consumer.stop()
 
 
 def _hour(iso: str) -> int:

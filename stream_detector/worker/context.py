@@ -40,6 +40,9 @@ class WorkerContext:
     def shadow_flag_key(self, video_id: str, sha256: str) -> str:
         return keys.shadow_flag_state(self.settings.key_prefix, video_id, sha256)
 
+    def channel_key(self, video_id: str) -> str:
+        return keys.video_channel(self.settings.key_prefix, video_id)
+
     def score_key(self, video_id: str) -> str:
         return keys.score(self.settings.key_prefix, video_id)
 

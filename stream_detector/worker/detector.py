@@ -32,6 +32,7 @@ from stream_detector.config import Settings
 from stream_detector.dependencies import TRANSIENT, Backoff, DependencyGuard, DependencyLost
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact
+from stream_detector.moderation import VerdictBook
 from stream_detector.publisher import FlagPublisher
 from stream_detector.schedule import RescoreSchedule
 from stream_detector.windows import WindowStore
@@ -43,6 +44,7 @@ from stream_detector.worker.ingest import Arrivals, Ingest, Prepared
 from stream_detector.worker.model_slot import ModelSlot
 from stream_detector.worker.score_process import ScoringProcess
 from stream_detector.worker.scoring import ScoringLoop
+from stream_detector.worker.verdicts import VerdictFollower
 
 log = logging.getLogger("stream_detector.detector")
 
@@ -100,6 +102,8 @@ class Detector:
         self.scoring: ScoringLoop | None = None
         self.score_processes: list[ScoringProcess] = []
         self.publisher: FlagPublisher | None = None
+        self.book = VerdictBook()  # moderators' verdicts (moderation.py), read by worker/verdicts.py
+        self.verdicts: VerdictFollower | None = None
         self.batch_lock = asyncio.Lock()  # held while a fetched batch is being written
         self._tasks: dict[str, asyncio.Task] = {}
         self._lanes: list[asyncio.Task] = []
@@ -157,8 +161,12 @@ class Detector:
         )
         await ctx.consumer.start()
         ctx.schedule = RescoreSchedule(ctx.redis, prefix=s.key_prefix, topic=s.events_topic, metrics=ctx.metrics)
+        ctx.metrics.judged_precision_floor.set(s.judged_precision_floor)
+        self.verdicts = VerdictFollower(ctx, self.book)
+        await self.verdicts.start()  # the allowlists hold from the first decision after a restart
         self.publisher = FlagPublisher(ctx.redis, ctx.producer, ctx.metrics, topic=s.flags_topic,
-                                       state_key=ctx.flag_key)
+                                       state_key=ctx.flag_key, book=self.book, review_topic=s.review_topic,
+                                       channel_key=ctx.channel_key)
         # one child for cadence batches and one for the immediate path, so a spike is never
         # queued behind cadence batches there; the cadence child runs at a lower CPU priority
         # (CADENCE_NICENESS): in an hour closure's burst it waits, spikes do not
@@ -172,7 +180,7 @@ class Detector:
                                    ctx.producer, self.checkpoint)
         ctx.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         for name, coro in (("consume", self._consume_loop()), ("scoring", self._score_loop()),
-                           ("broker probe", self._probe_loop())):
+                           ("broker probe", self._probe_loop()), ("verdicts", self.verdicts.run())):
             self._tasks[name] = asyncio.create_task(self._supervised(name, coro), name=f"detector-{name}")
         log.info("detector started group=%s topic=%s model=%s", s.consumer_group, s.events_topic,
                  self.slot.scorer.model.version)
@@ -192,6 +200,8 @@ class Detector:
                     await task
             except Exception:  # noqa: BLE001 - already logged by the loop; keep closing the rest
                 pass
+        if self.verdicts is not None:
+            await self.verdicts.stop()
         for client in (ctx.consumer, ctx.producer):
             if client is not None:
                 await client.stop()

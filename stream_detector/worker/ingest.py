@@ -158,6 +158,7 @@ class Ingest:
         self.arrivals = arrivals
         self.confirm_hours = confirm_hours  # callable: the serving decision's confirm_hours
         self.consumed = 0
+        self._channels: dict[str, str] = {}  # what remember_channels wrote lately
         self.marks = DueMarks(ctx, checkpoint, confirm_hours)
         self.rebuilder = Rebuilder(ctx, checkpoint, self.marks)
 
@@ -254,6 +255,8 @@ class Ingest:
                 events, partitions = events.take(keep), partitions[keep]
             spiked = await ctx.guard.call("redis", "schedule",
                                           lambda: self.marks.mark_due(events, partitions, result.spikes), ctx.stopping)
+            if events.channel_ids is not None:  # event 1.1: the moderation loop's channel scope
+                await ctx.guard.call("redis", "channels", lambda: self.remember_channels(events), ctx.stopping)
             if ctx.accounts is not None and events.user_ids is not None:  # the user level (event 1.1)
                 await ctx.guard.call("redis", "accounts", lambda: ctx.accounts.ingest(events, partitions),
                                      ctx.stopping)
@@ -263,6 +266,23 @@ class Ingest:
         if dead:
             await ctx.guard.call("broker", "dead letters", lambda: self.dead_letter(dead), ctx.stopping)
         cp.written(b.fetched)  # committable: windows, marks and dead letters are written
+
+    async def remember_channels(self, events: EventColumns) -> None:
+        """The latest channel of each video (event 1.1 ``channel_id``), written when it changes:
+        a channel allowlist (moderation.py) holds for every video of the channel."""
+        ctx = self.ctx
+        latest = {v: ch for v, ch in zip(events.video_ids, events.channel_ids or (), strict=True) if ch is not None}
+        changed = {v: ch for v, ch in latest.items() if self._channels.get(v) != ch}
+        if not changed:
+            return
+        ttl = int(ctx.settings.idle_ttl_seconds)
+        pipe = ctx.redis.pipeline(transaction=False)
+        for v, ch in changed.items():
+            pipe.set(ctx.channel_key(v), ch, ex=ttl)
+        await ctx.metrics.timed_redis("verdicts", pipe.execute())
+        if len(self._channels) + len(changed) > MAX_TRACKED_VIDEOS:
+            self._channels.clear()
+        self._channels.update(changed)
 
     def _count_consumed(self, events: EventColumns) -> None:
         totals = np.count_nonzero(events.counts > 0, axis=0)

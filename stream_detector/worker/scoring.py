@@ -271,7 +271,8 @@ class ScoringLoop:
             assert ctx.redis is not None and ctx.producer is not None
             pub = self._shadow_publishers[model.sha256] = FlagPublisher(
                 ctx.redis, ctx.producer, ctx.metrics, topic=ctx.settings.shadow_flags_topic,
-                state_key=lambda v: ctx.shadow_flag_key(v, model.sha256), shadow=True)
+                state_key=lambda v: ctx.shadow_flag_key(v, model.sha256), shadow=True,
+                book=self.publisher.book, channel_key=ctx.channel_key)
         return pub
 
     async def _store_scores(self, batch: list[Scored], scorer: Scorer, decision: StreamDecision,

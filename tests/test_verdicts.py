@@ -1,0 +1,147 @@
+"""The verdict contract and the moderation rules (no servers: pure functions; the worker's end
+to end behaviour on real servers is in tests/test_moderation_loop.py)."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stream_detector.decision import Published, VideoDecisionState
+from stream_detector.events import Rejection
+from stream_detector.moderation import CLEARED_MARGIN, VerdictBook, moderate
+from stream_detector.scoring import FlaggedWindow
+from stream_detector.verdicts import REASONS, SCHEMA_PATH, Verdict, parse_verdict
+
+NOW = 1_780_000_000.0
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+
+
+def _raw(**doc) -> bytes:
+    return json.dumps({"verdict": "false_positive", "scope": "episode", "flag_id": "f1", "video_id": "v1",
+                       "ts": "2026-06-01T10:00:00Z", **doc}).encode()
+
+
+def test_a_valid_verdict_parses_and_matches_the_schema() -> None:
+    v = parse_verdict(_raw(reviewer="ana", reason="premiere"), key="0:7")
+    assert isinstance(v, Verdict)
+    assert (v.verdict, v.scope, v.flag_id, v.video_id, v.reviewer, v.key) == (
+        "false_positive", "episode", "f1", "v1", "ana", "0:7")
+    jsonschema.validate(json.loads(_raw(reviewer="ana")), SCHEMA)
+
+
+def test_each_bad_verdict_gets_its_reason() -> None:
+    cases = {
+        b"{": "not_json",
+        b"[1]": "not_object",
+        _raw(verdict="maybe"): "bad_verdict",
+        _raw(scope="planet"): "bad_scope",
+        _raw(video_id=None): "missing_subject",
+        _raw(user_id="u1"): "missing_subject",  # both subjects
+        _raw(scope="account"): "missing_subject",  # account needs user_id
+        _raw(scope="channel"): "missing_subject",  # channel needs channel_id
+        _raw(flag_id=None): "missing_flag_id",
+        _raw(video_id="   "): "bad_id",
+        _raw(ts="yesterday"): "bad_timestamp",
+        _raw(until="soon", scope="video"): "bad_timestamp",
+        _raw(reason=42): "bad_text",
+        b"x" * 20_000: "oversized",
+    }
+    for raw, reason in cases.items():
+        got = parse_verdict(raw)
+        assert isinstance(got, Rejection) and got.reason == reason, (raw[:80], got)
+        assert reason in REASONS
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(["verdict", "scope", "flag_id", "video_id", "user_id", "channel_id",
+                                        "until", "ts", "reviewer", "reason", "other"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True),
+                                 st.text(max_size=30), st.sampled_from(["false_positive", "confirmed", "episode",
+                                                                        "video", "channel", "account",
+                                                                        "2026-06-01T10:00:00Z"]),
+                                 st.lists(st.integers(), max_size=2))))
+def test_the_parser_never_raises_and_what_it_accepts_the_schema_accepts(doc) -> None:
+    got = parse_verdict(json.dumps(doc).encode())
+    if isinstance(got, Verdict):  # null counts as absent (as in events)
+        jsonschema.validate({k: v for k, v in doc.items() if v is not None}, SCHEMA)
+    else:
+        assert got.reason in REASONS
+
+
+def _w(start: int, end: int, score: float, patterns=("drip_feed",)) -> FlaggedWindow:
+    return FlaggedWindow(start, end, score, ("views",), patterns)
+
+
+def _standing(fid: str = "f1") -> VideoDecisionState:
+    return VideoDecisionState(windows=[_w(100, 104, 0.9)], flag_id=fid, status="new", score=0.9,
+                              published_severity="high", episode_ids=(fid,))
+
+
+def _verdict(**kw) -> Verdict:
+    base = dict(verdict="false_positive", scope="episode", ts=NOW, flag_id="f1", video_id="v1", key="0:1")
+    return Verdict(**{**base, **kw})
+
+
+def test_a_false_positive_withdraws_the_episode_and_it_stays_closed_until_the_evidence_grows() -> None:
+    book = VerdictBook()
+    book.add(_verdict())
+    old = _standing()
+    m = moderate(book, "v1", None, old, old, None, NOW)
+    assert m.flag is not None and m.flag.status == "withdrawn" and m.applied == "0:1"
+    assert m.moderation["action"] == "withdrawn" and m.moderation["verdict"] == "false_positive"
+    state = m.state
+    assert state.cleared["last_hour"] == 103 and not state.active
+    # the same hours flagged again by the decision: held back
+    again = Published("new", "f2", (_w(100, 104, 0.92),), 0.92, "high")
+    m2 = moderate(book, "v1", None, state, state, again, NOW)
+    assert m2.flag is None and m2.suppressed == "episode_cleared"
+    # applying the verdict twice changes nothing (a replay at start)
+    assert moderate(book, "v1", None, state, state, None, NOW).flag is None
+    # new hours, but not higher: still closed; higher by the margin: published
+    later_low = Published("new", "f3", (_w(110, 112, 0.9 + CLEARED_MARGIN / 2),), 0.93, "high")
+    assert moderate(book, "v1", None, state, state, later_low, NOW).flag is None
+    later_high = Published("new", "f4", (_w(110, 112, 0.9 + 2 * CLEARED_MARGIN),), 0.99, "critical")
+    m3 = moderate(book, "v1", None, state, state, later_high, NOW)
+    assert m3.flag is later_high and m3.state.episode_ids == ("f4",)
+    # a pattern the cleared episode did not show is material too
+    other = Published("new", "f5", (_w(100, 101, 0.8, ("spike",)),), 0.8, "medium")
+    assert moderate(book, "v1", None, state, state, other, NOW).flag is other
+
+
+def test_an_older_flag_id_of_the_standing_episode_applies_to_it() -> None:
+    book = VerdictBook()
+    book.add(_verdict(flag_id="f-old"))
+    old = replace_state(_standing("f-new"), episode_ids=("f-old", "f-new"))
+    m = moderate(book, "v1", None, old, old, None, NOW)
+    assert m.flag is not None and m.flag.status == "withdrawn"
+
+
+def test_an_allowlist_suppresses_reviews_critical_once_and_expires() -> None:
+    book = VerdictBook()
+    book.add(_verdict(scope="channel", channel_id="c1", flag_id=None, until=NOW + 3600, key="0:2"))
+    rec = Published("new", "f9", (_w(100, 102, 0.99),), 0.99, "critical")
+    m = moderate(book, "v7", "c1", None, VideoDecisionState(), rec, NOW)
+    assert m.flag is None and m.review is rec and m.suppressed == "allowlist_channel"
+    m2 = moderate(book, "v7", "c1", m.state, VideoDecisionState(), rec, NOW)
+    assert m2.flag is None and m2.review is None  # reviewed once per flag id
+    assert moderate(book, "v7", "c1", m.state, VideoDecisionState(), rec, NOW + 7200).flag is rec  # expired
+    assert moderate(book, "v7", "c2", None, VideoDecisionState(), rec, NOW).flag is rec  # another channel
+
+
+def test_a_video_allowlist_withdraws_the_standing_flag_and_a_confirmed_verdict_ends_it() -> None:
+    book = VerdictBook()
+    book.add(_verdict(scope="video", flag_id=None, key="0:3"))
+    old = _standing()
+    m = moderate(book, "v1", None, old, old, None, NOW)
+    assert m.flag.status == "withdrawn" and m.moderation["scope"] == "video"
+    book.add(_verdict(scope="video", verdict="confirmed", flag_id=None, key="0:4"))
+    assert book.allowlist_for("v1", None, NOW) is None
+
+
+def replace_state(state: VideoDecisionState, **kw) -> VideoDecisionState:
+    from dataclasses import replace
+
+    return replace(state, **kw)
