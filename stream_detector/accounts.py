@@ -331,7 +331,7 @@ class InMemoryAccountStore:
 
 
 # ---------------------------------------------------------------------- decision and record
-ACCOUNT_SCHEMA_VERSION = "1.0"
+ACCOUNT_SCHEMA_VERSION = "1.1"
 DETECTOR = {"name": "account-detector", "version": "1.0"}
 WITHDRAW = 0.4  # a flagged account whose score falls below this (with new activity) is withdrawn
 
@@ -348,6 +348,9 @@ class AccountFlagState:
     videos: int = 0
     group_size: int = 0
     flagged_at_minute: int = 0
+    # the moderation loop's (moderation.py): this episode's flag ids, a cleared episode
+    episode_ids: tuple[str, ...] = ()
+    cleared: dict | None = None
 
     @property
     def active(self) -> bool:
@@ -364,6 +367,7 @@ class AccountFlagState:
     def from_dict(cls, d: dict) -> AccountFlagState:
         d = dict(d)
         d["patterns"] = tuple(d.get("patterns", ()))
+        d["episode_ids"] = tuple(d.get("episode_ids", ()))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -404,8 +408,10 @@ def account_flag_id(user_id: str, generation: int, records: int) -> str:
 
 
 def account_record(sc: AccountScore, state: AccountFlagState, status: str, *, watermark: float,
-                   detected_at: float, organic_rate: float | None = None) -> dict:
-    """The account flag (``account-flag.schema.json`` 1.0)."""
+                   detected_at: float, organic_rate: float | None = None, moderation: dict | None = None,
+                   ) -> dict:
+    """The account flag (``account-flag.schema.json`` 1.1: ``moderation`` when a verdict
+    withdrew it)."""
     from stream_detector.flags import iso, severity
     from stream_detector.series import minute_iso
 
@@ -427,4 +433,4 @@ def account_record(sc: AccountScore, state: AccountFlagState, status: str, *, wa
         "model": dict(DETECTOR),
         "watermark": iso(watermark),
         "detected_at": iso(detected_at),
-    }
+    } | ({"moderation": moderation} if moderation is not None else {})

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
     r.add_argument("--seed", type=int, default=1)
 
+    du = sub.add_parser("dump", help="write a topic's records (e.g. verdicts, flags) to a JSON-lines file, "
+                                     "for `detector-train verdicts`")
+    du.add_argument("topic", help="topic name, e.g. engagement-verdicts")
+    du.add_argument("--output", required=True, help="JSON-lines file (one record value per line)")
+    du.add_argument("--timeout", type=float, default=10.0, help="stop after this many seconds without a new record")
+
     m = sub.add_parser("model", help="show or change the serving model")
     msub = m.add_subparsers(dest="model_command", required=True, parser_class=_Parser)
     mi = msub.add_parser("inspect", help="validate an ONNX artifact and print its metadata")
@@ -298,7 +304,62 @@ def _dispatch(args: argparse.Namespace) -> int:
         if not args.file and not args.simulate:
             return _fail("replay needs a FILE or --simulate N")
         return run_replay(args.file, simulate=args.simulate, rate=args.rate, seed=args.seed)
+    if args.command == "dump":
+        return cmd_dump(args)
     return _fail(f"unknown command {args.command}")
+
+
+def cmd_dump(args: argparse.Namespace) -> int:
+    """Every record of a topic, from its beginning, one value per line (values that are not
+    JSON objects are skipped and counted)."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.errors import KafkaError
+
+    from stream_detector.config import SettingsError, setting
+
+    try:
+        bootstrap = str(setting("kafka_bootstrap_servers"))
+    except SettingsError as exc:
+        return _fail(str(exc))
+    if not bootstrap:
+        return _fail("KAFKA_BOOTSTRAP_SERVERS is not set")
+
+    async def run() -> tuple[int, int]:
+        consumer = AIOKafkaConsumer(args.topic, bootstrap_servers=bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        written = skipped = 0
+        try:
+            with open(args.output, "w") as out:
+                loop = asyncio.get_running_loop()
+                last = loop.time()
+                while loop.time() - last < args.timeout:
+                    batch = await consumer.getmany(timeout_ms=500)
+                    for rec in (r for recs in batch.values() for r in recs):
+                        last = loop.time()
+                        try:
+                            doc = json.loads(rec.value)
+                        except (TypeError, ValueError):
+                            doc = None
+                        if not isinstance(doc, dict):
+                            skipped += 1
+                            continue
+                        out.write(json.dumps(doc, separators=(",", ":")) + "\n")
+                        written += 1
+        finally:
+            await consumer.stop()
+        return written, skipped
+
+    try:
+        written, skipped = asyncio.run(run())
+    except (KafkaError, OSError) as exc:
+        sys.stderr.write(f"stream-detector: error: dump {args.topic}: {type(exc).__name__}: {exc}\n")
+        return 1
+    print(f"{written} records of {args.topic} -> {args.output}" + (f" ({skipped} not JSON objects, skipped)"
+                                                                   if skipped else ""))
+    return 0
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ class VideoDecisionState:
     published_windows: int = 0
     score: float = 0.0
     # the moderation loop's (moderation.py): this episode's published flag ids, a cleared
-    # episode, the last flag id sent for review, when the episode was first flagged (wall clock)
+    # episode, the allowlist under which a flag went to review, when the episode was first flagged (wall clock)
     episode_ids: tuple[str, ...] = ()
     cleared: dict | None = None
     reviewed: str | None = None

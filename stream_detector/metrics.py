@@ -399,7 +399,7 @@ class Metrics:
                 self.verdicts.labels(verdict=verdict, scope=scope)
         for reason in VERDICT_REASONS:
             self.verdicts_invalid.labels(reason=reason)
-        for reason in ("episode_cleared", "allowlist_video", "allowlist_channel"):
+        for reason in ("episode_cleared", "allowlist_video", "allowlist_channel", "allowlist_account"):
             self.moderation_suppressed.labels(reason=reason)
         for scope in SCOPES:
             self.moderation_withdrawn.labels(scope=scope)

@@ -13,7 +13,7 @@ each worker reads all of it from the beginning at start, then follows it), and
   later verdict on the same subject and scope). The video is still scored and visible in
   ``/score``; no flag is published while it holds (a standing one is withdrawn), and every
   suppression is counted. A suppressed flag whose severity is ``critical`` goes to the
-  review topic instead, once per flag id: an allowlist cannot silently hide a farm.
+  review topic instead, once per allowlist verdict: an allowlist cannot silently hide a farm.
 - **Confirmed / unsure**: labels (counted, exported for ``detector-train verdicts``); a
   ``confirmed`` on a subject and scope ends an allowlist a false positive started there.
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
+from stream_detector.accounts import AccountFlagState
 from stream_detector.decision import Published, VideoDecisionState
 from stream_detector.flags import flag_id
 from stream_detector.verdicts import Verdict
@@ -135,8 +136,8 @@ def moderate(book: VerdictBook, video_id: str, channel_id: str | None, old: Vide
         if rec is None or rec.status == "withdrawn":
             return Moderated(old if rec is None else new, None)
         reason = f"allowlist_{allow.scope}"
-        if rec.severity == "critical" and old.reviewed != rec.flag_id:
-            return Moderated(replace(old, reviewed=rec.flag_id), None, review=rec, suppressed=reason,
+        if rec.severity == "critical" and old.reviewed != allow.key:
+            return Moderated(replace(old, reviewed=allow.key), None, review=rec, suppressed=reason,
                              moderation=moderation_doc(allow, "suppressed"))
         return Moderated(old, None, suppressed=reason)
     # 3. a cleared episode: a new flag only when the evidence grew materially
@@ -182,3 +183,58 @@ def _withdraw(old: VideoDecisionState, cleared: dict | None, video_id: str, doc:
     state = replace(old, flag_id=fid, status="withdrawn", generation=old.generation + 1, cleared=cleared)
     rec = Published("withdrawn", fid, tuple(old.windows), old.score, old.published_severity, cause="moderation")
     return Moderated(state, rec, moderation=doc, applied=key)
+
+
+@dataclass(frozen=True)
+class ModeratedAccount:
+    """``moderate_account``'s answer, like ``Moderated`` for an account's flag."""
+
+    state: AccountFlagState
+    status: str | None
+    moderation: dict | None = None
+    suppressed: str | None = None
+
+
+def moderate_account(book: VerdictBook, user_id: str, old: AccountFlagState | None, new: AccountFlagState,
+                     status: str | None, now: float) -> ModeratedAccount:
+    """The same rules for account flags: a false positive on one of the episode's flags
+    withdraws it and clears it (flagged again only with a pattern the cleared episode did not
+    show); an account allowlist withdraws a standing flag and suppresses new ones."""
+    old = old or AccountFlagState()
+    ids = old.episode_ids
+    if status in ("new", "updated") and new.flag_id is not None:
+        ids = ((() if status == "new" else ids) + (new.flag_id,))[-EPISODE_IDS_KEPT:]
+    new = replace(new, episode_ids=ids, cleared=old.cleared)
+    kept = book.account_episodes.get(user_id) or {}
+    for v in kept.values():
+        if v.flag_id in old.episode_ids and (old.cleared or {}).get("verdict") != v.key:
+            cleared = {"verdict": v.key, "flag_id": v.flag_id, "patterns": sorted(old.patterns)}
+            if old.active:
+                return ModeratedAccount(_withdraw_account(user_id, old, cleared), "withdrawn",
+                                        moderation_doc(v, "withdrawn"))
+            return ModeratedAccount(replace(old, cleared=cleared), None)
+    allow = book.account_allowlisted(user_id, now)
+    if allow is not None:
+        if old.active:
+            return ModeratedAccount(_withdraw_account(user_id, old, old.cleared), "withdrawn",
+                                    moderation_doc(allow, "withdrawn"))
+        return ModeratedAccount(old, None, suppressed="allowlist_account" if status else None)
+    if status == "new" and old.cleared and not old.active and \
+            set(new.patterns) <= set(old.cleared.get("patterns", ())):
+        return ModeratedAccount(old, None, suppressed="episode_cleared")
+    return ModeratedAccount(new, status)
+
+
+def _withdraw_account(user_id: str, old: AccountFlagState, cleared: dict | None) -> AccountFlagState:
+    from stream_detector.accounts import account_flag_id
+
+    state = replace(old, status="withdrawn", records=old.records + 1, generation=old.generation + 1,
+                    cleared=cleared)
+    return replace(state, flag_id=account_flag_id(user_id, state.generation, state.records))
+
+
+def verdict_words(moderation: dict) -> str:
+    """" (false_positive, scope episode, by ana: a premiere)": the explanation's moderation part."""
+    who = f", by {moderation['reviewer']}" if moderation.get("reviewer") else ""
+    why = f": {moderation['reason']}" if moderation.get("reason") else ""
+    return f" ({moderation['verdict']}, scope {moderation['scope']}{who}{why})"

@@ -25,7 +25,7 @@ from stream_detector.decision import Published, StreamDecision, VideoDecisionSta
 from stream_detector.flags import build_record
 from stream_detector.metrics import Metrics
 from stream_detector.models import ModelArtifact
-from stream_detector.moderation import VerdictBook, moderate
+from stream_detector.moderation import VerdictBook, moderate, verdict_words
 from stream_detector.patterns import Burst
 from stream_detector.scoring import VideoScore
 from stream_detector.series import hour_start_iso
@@ -192,9 +192,9 @@ class FlagPublisher:
                 watermark: float, now: float, moderation: dict | None) -> dict:
         line = explanation(rec, scored, decision)
         if moderation is not None and moderation["action"] == "withdrawn":
-            line = "withdrawn: cleared by moderation" + _verdict_words(moderation)
+            line = "withdrawn: cleared by moderation" + verdict_words(moderation)
         elif moderation is not None:
-            line = "suppressed by moderation" + _verdict_words(moderation) + "; " + line
+            line = "suppressed by moderation" + verdict_words(moderation) + "; " + line
         return build_record(scored.score.video_id, rec, model, threshold=decision.thresholds.publish,
                             explanation=line, watermark=watermark, detected_at=now,
                             accounts=accounts_doc(rec.windows, scored.accounts, scored.account_groups),
@@ -237,10 +237,3 @@ class FlagPublisher:
                 m.end_to_end_latency.observe(max(0.0, done - scored.arrival_ms / 1000.0))
             log.info("flag video=%s flag_id=%s status=%s score=%.3f severity=%s windows=%d", doc["video_id"],
                      doc["flag_id"], doc["status"], doc["score"], doc["severity"], len(doc["windows"]))
-
-
-def _verdict_words(moderation: dict) -> str:
-    """" (false_positive, scope episode, by ana: a premiere)"."""
-    who = f", by {moderation['reviewer']}" if moderation.get("reviewer") else ""
-    why = f": {moderation['reason']}" if moderation.get("reason") else ""
-    return f" ({moderation['verdict']}, scope {moderation['scope']}{who}{why})"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import jsonschema
 import numpy as np
@@ -236,5 +238,28 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         carried = [f for f in flags if any("coordinated_accounts" in w["patterns"] for w in f["windows"])]
         assert carried, "hours carried by flagged accounts are flagged"
         assert all(f["accounts"]["flagged_share"] >= 0.3 for f in carried)
+        # a moderator clears one of them (the moderation loop): its flag is withdrawn and says why
+        asyncio.run(_send_verdict(dep, {"flag_id": first["flag_id"], "user_id": "farm-0", "verdict": "false_positive",
+                                        "scope": "episode", "reviewer": "mod", "ts": time.time()}))
+        t0 = time.monotonic()
+        withdrawn = []
+        while not withdrawn and time.monotonic() - t0 < 20:
+            later = [json.loads(r.value) for r in dep.read_topic(dep.account_flags, idle_s=0.5)][len(records):]
+            withdrawn = [r for r in later if r["user_id"] == "farm-0" and r["status"] == "withdrawn"]
+        assert withdrawn, worker.log_tail()
+        jsonschema.validate(withdrawn[0], SCHEMA)
+        assert withdrawn[0]["moderation"]["verdict"] == "false_positive"
+        assert "cleared by moderation" in withdrawn[0]["explanation"]
     finally:
         assert worker.terminate() == 0
+
+
+async def _send_verdict(dep: Deployment, doc: dict) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=dep.bootstrap, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(dep.verdicts, json.dumps(doc).encode(), key=doc["user_id"].encode())
+    finally:
+        await producer.stop()

@@ -57,13 +57,16 @@ def _docs(dep: Deployment, topic: str, idle_s: float = 0.5) -> list[dict]:
     return [json.loads(r.value) for r in dep.read_topic(topic, idle_s=idle_s)]
 
 
-def _wait_for(dep: Deployment, topic: str, seen: int, pred, timeout_s: float) -> tuple[dict | None, float]:
-    """The first record after the first ``seen`` records of ``topic`` that satisfies ``pred``."""
+def _wait_for(dep: Deployment, topic: str, seen, pred, timeout_s: float) -> tuple[dict | None, float]:
+    """The first record of ``topic`` not among ``seen`` (records read before, as returned by
+    ``_docs``: a topic read from its start comes back in no fixed order across partitions)
+    that satisfies ``pred``."""
+    known = {json.dumps(r, sort_keys=True) for r in seen}
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
         recs = asyncio.run(read_topic(dep.bootstrap, topic, expect=None, idle_s=0.3, timeout_s=timeout_s))
-        for rec in (json.loads(r.value) for r in recs[seen:]):
-            if pred(rec):
+        for rec in (json.loads(r.value) for r in recs):
+            if json.dumps(rec, sort_keys=True) not in known and pred(rec):
                 return rec, time.monotonic() - t0
         time.sleep(0.1)
     return None, time.monotonic() - t0
@@ -95,7 +98,7 @@ def test_a_false_positive_withdraws_the_flag_at_once_and_nothing_follows_while_e
     assert len(candidates) >= 3, "the simulated week must leave standing flags"
     target = candidates[0]
     first_of_episode = next(r for r in flags if r["video_id"] == target["video_id"])
-    seen = len(flags)
+    seen = flags
     # a verdict naming the episode's FIRST flag id (an older id of the standing episode)
     asyncio.run(_send(dep.bootstrap, dep.verdicts, [_verdict(first_of_episode)]))
     rec, took = _wait_for(dep, dep.flags, seen, lambda r: r["video_id"] == target["video_id"], 15.0)
@@ -105,11 +108,18 @@ def test_a_false_positive_withdraws_the_flag_at_once_and_nothing_follows_while_e
     assert "cleared by moderation" in rec["explanation"]
     assert took <= WITHDRAW_WITHIN_S + 1.0, f"withdrawn after {took:.1f} s (target {WITHDRAW_WITHIN_S} s)"
     # re-judged again (an 'unsure' marks it due) with the same evidence: no record follows
-    seen = len(_docs(dep, dep.flags))
+    seen = _docs(dep, dep.flags)
     asyncio.run(_send(dep.bootstrap, dep.verdicts, [_verdict(target, verdict="unsure")]))
     rec, _ = _wait_for(dep, dep.flags, seen, lambda r: r["video_id"] == target["video_id"], 4.0)
     assert rec is None, f"a cleared episode was flagged again without new evidence: {rec}"
+    # a moderator confirms another flag: a label; the flag stands, judged precision is 1 of 2
+    confirmed = candidates[1]
+    seen = _docs(dep, dep.flags)
+    asyncio.run(_send(dep.bootstrap, dep.verdicts, [_verdict(confirmed, verdict="confirmed")]))
+    rec, _ = _wait_for(dep, dep.flags, seen, lambda r: r["video_id"] == confirmed["video_id"], 3.0)
+    assert rec is None, f"a confirmed flag changed: {rec}"
     m = worker.metrics()
+    assert m["detector_judged_precision"] == 0.5 and m["detector_judged_verdicts"] == 2
     assert m['detector_moderation_withdrawn_total{scope="episode"}'] >= 1
     assert m['detector_verdicts_total{scope="episode",verdict="false_positive"}'] >= 1
     status, view = worker.get_json("/verdicts")
@@ -118,7 +128,7 @@ def test_a_false_positive_withdraws_the_flag_at_once_and_nothing_follows_while_e
 
 def test_bad_verdicts_and_unknown_flags_are_dead_lettered_with_their_reason(moderated):
     dep, worker = moderated["dep"], moderated["worker"]
-    before = len(dep.read_topic(dep.dlq, idle_s=0.5))
+    before = {(r.partition, r.offset) for r in dep.read_topic(dep.dlq, idle_s=0.5)}
     unknown = {"flag_id": "f" * 32, "video_id": "never-seen", "verdict": "false_positive", "scope": "episode",
                "ts": time.time()}
     asyncio.run(_send(dep.bootstrap, dep.verdicts, [b"{not json", {"verdict": "maybe", "scope": "video",
@@ -127,7 +137,7 @@ def test_bad_verdicts_and_unknown_flags_are_dead_lettered_with_their_reason(mode
     reasons: list[str] = []
     while time.monotonic() - t0 < 20 and len(reasons) < 3:
         recs = dep.read_topic(dep.dlq, idle_s=0.5)
-        reasons = [dict(r.headers)["dlq.reason"].decode() for r in recs[before:]]
+        reasons = [dict(r.headers)["dlq.reason"].decode() for r in recs if (r.partition, r.offset) not in before]
     assert sorted(reasons) == ["bad_verdict", "not_json", "unknown_flag"], (reasons, worker.log_tail())
     assert worker.metrics()['detector_verdicts_invalid_total{reason="unknown_flag"}'] == 1
 
@@ -137,7 +147,7 @@ def test_an_allowlist_holds_across_a_sigkill_and_a_critical_flag_goes_to_review(
     worker = moderated["worker"]
     standing = _standing(_docs(dep, dep.flags))
     target = next(r for v, r in standing.items() if v not in moderated["channel_of"])
-    seen = len(_docs(dep, dep.flags))
+    seen = _docs(dep, dep.flags)
     asyncio.run(_send(dep.bootstrap, dep.verdicts, [_verdict(target, scope="video")]))
     rec, _ = _wait_for(dep, dep.flags, seen, lambda r: r["video_id"] == target["video_id"], 15.0)
     assert rec is not None and rec["status"] == "withdrawn" and rec["moderation"]["scope"] == "video"
@@ -145,20 +155,21 @@ def test_an_allowlist_holds_across_a_sigkill_and_a_critical_flag_goes_to_review(
     worker.terminate(signal.SIGKILL)
     worker = moderated["worker"] = WorkerProcess(dep, moderated["logs"])
     worker.wait_ready()
-    seen = len(_docs(dep, dep.flags))
-    reviews_before = len(_docs(dep, dep.review))
+    seen = _docs(dep, dep.flags)
+    reviews_before = _docs(dep, dep.review)
     # the allowlisted video gets a burst no organic video has: 50,000 likes in one minute
     last_ts = float((data.start_hour + data.counts.shape[-1]) * 3600)
     burst = [{"video_id": target["video_id"], "ts": last_ts + 60 + k, "likes": 5000} for k in range(10)]
     dep.produce([(e["video_id"], json.dumps(e).encode()) for e in burst])
     worker.wait_drained()
-    later = _docs(dep, dep.flags, idle_s=1.0)[seen:]
-    assert not [r for r in later if r["video_id"] == target["video_id"]], "an allowlisted video was flagged"
+    review, _ = _wait_for(dep, dep.review, reviews_before, lambda r: True, 20.0)
+    assert review is not None and review["video_id"] == target["video_id"], worker.log_tail()
+    assert review["severity"] == "critical" and review["moderation"]["action"] == "suppressed"
+    flagged, _ = _wait_for(dep, dep.flags, seen, lambda r: r["video_id"] == target["video_id"], 2.0)
+    assert flagged is None, f"an allowlisted video was flagged: {flagged}"
     status, score = worker.get_json(f"/score/{target['video_id']}")
     assert status == 200 and score["video_id"] == target["video_id"]  # still scored and visible
-    reviews = _docs(dep, dep.review, idle_s=1.0)[reviews_before:]
-    assert [r["video_id"] for r in reviews] == [target["video_id"]], reviews
-    assert reviews[0]["severity"] == "critical" and reviews[0]["moderation"]["action"] == "suppressed"
+    assert len(_docs(dep, dep.review)) == len(reviews_before) + 1  # once per allowlist
 
 
 def test_a_channel_allowlist_withdraws_the_channels_flags(moderated):
@@ -166,10 +177,34 @@ def test_a_channel_allowlist_withdraws_the_channels_flags(moderated):
     standing = _standing(_docs(dep, dep.flags))
     mine = [r for v, r in standing.items() if moderated["channel_of"].get(v) == CHANNEL]
     assert mine, "the channel's fakes must be flagged"
-    seen = len(_docs(dep, dep.flags))
+    seen = _docs(dep, dep.flags)
     docs = [_verdict(r, scope="channel", channel_id=CHANNEL, until=time.time() + 3600) for r in mine]
     asyncio.run(_send(dep.bootstrap, dep.verdicts, docs))
     for r in mine:
         rec, _ = _wait_for(dep, dep.flags, seen, lambda x, v=r["video_id"]: x["video_id"] == v, 15.0)
         assert rec is not None and rec["status"] == "withdrawn" and rec["moderation"]["scope"] == "channel", \
             worker.log_tail()
+
+
+def test_the_verdicts_topic_dumps_to_a_file_detector_train_reads(moderated, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dep = moderated["dep"]
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": dep.bootstrap}
+    out = {}
+    for name, topic in (("verdicts", dep.verdicts), ("flags", dep.flags)):
+        path = tmp_path / f"{name}.jsonl"
+        done = subprocess.run([sys.executable, "-m", "stream_detector.cli", "dump", topic, "--output", str(path),
+                               "--timeout", "2"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        out[name] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert out["verdicts"] and all("verdict" in v for v in out["verdicts"])  # the not-JSON one is skipped
+    assert len(out["flags"]) >= len(moderated["flags"])
+    done = subprocess.run([sys.executable, "-m", "training.cli", "verdicts", "--verdicts",
+                           str(tmp_path / "verdicts.jsonl"), "--flags", str(tmp_path / "flags.jsonl")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    judged = int(done.stdout.split(" judged flags")[0])
+    assert judged >= 1 and "that are no verdict" in done.stdout and "judged precision" in done.stdout

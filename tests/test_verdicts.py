@@ -126,7 +126,9 @@ def test_an_allowlist_suppresses_reviews_critical_once_and_expires() -> None:
     m = moderate(book, "v7", "c1", None, VideoDecisionState(), rec, NOW)
     assert m.flag is None and m.review is rec and m.suppressed == "allowlist_channel"
     m2 = moderate(book, "v7", "c1", m.state, VideoDecisionState(), rec, NOW)
-    assert m2.flag is None and m2.review is None  # reviewed once per flag id
+    assert m2.flag is None and m2.review is None  # reviewed once per allowlist
+    grown = Published("new", "f10", (_w(100, 105, 0.99),), 0.99, "critical")
+    assert moderate(book, "v7", "c1", m.state, VideoDecisionState(), grown, NOW).review is None
     assert moderate(book, "v7", "c1", m.state, VideoDecisionState(), rec, NOW + 7200).flag is rec  # expired
     assert moderate(book, "v7", "c2", None, VideoDecisionState(), rec, NOW).flag is rec  # another channel
 
@@ -145,3 +147,68 @@ def replace_state(state: VideoDecisionState, **kw) -> VideoDecisionState:
     from dataclasses import replace
 
     return replace(state, **kw)
+
+
+def test_account_flags_take_verdicts_the_same_way() -> None:
+    from stream_detector.accounts import AccountFlagState
+    from stream_detector.moderation import moderate_account
+
+    standing = AccountFlagState(flag_id="a1", status="new", records=1, patterns=("sync",), episode_ids=("a1",))
+    book = VerdictBook()
+    book.add(_verdict(video_id=None, user_id="u1", flag_id="a1", key="0:9"))
+    m = moderate_account(book, "u1", standing, standing, None, NOW)
+    assert m.status == "withdrawn" and m.moderation["verdict"] == "false_positive"
+    assert m.state.flag_id != "a1" and not m.state.active and m.state.cleared["patterns"] == ["sync"]
+    # flagged again with the same patterns: held back; with a new pattern: published
+    again = AccountFlagState(flag_id="a2", status="new", records=3, patterns=("sync",))
+    assert moderate_account(book, "u1", m.state, again, "new", NOW).status is None
+    more = AccountFlagState(flag_id="a3", status="new", records=3, patterns=("no_sleep", "sync"))
+    assert moderate_account(book, "u1", m.state, more, "new", NOW).status == "new"
+    # an account allowlist: a standing flag withdrawn, new ones suppressed
+    book.add(_verdict(video_id=None, user_id="u2", flag_id=None, scope="account", key="0:10"))
+    other = AccountFlagState(flag_id="b1", status="new", records=1, patterns=("rate",), episode_ids=("b1",))
+    assert moderate_account(book, "u2", other, other, None, NOW).status == "withdrawn"
+    fresh = AccountFlagState(flag_id="b2", status="new", records=1, patterns=("rate",))
+    got = moderate_account(book, "u2", None, fresh, "new", NOW)
+    assert got.status is None and got.suppressed == "allowlist_account"
+
+
+def test_labels_reestimate_the_publish_threshold_upwards_only(tmp_path) -> None:
+    from training.verdicts import load_labels, report
+
+    def flag(fid, vid, status, score):
+        return {"flag_id": fid, "video_id": vid, "status": status, "score": score, "threshold": 0.7}
+
+    flags = [flag("a1", "a", "new", 0.85), flag("a2", "a", "updated", 0.9),  # one episode, max 0.9
+             flag("b1", "b", "new", 0.8),  # a false positive
+             flag("c1", "c", "new", 0.95), flag("c2", "c", "withdrawn", 0.3), flag("c3", "c", "new", 0.75)]
+    verdicts = [{"flag_id": "a1", "video_id": "a", "verdict": "confirmed", "scope": "episode", "ts": NOW},
+                {"flag_id": "b1", "video_id": "b", "verdict": "false_positive", "scope": "episode", "ts": NOW},
+                {"flag_id": "c1", "video_id": "c", "verdict": "confirmed", "scope": "episode", "ts": NOW},
+                {"flag_id": "c3", "video_id": "c", "verdict": "false_positive", "scope": "episode", "ts": NOW},
+                {"flag_id": "zz", "video_id": "z", "verdict": "confirmed", "scope": "episode", "ts": NOW},
+                {"flag_id": "a2", "video_id": "a", "verdict": "unsure", "scope": "episode", "ts": NOW}]
+    (tmp_path / "f.jsonl").write_text("".join(json.dumps(f) + "\n" for f in flags))
+    (tmp_path / "v.jsonl").write_text("".join(json.dumps(v) + "\n" for v in verdicts))
+    labels = load_labels(tmp_path / "v.jsonl", tmp_path / "f.jsonl")
+    assert sorted(zip(labels.scores.tolist(), labels.confirmed.tolist(), strict=True)) == [
+        (0.75, False), (0.8, False), (0.9, True), (0.95, True)]  # c's second episode is its own
+    assert labels.unmatched == 1 and labels.threshold == 0.7
+    rep = report(labels, target_precision=0.9)
+    assert rep["before"]["precision"] == 0.5 and rep["before"]["flags"] == 4
+    assert rep["after"]["threshold"] == 0.9 and rep["after"]["precision"] == 1.0
+    assert rep["after"]["confirmed_kept"] == 1.0
+
+
+def test_the_verdicts_command_says_one_line_and_exits_2_on_bad_input(tmp_path, capsys) -> None:
+    from training.cli import main
+
+    (tmp_path / "v.jsonl").write_text('{"verdict": "maybe"}\nnot json\n')
+    (tmp_path / "f.jsonl").write_text("")
+    assert main(["verdicts", "--verdicts", str(tmp_path / "v.jsonl"), "--flags", str(tmp_path / "f.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "v.jsonl:2: not JSON" in err[0]
+    (tmp_path / "v.jsonl").write_text('{"verdict": "maybe"}\n')
+    assert main(["verdicts", "--verdicts", str(tmp_path / "v.jsonl"), "--flags", str(tmp_path / "f.jsonl")]) == 2
+    assert "no verdict names a flag" in capsys.readouterr().err
+    assert main(["verdicts", "--verdicts", str(tmp_path / "missing"), "--flags", str(tmp_path / "f.jsonl")]) == 2

@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rep = report(labels, args.target_precision)
         b, a = rep["before"], rep["after"]
         print(f"{rep['labelled_flags']} judged flags ({rep['confirmed']} confirmed, {rep['false_positive']} false "
-              f"positives, {rep['unmatched_verdicts']} verdicts without their flag)")
+              f"positives, {rep['unmatched_verdicts']} verdicts without their flag, {rep['invalid_records']} records "
+              f"that are no verdict)")
         print("| operating point | publish threshold | judged precision | flags | confirmed kept |")
         print("|---|---|---|---|---|")
         print(f"| as published | {b['threshold']:.4f} | {b['precision']:.3f} | {b['flags']} | 1.000 |")

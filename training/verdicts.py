@@ -32,6 +32,7 @@ class LabelledFlags:
     confirmed: np.ndarray  # bool
     threshold: float  # the publish threshold the flags were published with (their records say)
     unmatched: int  # verdicts whose flag_id is not in the flags dump
+    invalid: int = 0  # records of the dump that are no verdict (the worker dead-lettered them too)
 
     def __len__(self) -> int:
         return len(self.flag_ids)
@@ -68,11 +69,12 @@ def load_labels(verdicts_path: str | Path, flags_path: str | Path) -> LabelledFl
         else:
             del open_episode[vid]
     labels: dict[int, bool] = {}
-    unmatched = 0
-    for n, doc in enumerate(_lines(verdicts_path), 1):
+    unmatched = invalid = 0
+    for doc in _lines(verdicts_path):
         v = parse_verdict(json.dumps(doc).encode())
         if not isinstance(v, Verdict):
-            raise ValueError(f"{verdicts_path}:{n}: not a verdict ({v.reason}: {v.detail})")
+            invalid += 1
+            continue
         if v.verdict == "unsure" or v.flag_id is None or v.video_id is None:
             continue
         k = episode_of.get(v.flag_id)
@@ -85,7 +87,7 @@ def load_labels(verdicts_path: str | Path, flags_path: str | Path) -> LabelledFl
     return LabelledFlags([episodes[k]["flag_id"] for k in ks],
                          np.array([episodes[k]["score"] for k in ks], dtype=np.float64),
                          np.array([labels[k] for k in ks], dtype=bool),
-                         float(min(thresholds)) if thresholds else float("nan"), unmatched)
+                         float(min(thresholds)) if thresholds else float("nan"), unmatched, invalid)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ def report(labels: LabelledFlags, target_precision: float) -> dict:
         "confirmed": int(labels.confirmed.sum()),
         "false_positive": int((~labels.confirmed).sum()),
         "unmatched_verdicts": labels.unmatched,
+        "invalid_records": labels.invalid,
         "target_precision": target_precision,
         "before": {"threshold": round(before.threshold, 4), "precision": round(before.precision, 4),
                    "flags": before.flags},

@@ -35,6 +35,7 @@ from stream_detector.accounts import (
     shard_of,
 )
 from stream_detector.events import EventColumns
+from stream_detector.moderation import VerdictBook, moderate_account, verdict_words
 from stream_detector.schedule import RescoreSchedule, now_ms
 from stream_detector.worker.account_store import AccountStore
 from stream_detector.worker.checkpoint import Checkpoint
@@ -73,8 +74,9 @@ def actions_of(events: EventColumns, partitions: np.ndarray) -> dict[str, list[A
 
 class AccountLoop:
     def __init__(self, ctx: WorkerContext, store: AccountStore, producer: AIOKafkaProducer,
-                 checkpoint: Checkpoint) -> None:
+                 checkpoint: Checkpoint, book: VerdictBook | None = None) -> None:
         self.ctx = ctx
+        self.book = book  # moderators' verdicts (moderation.py); None: no moderation loop
         self.checkpoint = checkpoint
         self.store = store
         self.producer = producer
@@ -193,14 +195,27 @@ class AccountLoop:
         now = time.time()
         sends, new_states, docs, newly = [], {}, {}, []
         for u, sc in scores.items():
-            state, status = decide_account(states.get(u), sc, last_minute=acts[u].last_minute)
+            old = states.get(u)
+            state, status = decide_account(old, sc, last_minute=acts[u].last_minute)
+            moderation = None
+            if self.book is not None:
+                mod = moderate_account(self.book, u, old, state, status, now)
+                state, status, moderation = mod.state, mod.status, mod.moderation
+                if mod.suppressed is not None:
+                    m.moderation_suppressed.labels(reason=mod.suppressed).inc()
+                if moderation is not None:
+                    m.moderation_withdrawn.labels(scope=moderation["scope"]).inc()
+                if state != (old or AccountFlagState()) and status is None:
+                    new_states[keys.account_flag(ctx.settings.key_prefix, u)] = json.dumps(state.to_dict())
             doc = {"user_id": u, "score": round(sc.score, 4), "threshold": THRESHOLD, "flagged": sc.flagged,
                    "evidence": {k: round(v, 3) for k, v in sc.evidence.items()}, "patterns": sc.patterns,
                    "group": group_of(u, sc.partners), "explanation": sc.explanation, "judged_at": now,
                    "videos": sc.videos[:20],
                    "flag": {"flag_id": state.flag_id, "status": state.status} if state.flag_id else None}
             if status is not None:
-                rec = account_record(sc, state, status, watermark=wm, detected_at=now)
+                rec = account_record(sc, state, status, watermark=wm, detected_at=now, moderation=moderation)
+                if moderation is not None:
+                    rec["explanation"] = "withdrawn: cleared by moderation" + verdict_words(moderation)
                 sends.append((u, rec))
                 new_states[keys.account_flag(ctx.settings.key_prefix, u)] = json.dumps(state.to_dict())
                 if status == "new":

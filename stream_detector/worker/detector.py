@@ -177,7 +177,7 @@ class Detector:
         self.scoring = ScoringLoop(ctx, self.slot, self.checkpoint, self.arrivals, self.publisher,
                                    cadence, urgent_process=urgent)
         ctx.accounts = AccountLoop(ctx, AccountStore(ctx.redis, s.key_prefix, ctx.metrics, ttl_s=s.idle_ttl_seconds),
-                                   ctx.producer, self.checkpoint)
+                                   ctx.producer, self.checkpoint, self.book)
         ctx.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
         for name, coro in (("consume", self._consume_loop()), ("scoring", self._score_loop()),
                            ("broker probe", self._probe_loop()), ("verdicts", self.verdicts.run())):

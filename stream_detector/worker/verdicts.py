@@ -107,7 +107,7 @@ class VerdictFollower:
 
     async def take(self, batch: dict, *, replay: bool) -> None:
         ctx, m = self.ctx, self.ctx.metrics
-        dead, due = [], []
+        dead, due, users = [], [], set()
         for tp, records in batch.items():
             for rec in records:
                 got = parse_verdict(rec.value, key=f"{tp.partition}:{rec.offset}")
@@ -129,13 +129,17 @@ class VerdictFollower:
                     arrived = (rec.timestamp / 1000.0) if rec.timestamp else time.time()
                     self.pending[got.key] = Pending(got, rec.value, tp, rec.offset,
                                                     arrived + ctx.settings.verdict_pending_seconds)
-                if got.video_id is not None and got.scope in ("episode", "video", "channel") and (
-                        not replay or got.holds(time.time())):
-                    due.append(got)
+                if not replay or got.holds(time.time()):
+                    if got.video_id is not None:
+                        due.append(got)
+                    elif got.user_id is not None:
+                        users.add(got.user_id)
         if dead:
             await self.dead_letter(dead)
         if due and ctx.windows is not None and ctx.schedule is not None:
             await self.mark_due(due)
+        if users and ctx.accounts is not None:  # account verdicts: judged again now, in their shards
+            await ctx.accounts.mark_due(users)
 
     async def mark_due(self, verdicts: list[Verdict]) -> None:
         """The videos named, due now in their partitions (a video never seen has no window)."""
@@ -168,7 +172,9 @@ class VerdictFollower:
         if not self.pending or ctx.redis is None:
             return
         items = list(self.pending.values())
-        raw = await ctx.redis.mget([ctx.flag_key(p.verdict.video_id or "") for p in items])
+        prefix = ctx.settings.key_prefix
+        raw = await ctx.redis.mget([ctx.flag_key(p.verdict.video_id) if p.verdict.video_id is not None
+                                    else keys.account_flag(prefix, p.verdict.user_id or "") for p in items])
         now = time.time()
         expired = []
         for p, doc in zip(items, raw, strict=True):
@@ -179,7 +185,7 @@ class VerdictFollower:
                 del self.pending[p.verdict.key]
             elif now >= p.deadline:
                 del self.pending[p.verdict.key]
-                once = keys.verdict_dead_lettered(ctx.settings.key_prefix, p.verdict.key)
+                once = keys.verdict_dead_lettered(prefix, p.verdict.key)
                 if await ctx.redis.set(once, 1, nx=True, ex=14 * 24 * 3600):
                     expired.append(p)
         if expired:
