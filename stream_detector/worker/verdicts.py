@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_detector import keys
-from stream_detector.dependencies import Backoff
 from stream_detector.events import Rejection, dead_letter_headers
 from stream_detector.moderation import VerdictBook
 from stream_detector.schedule import now_ms
@@ -37,6 +36,7 @@ log = logging.getLogger("stream_detector.verdicts")
 SWEEP_S = 1.0  # pending verdicts are looked at this often
 JUDGED_WINDOW = 200  # judged precision over the last this many confirmed / false-positive verdicts
 CATCH_UP_TIMEOUT_S = 60.0
+DLQ_ONCE_S = 14 * 24 * 3600  # an unknown flag's verdict is dead-lettered once within this (older: not again)
 
 
 @dataclass
@@ -91,19 +91,13 @@ class VerdictFollower:
     async def run(self) -> None:
         """Follow the topic and sweep the pending verdicts, until the worker stops."""
         assert self.consumer is not None
-        backoff = Backoff(0.5, 10.0)
         last_sweep = 0.0
         while not self.ctx.stopping.is_set():
             batch = await self.consumer.getmany(timeout_ms=200)
             await self.take(batch, replay=False)
             if time.monotonic() - last_sweep >= SWEEP_S:
                 last_sweep = time.monotonic()
-                try:
-                    await self.sweep()
-                    backoff.reset()
-                except (ConnectionError, OSError, TimeoutError) as exc:  # Redis or the broker: next sweep
-                    log.warning("verdicts: pending sweep failed (%s); retrying", exc)
-                    await backoff.sleep()
+                await self.ctx.guard.call("redis", "verdict sweep", self.sweep, self.ctx.stopping)
 
     async def take(self, batch: dict, *, replay: bool) -> None:
         ctx, m = self.ctx, self.ctx.metrics
@@ -125,8 +119,8 @@ class VerdictFollower:
                     m.verdicts.labels(verdict=got.verdict, scope=got.scope).inc()
                     log.info("verdict %s scope=%s flag_id=%s video=%s user=%s reviewer=%s", got.verdict, got.scope,
                              got.flag_id, got.video_id, got.user_id, got.reviewer)
-                if got.scope == "episode" and got.verdict == "false_positive":
-                    arrived = (rec.timestamp / 1000.0) if rec.timestamp else time.time()
+                arrived = (rec.timestamp / 1000.0) if rec.timestamp else time.time()
+                if got.scope == "episode" and got.verdict == "false_positive" and arrived > time.time() - DLQ_ONCE_S:
                     self.pending[got.key] = Pending(got, rec.value, tp, rec.offset,
                                                     arrived + ctx.settings.verdict_pending_seconds)
                 if not replay or got.holds(time.time()):
@@ -134,12 +128,13 @@ class VerdictFollower:
                         due.append(got)
                     elif got.user_id is not None:
                         users.add(got.user_id)
+        # Redis and the broker come and go: retried as every other loop does (dependencies.py)
         if dead:
-            await self.dead_letter(dead)
+            await ctx.guard.call("broker", "verdict dead letters", lambda: self.dead_letter(dead), ctx.stopping)
         if due and ctx.windows is not None and ctx.schedule is not None:
-            await self.mark_due(due)
+            await ctx.guard.call("redis", "verdict marks", lambda: self.mark_due(due), ctx.stopping)
         if users and ctx.accounts is not None:  # account verdicts: judged again now, in their shards
-            await ctx.accounts.mark_due(users)
+            await ctx.guard.call("redis", "verdict marks", lambda: ctx.accounts.mark_due(users), ctx.stopping)
 
     async def mark_due(self, verdicts: list[Verdict]) -> None:
         """The videos named, due now in their partitions (a video never seen has no window)."""
@@ -176,23 +171,23 @@ class VerdictFollower:
         raw = await ctx.redis.mget([ctx.flag_key(p.verdict.video_id) if p.verdict.video_id is not None
                                     else keys.account_flag(prefix, p.verdict.user_id or "") for p in items])
         now = time.time()
-        expired = []
+        applied, expired = [], []
         for p, doc in zip(items, raw, strict=True):
             state = json.loads(doc) if doc else {}
-            seen = p.verdict.flag_id in state.get("episode_ids", ()) or \
-                (state.get("cleared") or {}).get("flag_id") == p.verdict.flag_id
-            if seen:
-                del self.pending[p.verdict.key]
+            if p.verdict.flag_id in state.get("episode_ids", ()) or \
+                    (state.get("cleared") or {}).get("flag_id") == p.verdict.flag_id:
+                applied.append(p)
             elif now >= p.deadline:
-                del self.pending[p.verdict.key]
-                once = keys.verdict_dead_lettered(prefix, p.verdict.key)
-                if await ctx.redis.set(once, 1, nx=True, ex=14 * 24 * 3600):
-                    expired.append(p)
-        if expired:
-            await self.dead_letter([(_Record(p.raw, p.verdict.video_id or p.verdict.user_id, p.offset), p.tp,
-                                     Rejection("unknown_flag", f"flag_id {p.verdict.flag_id} not seen within "
-                                               f"{ctx.settings.verdict_pending_seconds:g} s"))
-                                    for p in expired])
+                expired.append(p)
+        first = [p for p in expired  # whichever worker gets there first dead-letters it
+                 if await ctx.redis.set(keys.verdict_dead_lettered(prefix, p.verdict.key), 1, nx=True, ex=DLQ_ONCE_S)]
+        if first:
+            dead = [(_Record(p.raw, p.verdict.video_id or p.verdict.user_id, p.offset), p.tp,
+                     Rejection("unknown_flag", f"flag_id {p.verdict.flag_id} not seen within "
+                                               f"{ctx.settings.verdict_pending_seconds:g} s")) for p in first]
+            await ctx.guard.call("broker", "verdict dead letters", lambda: self.dead_letter(dead), ctx.stopping)
+        for p in applied + expired:
+            self.pending.pop(p.verdict.key, None)
 
     async def dead_letter(self, dead: list[tuple]) -> None:
         ctx = self.ctx
