@@ -97,7 +97,8 @@ class VerdictFollower:
             await self.take(batch, replay=False)
             if time.monotonic() - last_sweep >= SWEEP_S:
                 last_sweep = time.monotonic()
-                await self.ctx.guard.call("redis", "verdict sweep", self.sweep, self.ctx.stopping)
+                if self.pending:  # a guarded call that touches no Redis would mark Redis up
+                    await self.ctx.guard.call("redis", "verdict sweep", self.sweep, self.ctx.stopping)
 
     async def take(self, batch: dict, *, replay: bool) -> None:
         ctx, m = self.ctx, self.ctx.metrics
