@@ -10,8 +10,10 @@ import signal
 import time
 
 import pytest
+import redis
 from aiokafka import AIOKafkaProducer
 
+from stream_detector import keys
 from stream_detector.dev.simulate import simulate
 from tests.harness import Deployment, WorkerProcess, read_topic
 
@@ -210,3 +212,46 @@ def test_the_verdicts_topic_dumps_to_a_file_detector_train_reads(moderated, tmp_
     assert done.returncode == 0, done.stderr
     judged = int(done.stdout.split(" judged flags")[0])
     assert judged >= 1 and "that are no verdict" in done.stdout and "judged precision" in done.stdout
+
+
+def test_an_allowlist_holds_when_its_partition_moves_to_another_worker(kafka_bootstrap, redis_url, tmp_path):
+    """Two workers; the one that owns an allowlisted video is SIGKILLed; the survivor takes its
+    partitions (a rebalance) and still never flags the video."""
+    data = simulate(24, seed=SEED + 1)
+    dep = Deployment(kafka_bootstrap, redis_url)
+    dep.create_topics()
+    workers = [WorkerProcess(dep, tmp_path), WorkerProcess(dep, tmp_path)]
+    try:
+        for w in workers:
+            w.wait_ready()
+        dep.produce(_items(data, {}))
+        workers[0].wait_drained()
+        standing = _standing(_docs(dep, dep.flags, idle_s=1.0))
+        assert standing, "the simulated week must leave a standing flag"
+        target = standing[sorted(standing)[0]]
+        seen = _docs(dep, dep.flags)
+        asyncio.run(_send(dep.bootstrap, dep.verdicts, [_verdict(target, scope="video")]))
+        rec, _ = _wait_for(dep, dep.flags, seen, lambda r: r["video_id"] == target["video_id"], 15.0)
+        assert rec is not None and rec["status"] == "withdrawn"
+        # the owner of the video's partition dies; the other worker is assigned everything
+        r = redis.Redis.from_url(redis_url)
+        cell = r.getrange(keys.window(dep.run_id, target["video_id"]), 16, 19)  # windows.lua cell 4
+        r.close()
+        label = f'partition="{int.from_bytes(cell, "big")}"'
+        owners = [i for i, w in enumerate(workers)
+                  if any(m.startswith("detector_consumer_lag_messages{") and label in m for m in w.metrics())]
+        assert len(owners) == 1, owners
+        owner = owners[0]
+        survivor = workers[1 - owner]
+        workers[owner].terminate(signal.SIGKILL)
+        seen = _docs(dep, dep.flags)
+        last_ts = float((data.start_hour + data.counts.shape[-1]) * 3600)
+        burst = [{"video_id": target["video_id"], "ts": last_ts + 60 + k, "likes": 5000} for k in range(10)]
+        dep.produce([(e["video_id"], json.dumps(e).encode()) for e in burst])
+        survivor.wait_drained(timeout_s=120)
+        flagged, _ = _wait_for(dep, dep.flags, seen, lambda r: r["video_id"] == target["video_id"], 3.0)
+        assert flagged is None, f"an allowlisted video was flagged after the rebalance: {flagged}"
+        assert survivor.metrics()["detector_moderation_suppressed_total"] >= 1, survivor.log_tail()
+    finally:
+        for w in workers:
+            w.terminate()
