@@ -101,7 +101,9 @@ class DependencyGuard:
 
     async def call(self, dep: str, what: str, factory: Callable[[], Awaitable[T]],
                    stopping: asyncio.Event | None = None) -> T:
-        """``await factory()``, retried while ``dep`` fails transiently (see the module doc)."""
+        """``await factory()``, retried while ``dep`` fails transiently (see the module doc).
+        Its success marks ``dep`` up: a factory must touch ``dep`` (one that returns without
+        calling it would hide an outage from the limit)."""
         backoff = Backoff(self.first_backoff_s, self.max_backoff_s)
         while True:
             try:
