@@ -244,12 +244,23 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         t0 = time.monotonic()
         withdrawn = []
         while not withdrawn and time.monotonic() - t0 < 20:
-            later = [json.loads(r.value) for r in dep.read_topic(dep.account_flags, idle_s=0.5)][len(records):]
-            withdrawn = [r for r in later if r["user_id"] == "farm-0" and r["status"] == "withdrawn"]
+            later = [json.loads(r.value) for r in dep.read_topic(dep.account_flags, idle_s=0.5)]
+            withdrawn = [r for r in later if r["user_id"] == "farm-0" and r["status"] == "withdrawn"
+                         and "moderation" in r]
         assert withdrawn, worker.log_tail()
         jsonschema.validate(withdrawn[0], SCHEMA)
         assert withdrawn[0]["moderation"]["verdict"] == "false_positive"
         assert "cleared by moderation" in withdrawn[0]["explanation"]
+        # an account allowlist (scope account): the standing flag of farm-1 is withdrawn too
+        asyncio.run(_send_verdict(dep, {"user_id": "farm-1", "verdict": "false_positive", "scope": "account",
+                                        "ts": time.time()}))
+        t0 = time.monotonic()
+        allowed = []
+        while not allowed and time.monotonic() - t0 < 20:
+            later = [json.loads(r.value) for r in dep.read_topic(dep.account_flags, idle_s=0.5)]
+            allowed = [r for r in later if r["user_id"] == "farm-1" and r["status"] == "withdrawn"
+                       and (r.get("moderation") or {}).get("scope") == "account"]
+        assert allowed, worker.log_tail()
     finally:
         assert worker.terminate() == 0
 
