@@ -212,3 +212,19 @@ def test_the_verdicts_command_says_one_line_and_exits_2_on_bad_input(tmp_path, c
     assert main(["verdicts", "--verdicts", str(tmp_path / "v.jsonl"), "--flags", str(tmp_path / "f.jsonl")]) == 2
     assert "no verdict names a flag" in capsys.readouterr().err
     assert main(["verdicts", "--verdicts", str(tmp_path / "missing"), "--flags", str(tmp_path / "f.jsonl")]) == 2
+
+
+def test_the_model_card_says_how_many_real_labels_it_saw(tmp_path, capsys) -> None:
+    from training.cli import main
+    from training.pipeline import real_labels_line
+
+    assert real_labels_line(None).startswith("none: trained and evaluated on simulated data only")
+    line = real_labels_line({"labelled_flags": 130, "confirmed": 117, "false_positive": 13, "target_precision": 0.9,
+                             "before": {"precision": 0.9, "threshold": 0.8496},
+                             "after": {"precision": 0.958, "threshold": 0.9541}})
+    assert line.startswith("130 judged flags (117 confirmed, 13 false positives)") and "0.8496" in line
+    # `all` refuses verdicts it cannot read before it trains
+    assert main(["all", "--verdicts", str(tmp_path / "v.jsonl")]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert main(["all", "--verdicts", str(tmp_path / "v.jsonl"), "--flags", str(tmp_path / "f.jsonl")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

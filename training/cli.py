@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="plain simulated organics only (not evidence: for comparison)")
         a.add_argument("--market-videos", type=int, default=1000,
                        help="videos per week of fraud as panels sell it and organic look-alikes (0: none)")
+        a.add_argument("--verdicts", help="moderators' verdicts (a dump of the verdicts topic): real labels for "
+                                          "the report and the model card; needs --flags")
+        a.add_argument("--flags", help="the flags topic dump the verdicts judge")
 
     s = sub.add_parser("simulate", help="write a simulated engagement CSV (+ truth JSONL)")
     s.add_argument("--videos", type=_positive, default=1000)
@@ -96,6 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("all", "evaluate"):
         from training.pipeline import TrainConfig, run
 
+        if bool(args.verdicts) != bool(args.flags):
+            sys.stderr.write("detector-train: error: --verdicts and --flags go together\n")
+            return 2
+        if args.verdicts:  # checked before hours of training, not after
+            from training.verdicts import load_labels
+
+            try:
+                load_labels(args.verdicts, args.flags)
+            except (OSError, ValueError, KeyError) as exc:
+                sys.stderr.write(f"detector-train: error: {exc}\n")
+                return 2
         compare = tuple(a for a in args.compare.split(",") if a)
         bad = [a for a in compare if a not in ("tcn", "autoencoder", "lstm")]
         if bad:
@@ -120,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             target_fpr=args.target_fpr,
             texture=not args.no_texture,
             market_videos_per_week=max(args.market_videos, 0),
+            verdicts=args.verdicts,
+            flags_dump=args.flags,
         )
         result = run(cfg)
         m = result["metrics"]

@@ -91,6 +91,10 @@ class TrainConfig:
     # videos per week of fraud as panels sell it and organic look-alikes (dev/market.py): trained on,
     # calibrated on and reported per delivery kind and amplitude band; 0 leaves them out
     market_videos_per_week: int = 1000
+    # moderators' verdicts (dumps of the verdicts and flags topics): real labels, reported in
+    # the report's metadata and the model card (training/verdicts.py)
+    verdicts: str | None = None
+    flags_dump: str | None = None
     stream_step_minutes: int = 10  # immediate-path cadence of the replay, in event minutes
     target_fpr: float = DEFAULT_TARGET_FPR  # default operating point stored in the artifact
 
@@ -261,6 +265,14 @@ def run(cfg: TrainConfig) -> dict:
         compact_stream.update({f"market_{k}": round(float(market_eval[k]), 4) for k in
                                ("precision", "recall", "recall_1x_or_more", "fpr", "fpr_lookalikes")
                                if market_eval.get(k) is not None})
+    real_labels = None
+    if cfg.verdicts and cfg.flags_dump:
+        from training.verdicts import load_labels
+        from training.verdicts import report as label_report
+
+        real_labels = label_report(load_labels(cfg.verdicts, cfg.flags_dump), target_precision=0.9)
+        _log(f"real labels: {real_labels['labelled_flags']} judged flags, judged precision as published "
+             f"{real_labels['before']['precision']:.3f} at {real_labels['before']['threshold']:.4f}")
     metadata = {
         "name": cfg.name,
         "version": cfg.version,
@@ -285,6 +297,7 @@ def run(cfg: TrainConfig) -> dict:
         "metrics": metrics_meta,
         "created_at": _created_at(),
         "training_config": asdict(cfg),
+        **({"real_labels": real_labels} if real_labels is not None else {}),
         "canary": {"min_auc": round(max(0.85, metrics_meta["auc"] - 0.05), 3),
                    "max_stream_fpr": round(min(0.2, max(0.08, 3 * cfg.target_fpr + 0.03)), 3)},
     }
@@ -430,6 +443,19 @@ decay violations and ratio anomalies that overlap organic variation.
     return str(path)
 
 
+def real_labels_line(labels: object) -> str:
+    """The model card's line on moderators' verdicts (``detector-train all --verdicts``)."""
+    if isinstance(labels, str):
+        labels = json.loads(labels)
+    if not labels:
+        return ("none: trained and evaluated on simulated data only (moderators' verdicts re-estimate the "
+                "operating point with `detector-train verdicts`)")
+    b, a = labels["before"], labels["after"]
+    return (f"{labels['labelled_flags']} judged flags ({labels['confirmed']} confirmed, {labels['false_positive']} "
+            f"false positives): judged precision {b['precision']:.3f} at the publish threshold they were flagged at "
+            f"({b['threshold']:.4f}); precision >= {labels['target_precision']:g} from {a['threshold']:.4f}")
+
+
 def write_model_card(model_path: str, report_path: str) -> str:
     """`MODEL_CARD.md` beside the shipped model, from the artifact's own metadata + the report."""
     from training.export import read_onnx_metadata
@@ -455,6 +481,7 @@ def write_model_card(model_path: str, report_path: str) -> str:
 - **Training data**: simulated (`stream_detector/dev/simulate.py`) with real-world hourly texture on the organic side
   (`stream_detector/dev/texture.py`, NAB count series, MIT), fingerprint `{meta['training_data_fingerprint']}`;
   seed {cfg.get('seed')}, {cfg.get('videos_per_week')} videos per week, weeks 0-2 train, week 3 validation, week 4 test
+- **Real labels seen**: {real_labels_line(meta.get('real_labels'))}
 - **Created**: {meta.get('created_at')}
 - **Reproduce**: `make train` (deterministic on CPU; writes this file, the model and `reports/{meta['architecture']}/report.md`)
 
