@@ -153,7 +153,7 @@ def grew(cleared: dict, rec: Published) -> bool:
     for w in rec.windows:
         if set(w.patterns) - patterns:
             return True
-        if w.end_hour > last and w.score >= score + CLEARED_MARGIN:
+        if w.end_hour - 1 > last and w.score >= score + CLEARED_MARGIN:  # reaches past the cleared hours
             return True
     return False
 

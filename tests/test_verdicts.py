@@ -101,6 +101,8 @@ def test_a_false_positive_withdraws_the_episode_and_it_stays_closed_until_the_ev
     # applying the verdict twice changes nothing (a replay at start)
     assert moderate(book, "v1", None, state, state, None, NOW).flag is None
     # new hours, but not higher: still closed; higher by the margin: published
+    overlapping = Published("new", "f6", (_w(103, 104, 0.99),), 0.99, "critical")  # the cleared last hour
+    assert moderate(book, "v1", None, state, state, overlapping, NOW).flag is None
     later_low = Published("new", "f3", (_w(110, 112, 0.9 + CLEARED_MARGIN / 2),), 0.93, "high")
     assert moderate(book, "v1", None, state, state, later_low, NOW).flag is None
     later_high = Published("new", "f4", (_w(110, 112, 0.9 + 2 * CLEARED_MARGIN),), 0.99, "critical")
