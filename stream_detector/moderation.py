@@ -35,6 +35,7 @@ from stream_detector.verdicts import Verdict
 CLEARED_MARGIN = 0.05  # a cleared episode's later hours must score this much higher to flag again
 EPISODE_IDS_KEPT = 32  # flag ids remembered per episode (a verdict may name an old one)
 EPISODE_VERDICTS_KEPT = 16  # false-positive episode verdicts remembered per video
+_NOTHING = VideoDecisionState()  # what a missing state means
 
 
 @dataclass
@@ -81,6 +82,11 @@ class VerdictBook:
         kept = self.episodes.get(video_id)
         return list(kept.values()) if kept else []
 
+    def touches(self, video_id: str, channel_id: str | None) -> bool:
+        """Whether any verdict names this video (or its channel)."""
+        return (video_id in self.episodes or ("video", video_id) in self.allowlists
+                or (channel_id is not None and ("channel", channel_id) in self.allowlists))
+
     @property
     def has_channel_allowlists(self) -> bool:
         return any(scope == "channel" for scope, _ in self.allowlists)
@@ -119,7 +125,10 @@ class Moderated:
 
 def moderate(book: VerdictBook, video_id: str, channel_id: str | None, old: VideoDecisionState | None,
              new: VideoDecisionState, rec: Published | None, now: float) -> Moderated:
-    old = old or VideoDecisionState()
+    old = old or _NOTHING
+    if rec is None and not book.touches(video_id, channel_id) and new.episode_ids == old.episode_ids \
+            and new.cleared == old.cleared and new.reviewed == old.reviewed:
+        return Moderated(new, None)  # the common case, on every scoring: no verdict, nothing to say
     new = _carry(old, new, rec)
     # 1. an episode verdict naming a flag of this episode: withdraw now, clear the episode
     for v in book.episode_verdicts(video_id):
