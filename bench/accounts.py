@@ -23,7 +23,6 @@ import random
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,21 +36,9 @@ from stream_detector.dev.accounts import build_world  # noqa: E402
 from stream_detector.dev.embedded import EmbeddedStack  # noqa: E402
 from stream_detector.dev.market import simulate_market  # noqa: E402
 from stream_detector.dev.replay import produce  # noqa: E402
+from stream_detector.metrics import scrape  # noqa: E402
 from stream_detector.topics import ensure_topics  # noqa: E402
 from tests.harness import free_port  # noqa: E402
-
-
-def _metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        out: dict[str, float] = {}
-        for line in r.read().decode().splitlines():
-            if line and not line.startswith("#"):
-                k, _, v = line.rpartition(" ")
-                out[k] = float(v)
-                name = k.split("{", 1)[0]
-                if "{" in k:
-                    out[name] = out.get(name, 0.0) + float(v)
-        return out
 
 
 def _cpu(pid: int) -> float:
@@ -99,7 +86,7 @@ def run_worker(stack: EmbeddedStack, topic: str, prefix: str, expect: int, timeo
             if proc.poll() is not None:
                 raise RuntimeError(f"worker exited {proc.returncode}: see /tmp/bench-accounts-{prefix}.log")
             try:
-                m = _metrics(port)
+                m = scrape(port)
             except OSError:
                 continue
             consumed = m.get("detector_consume_batch_size_sum", 0.0)

@@ -51,6 +51,7 @@ from stream_detector.dev.replay import produce  # noqa: E402
 from stream_detector.dev.simulate import simulate  # noqa: E402
 from stream_detector.dev.texture import RealTexture  # noqa: E402
 from stream_detector.flags import window_from_dict  # noqa: E402
+from stream_detector.metrics import scrape  # noqa: E402
 from stream_detector.topics import ensure_topics  # noqa: E402
 from training.stream_eval import StreamRun, stream_metrics  # noqa: E402
 
@@ -80,22 +81,9 @@ def minute_events(data) -> list[tuple[str, bytes]]:
 
 def _metrics(port: int) -> dict[str, float]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
+        return scrape(port, timeout_s=2)
     except OSError:
         return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            try:
-                out[key] = float(value)
-                name = key.split("{", 1)[0]
-                if "{" in key:
-                    out[name] = out.get(name, 0.0) + float(value)
-            except ValueError:
-                pass
-    return out
 
 
 async def _read_flags(bootstrap: str, topic: str, idle_s: float = 3.0) -> list[dict]:

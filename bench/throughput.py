@@ -59,6 +59,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.partitioner import murmur2  # noqa: E402
 
 from stream_detector.dev.embedded import EmbeddedStack, free_port  # noqa: E402
+from stream_detector.metrics import scrape  # noqa: E402
 from stream_detector.topics import ensure_topics  # noqa: E402
 
 TARGETS = {
@@ -357,18 +358,7 @@ class Worker:
 
     def metrics(self) -> dict[str, float]:
         """'name{labels}' -> value, plus 'name' -> sum over its label sets."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
-            body = resp.read().decode()
-        out: dict[str, float] = {}
-        for line in body.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-            if "{" in key:
-                name = key.split("{", 1)[0]
-                out[name] = out.get(name, 0.0) + float(value)
-        return out
+        return scrape(self.port)
 
     def try_metrics(self) -> dict[str, float] | None:
         try:

@@ -432,3 +432,31 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def read_samples(text: str) -> dict[str, float]:
+    """The text ``render`` produces, read back (the demo, benchmarks and tests watch a worker
+    through it): ``'name{labels}'`` -> value, and each family summed under ``'name'``."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, raw = line.rpartition(" ")
+        try:
+            value = float(raw)
+        except ValueError:
+            continue
+        out[key] = value
+        if "{" in key:
+            name = key.split("{", 1)[0]
+            out[name] = out.get(name, 0.0) + value
+    return out
+
+
+def scrape(port: int, *, timeout_s: float = 5.0) -> dict[str, float]:
+    """A worker's ``/metrics`` on this machine, read (``read_samples``); raises ``OSError``
+    when it does not answer."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as resp:
+        return read_samples(resp.read().decode())

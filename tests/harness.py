@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_detector.dev.embedded import free_port  # noqa: F401 - tests take it from here
 from stream_detector.dev.replay import produce
+from stream_detector.metrics import read_samples
 from stream_detector.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,17 +154,7 @@ class WorkerProcess:
 
     def metrics(self) -> dict[str, float]:
         """Metric samples: 'name{labels}' -> value, plus 'name' -> sum over labels."""
-        _, body = self.get("/metrics")
-        out: dict[str, float] = {}
-        for line in body.decode().splitlines():
-            if not line or line.startswith("#"):
-                continue
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-            name = key.split("{", 1)[0]
-            if "{" in key:
-                out[name] = out.get(name, 0.0) + float(value)
-        return out
+        return read_samples(self.get("/metrics")[1].decode())
 
     def wait_drained(self, timeout_s: float = 120.0) -> None:
         """Until the group committed every record of the events topic and no video is still

@@ -30,6 +30,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from stream_detector.config import Settings
 from stream_detector.dev.embedded import EmbeddedStack, free_port
 from stream_detector.dev.replay import produce
+from stream_detector.metrics import scrape
 from stream_detector.schedule import RescoreSchedule
 from stream_detector.topics import ensure_topics
 
@@ -37,24 +38,11 @@ TRUTH_MARK = {True: "ok", False: "FALSE"}
 
 
 def _metrics(port: int) -> dict[str, float]:
-    """Each sample of the worker's /metrics ('name{labels}'), and each family summed ('name')."""
+    """The worker's metrics, or nothing while it does not answer (the demo goes on)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            text = resp.read().decode()
+        return scrape(port, timeout_s=2)
     except OSError:
         return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        try:
-            out[name] = out.get(name, 0.0) + float(value)
-            out[name_labels] = float(value)
-        except ValueError:
-            continue
-    return out
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60.0) -> float:
