@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 
 from stream_detector.accounts import AccountFlagState
 from stream_detector.decision import Published, VideoDecisionState
-from stream_detector.flags import flag_id
+from stream_detector.flags import flag_id, iso
 from stream_detector.verdicts import Verdict
 
 CLEARED_MARGIN = 0.05  # a cleared episode's later hours must score this much higher to flag again
@@ -103,8 +103,6 @@ def moderation_doc(v: Verdict, action: str) -> dict:
         if value is not None:
             doc[name] = value
     if v.until is not None:
-        from stream_detector.flags import iso
-
         doc["until"] = iso(v.until)
     return doc
 

@@ -27,7 +27,6 @@ from stream_detector.events import (
     EventColumns,
     ParsedRecords,
     Rejection,
-    dead_letter_headers,
     parse_records,
 )
 from stream_detector.series import METRICS
@@ -40,7 +39,6 @@ from stream_detector.worker.rebuild import Rebuilder
 log = logging.getLogger("stream_detector.ingest")
 
 MAX_TRACKED_VIDEOS = 1_000_000  # bound of the in-memory arrival-time map (~100 MB)
-MAX_DLQ_KEY_BYTES = 1024  # a dead-letter copy's key beyond this is cut (its partition does not matter)
 
 
 class Arrivals:
@@ -337,22 +335,8 @@ class Ingest:
         return merged, poisoned
 
     async def dead_letter(self, dead: list[tuple]) -> None:
-        """Send rejected records to the dead-letter topic: their original bytes (truncated, with
-        headers saying so, when the copy would exceed the producer's request limit)."""
+        """Send rejected records to the dead-letter topic (``WorkerContext.send_dead_letters``)."""
         ctx = self.ctx
-        assert ctx.producer is not None
-        limit = ctx.settings.dlq_max_value_bytes
-        futures = []
-        for rec, tp, rejection in dead:
-            value, key = rec.value, rec.key
-            headers = dead_letter_headers(rejection, tp.topic, tp.partition, rec.offset)
-            if value is not None and len(value) > limit:
-                headers += [("dlq.truncated", b"true"), ("dlq.original_size", str(len(value)).encode())]
-                value = value[:limit]
-            if key is not None and len(key) > MAX_DLQ_KEY_BYTES:
-                headers += [("dlq.key_truncated", b"true"), ("dlq.original_key_size", str(len(key)).encode())]
-                key = key[:MAX_DLQ_KEY_BYTES]
-            futures.append(await ctx.producer.send(ctx.settings.dlq_topic, value=value, key=key, headers=headers))
-        await asyncio.gather(*futures)
+        await ctx.send_dead_letters(dead)
         for _, _, rejection in dead:  # counted once delivered (a retried send is not counted twice)
             ctx.metrics.events_invalid.labels(reason=rejection.reason).inc()

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream_detector import keys
-from stream_detector.events import Rejection, dead_letter_headers
+from stream_detector.events import Rejection
 from stream_detector.moderation import VerdictBook
 from stream_detector.schedule import now_ms
 from stream_detector.verdicts import Verdict, parse_verdict
@@ -191,14 +191,9 @@ class VerdictFollower:
             self.pending.pop(p.verdict.key, None)
 
     async def dead_letter(self, dead: list[tuple]) -> None:
+        """Bad verdicts to the dead-letter topic, as bad events go (``WorkerContext.send_dead_letters``)."""
         ctx = self.ctx
-        assert ctx.producer is not None
-        futures = []
-        for rec, tp, rejection in dead:
-            headers = dead_letter_headers(rejection, tp.topic, tp.partition, rec.offset)
-            key = rec.key if isinstance(rec.key, bytes | None) else str(rec.key).encode()
-            futures.append(await ctx.producer.send(ctx.settings.dlq_topic, value=rec.value, key=key, headers=headers))
-        await asyncio.gather(*futures)
+        await ctx.send_dead_letters(dead)
         for _, _, rejection in dead:
             ctx.metrics.verdicts_invalid.labels(reason=rejection.reason).inc()
             log.warning("verdict dead-lettered: %s (%s)", rejection.reason, rejection.detail)
