@@ -90,6 +90,7 @@ LOOPS = {
     "cadence:4": "scoring lane cadence-",
     "immediate:3": "scoring lane immediate: RuntimeError: injected fault",
     "probe:1": "broker probe: RuntimeError: injected fault",
+    "verdicts:3": "verdicts: RuntimeError: injected fault",
     # every video fails: not a poison video but a broken scorer, which must not set the whole
     # population aside
     "poison:v": "BrokenScoring: 8 videos in a row failed to score",

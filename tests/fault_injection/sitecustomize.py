@@ -9,7 +9,8 @@ named function's module is imported, the function raises a real exception as the
   poison in the data, as the ``_names`` bug was;
 - ``<loop>:<n>``: the n-th call (and every later one) of the function the loop runs raises
   ``RuntimeError``: ``consume`` (``Ingest.write``), ``cadence`` (``ScoringLoop.score_cadence``),
-  ``immediate`` (``ScoringLoop.score_immediate``), ``probe`` (``Detector._probe_broker``).
+  ``immediate`` (``ScoringLoop.score_immediate``), ``probe`` (``Detector._probe_broker``),
+  ``verdicts`` (``VerdictFollower.take``, the moderation loop's follower).
 
 Nothing of the loops is replaced: the functions they call raise, and the loops meet it as
 they would meet a bug.
@@ -28,6 +29,7 @@ _TARGETS = {  # fault -> (module, class, method)
     "cadence": ("stream_detector.worker.scoring", "ScoringLoop", "score_cadence"),
     "immediate": ("stream_detector.worker.scoring", "ScoringLoop", "score_immediate"),
     "probe": ("stream_detector.worker.detector", "Detector", "_probe_broker"),
+    "verdicts": ("stream_detector.worker.verdicts", "VerdictFollower", "take"),
 }
 
 
