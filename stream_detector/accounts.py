@@ -14,10 +14,14 @@ against noise, combined, thresholded, explained), applied to an account's own ac
   ``REGULAR_CV`` over ``REGULAR_MIN`` actions: machines keep time, people burst (real
   accounts: CV above 0.85).
 - ``rate``: more actions in one minute, across videos, than a person makes.
-- ``fake_hours``: most of its actions landed in hours the video level found suspicious (hour
-  probability at least ``SUSPECT_P``), on videos of at least two unrelated channels: a farm's
-  accounts work where its deliveries are; an organic account lands there by chance, and rarely
-  twice on unrelated channels. The two levels feed each other: suspicious hours make their
+- ``fake_hours``: most of its actions (``FAKE_HOURS_SHARE``, at least ``FAKE_HOURS_MIN``)
+  landed in hours the video level found suspicious (hour probability at least ``SUSPECT_P``),
+  on unrelated channels or in at least two distinct suspicious hours: a farm's accounts work
+  where its deliveries are, most of them on only one or two customers (a farm spreads a big
+  order over many accounts: in the simulated market week the median farm account touches two
+  channels); an organic account lands there by chance, among its other activity. One
+  suspicious hour of one video is not enough: a person commenting three times on a post the
+  video level got wrong is not a bot. The two levels feed each other: suspicious hours make their
   engagers due for a judgement, and flagged accounts carry evidence to the next video they touch.
 
 State per account is an idempotent summary (``AccountActivity``): the last ``RING`` actions
@@ -54,7 +58,7 @@ REGULAR_MIN = 12
 RATE_PER_MINUTE = 20
 SUSPECT_P = 0.5
 FAKE_HOURS_SHARE = 0.8
-FAKE_HOURS_MIN = 4
+FAKE_HOURS_MIN = 3
 ACCOUNT_PATTERNS = ("sync", "no_sleep", "regular", "rate", "fake_hours")
 # sync within +-30 min weighs 0.6 alone (an account watching boosted videos is near the bots
 # that boost them); in lockstep (+-3 min) it weighs as much as the others
@@ -194,9 +198,9 @@ class AccountJudge:
         hit = [a for a in act.actions if suspicion.get((a.video_id, a.minute // 60), 0.0) >= SUSPECT_P]
         if len(hit) < FAKE_HOURS_MIN:
             return 0.0
-        channels = len({a.channel for a in hit})
+        spread = len({a.channel for a in hit}) >= 2 or len({(a.video_id, a.minute // 60) for a in hit}) >= 2
         share = len(hit) / len(act.actions)
-        return _ramp(share, FAKE_HOURS_SHARE - 0.2, FAKE_HOURS_SHARE) * _ramp(channels, 1, 2)
+        return _ramp(share, FAKE_HOURS_SHARE - 0.2, FAKE_HOURS_SHARE) if spread else 0.0
 
     @staticmethod
     def sync_queries(act: AccountActivity) -> list[tuple[str, int]]:
@@ -285,7 +289,7 @@ def _explain(act: AccountActivity, ev: dict[str, float], partners: set[str], cha
     if ev["rate"] >= 0.5:
         parts.append(f"more than {RATE_PER_MINUTE} actions in one minute")
     if ev["fake_hours"] >= 0.5:
-        parts.append("most of its actions in hours found fake, on videos of unrelated channels")
+        parts.append("most of its actions in hours found fake")
     if not parts:
         return f"organic-looking activity on {len(videos)} video(s)"
     return "; ".join(parts) + f" ({len(videos)} video(s) in its recent activity)"

@@ -62,3 +62,23 @@ def test_farm_accounts_act_on_the_fake_videos_and_people_on_everything(world):
 def test_a_world_is_seeded():
     data = simulate_market(12, seed=9)
     assert np.array_equal(build_world(data, seed=9).actions, build_world(data, seed=9).actions)
+
+
+def test_the_evaluator_judges_an_hours_engagers_again_once_it_is_found_suspicious(world):
+    """The user level's evaluator, as the worker runs it: with the video level's suspicion (here
+    the truth: fake hours at 1.0), farm accounts are flagged for working in fake hours, also
+    those that did not act again after the hour was found suspicious, and people are not."""
+    from training.account_eval import SUSPICION_DELAY_MIN, account_metrics, replay_accounts
+
+    blind = replay_accounts(world, step_minutes=30)
+    truth = np.asarray(world.data.hour_fake, dtype=float)
+    seen = replay_accounts(world, step_minutes=30, hour_p=truth)
+    fake = world.fake_accounts
+    assert (seen.first_flag[fake] >= 0).sum() > (blind.first_flag[fake] >= 0).sum()
+    assert any("fake_hours" in p for p in seen.patterns)
+    last_action = np.zeros(len(world.account_ids), dtype=np.int64)
+    np.maximum.at(last_action, world.actions[:, 3], world.actions[:, 1])
+    late = (seen.first_flag >= 0) & (seen.first_flag >= last_action + SUSPICION_DELAY_MIN - 60)
+    assert late[fake].any(), "flagged when its hours were found suspicious, not only when it acted"
+    m = account_metrics(seen, world)
+    assert m["precision"] >= 0.9 and m["flagged_by_role"].get("organic", 0.0) <= 0.01, m

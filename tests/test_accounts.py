@@ -103,14 +103,27 @@ def test_being_near_the_same_accounts_within_half_an_hour_needs_more_than_that()
     assert 0.5 <= sc.evidence["sync"] < 0.7 and not sc.flagged
 
 
-def test_fake_hours_need_most_actions_there_and_unrelated_channels():
+def test_fake_hours_need_most_actions_there_on_unrelated_channels_or_in_several_hours():
     a = AccountActivity("u")
     a.add([act(T0 + 60 * k, f"v{k % 3}", f"c{k % 3}") for k in range(6)])
     hot = {(f"v{k}", (T0 + 60 * j) // 60): 0.9 for k in range(3) for j in range(6)}
     assert _judge(a, suspicion=hot).evidence["fake_hours"] == 1.0
+    # a farm account on one customer, across its delivery's hours
     one_channel = AccountActivity("w")
-    one_channel.add([act(T0 + 60 * k, f"v{k % 3}", "same") for k in range(6)])
-    assert _judge(one_channel, suspicion=hot).evidence["fake_hours"] == 0.0
+    one_channel.add([act(T0 + 60 * k, "v0", "same") for k in range(3)])
+    assert _judge(one_channel, suspicion=hot).evidence["fake_hours"] == 1.0
+    # three comments in one suspicious hour of one post: a person, whatever the video level said
+    one_hour = AccountActivity("p")
+    one_hour.add([act(T0 + k, "v0", "same") for k in range(5)])
+    assert _judge(one_hour, suspicion=hot).evidence["fake_hours"] == 0.0
+    # most of its activity elsewhere: it landed there by chance
+    busy = AccountActivity("b")
+    busy.add([act(T0 + 60 * k, "v0", "c0") for k in range(3)] + [act(T0 + 60 * k, f"o{k}", f"o{k}") for k in range(5)])
+    assert _judge(busy, suspicion=hot).evidence["fake_hours"] == 0.0
+    # too few actions there to say anything
+    few = AccountActivity("f")
+    few.add([act(T0, "v0", "c0"), act(T0 + 60, "v1", "c1")])
+    assert _judge(few, suspicion=hot).evidence["fake_hours"] == 0.0
 
 
 def test_the_account_decision_publishes_once_updates_materially_withdraws_and_ids_are_deterministic():

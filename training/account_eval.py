@@ -16,6 +16,7 @@ import numpy as np
 from stream_detector.accounts import (
     JUDGE_EVERY_MIN,
     MIN_ACTIONS,
+    SUSPECT_P,
     AccountJudge,
     Action,
     InMemoryAccountStore,
@@ -44,7 +45,9 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     accounts touched (each at most every ``JUDGE_EVERY_MIN`` minutes, from ``MIN_ACTIONS``), as
     the worker does.
     ``hour_p`` (N, T): the video level's hour probabilities (``stream_eval.replay``'s
-    ``hour_p``), known ``SUSPICION_DELAY_MIN`` after each hour began."""
+    ``hour_p``), known ``SUSPICION_DELAY_MIN`` after each hour began; as in the worker
+    (``AccountsLane.note_suspicion``), the accounts that engaged a video in an hour are judged
+    again when that hour becomes suspicious (at or above ``SUSPECT_P``)."""
     t0 = time.perf_counter()
     judge = judge or AccountJudge()
     d = world.data
@@ -66,9 +69,23 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     judged = 0
     minutes = a[:, 1]
     bounds = np.searchsorted(minutes, np.arange(0, d.hours * 60 + step_minutes, step_minutes))
+    # (video, hour) that become suspicious, by the minute the video level knows it
+    known_at: dict[int, list[tuple[int, int]]] = {}
+    if hour_p is not None:
+        for v, h in zip(*np.nonzero(hour_p >= SUSPECT_P), strict=True):
+            known_at.setdefault(int(h) * 60 + SUSPICION_DELAY_MIN, []).append((int(v), int(h)))
+    engaged_in: dict[tuple[int, int], set[int]] = {}
+    pending = sorted(known_at)
+    next_known = 0
     for s in range(len(bounds) - 1):
         lo, hi = bounds[s], bounds[s + 1]
-        if lo == hi:
+        due: set[int] = set()
+        step_end = (s + 1) * step_minutes
+        while next_known < len(pending) and pending[next_known] < step_end:
+            for vh in known_at[pending[next_known]]:
+                due |= engaged_in.get(vh, set())
+            next_known += 1
+        if lo == hi and not due:
             continue
         rows = a[lo:hi]
         # one Action per (video, minute, account): counts per metric
@@ -81,11 +98,15 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
             batch.setdefault(world.account_ids[acc], []).append(
                 Action(base + m, d.video_ids[v], int(ch[v]), (c[0], c[1], c[2], c[3])))
         store.apply(batch)
-        now = base + int(rows[-1, 1])
+        now = base + step_end - 1
+        for (acc, v, m) in per:
+            engaged_in.setdefault((v, m // 60), set()).add(acc)
         for user, acts in batch.items():
-            k = index[user]
-            n_actions[k] += len(acts)
-            if n_actions[k] < MIN_ACTIONS or now - last_judged[k] < JUDGE_EVERY_MIN:
+            n_actions[index[user]] += len(acts)
+        touched = [index[u] for u in batch]
+        for k in touched + sorted(due - set(touched)):
+            user = world.account_ids[k]
+            if n_actions[k] < MIN_ACTIONS or (k not in due and now - last_judged[k] < JUDGE_EVERY_MIN):
                 continue
             last_judged[k] = now
             act = store.activity[user]
