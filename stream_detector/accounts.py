@@ -15,8 +15,9 @@ against noise, combined, thresholded, explained), applied to an account's own ac
   accounts: CV above 0.85).
 - ``rate``: more actions in one minute, across videos, than a person makes.
 - ``fake_hours``: most of its actions (``FAKE_HOURS_SHARE``, at least ``FAKE_HOURS_MIN``)
-  landed in hours the video level found suspicious (hour probability at least ``SUSPECT_P``),
-  on unrelated channels or in at least two distinct suspicious hours: a farm's accounts work
+  landed in hours the video level found suspicious (hour probability at least ``SUSPECT_P``;
+  or next to one, ``SUSPECT_NEAR``: the video level localises fake hours to +-1 h), on
+  unrelated channels or in at least two distinct suspicious hours: a farm's accounts work
   where its deliveries are, most of them on only one or two customers (a farm spreads a big
   order over many accounts: in the simulated market week the median farm account touches two
   channels); an organic account lands there by chance, among its other activity. One
@@ -57,6 +58,7 @@ REGULAR_CV = 0.3
 REGULAR_MIN = 12
 RATE_PER_MINUTE = 20
 SUSPECT_P = 0.5
+SUSPECT_NEAR = 1  # an action within this many hours of a suspicious hour counts (the video level localises to +-1 h)
 FAKE_HOURS_SHARE = 0.8
 FAKE_HOURS_MIN = 3
 ACCOUNT_PATTERNS = ("sync", "no_sleep", "regular", "rate", "fake_hours")
@@ -188,14 +190,15 @@ class AccountJudge:
 
     @staticmethod
     def suspicion_queries(act: AccountActivity) -> list[tuple[str, int]]:
-        """(video, hour) of each action: whose suspicion the judgement reads."""
-        return sorted({(a.video_id, a.minute // 60) for a in act.actions})
+        """(video, hour) of each action and the hours next to it: whose suspicion the judgement reads."""
+        return sorted({(a.video_id, a.minute // 60 + d) for a in act.actions for d in range(-SUSPECT_NEAR, SUSPECT_NEAR + 1)})
 
     @staticmethod
     def _fake_hours(act: AccountActivity, suspicion: dict[tuple[str, int], float]) -> float:
         if not act.actions:
             return 0.0
-        hit = [a for a in act.actions if suspicion.get((a.video_id, a.minute // 60), 0.0) >= SUSPECT_P]
+        hit = [a for a in act.actions if any(suspicion.get((a.video_id, a.minute // 60 + d), 0.0) >= SUSPECT_P
+                                             for d in range(-SUSPECT_NEAR, SUSPECT_NEAR + 1))]
         if len(hit) < FAKE_HOURS_MIN:
             return 0.0
         spread = len({a.channel for a in hit}) >= 2 or len({(a.video_id, a.minute // 60) for a in hit}) >= 2

@@ -120,6 +120,13 @@ def test_fake_hours_need_most_actions_there_on_unrelated_channels_or_in_several_
     busy = AccountActivity("b")
     busy.add([act(T0 + 60 * k, "v0", "c0") for k in range(3)] + [act(T0 + 60 * k, f"o{k}", f"o{k}") for k in range(5)])
     assert _judge(busy, suspicion=hot).evidence["fake_hours"] == 0.0
+    # the video level localises fake hours to +-1 h: the hour next to a suspicious one counts, two away does not
+    edge = AccountActivity("e")
+    edge.add([act(T0 + 60 * k, "late", "cl") for k in range(3)])
+    one_hot = {("late", T0 // 60 + 3): 0.9}
+    assert _judge(edge, suspicion=one_hot).evidence["fake_hours"] == 0.0, "only its last action is next to it"
+    assert _judge(edge, suspicion={("late", T0 // 60 + 1): 0.9}).evidence["fake_hours"] == 1.0
+    assert ("late", T0 // 60 + 3) in AccountJudge.suspicion_queries(edge)
     # too few actions there to say anything
     few = AccountActivity("f")
     few.add([act(T0, "v0", "c0"), act(T0 + 60, "v1", "c1")])

@@ -16,6 +16,7 @@ import numpy as np
 from stream_detector.accounts import (
     JUDGE_EVERY_MIN,
     MIN_ACTIONS,
+    SUSPECT_NEAR,
     SUSPECT_P,
     AccountJudge,
     Action,
@@ -82,8 +83,9 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
         due: set[int] = set()
         step_end = (s + 1) * step_minutes
         while next_known < len(pending) and pending[next_known] < step_end:
-            for vh in known_at[pending[next_known]]:
-                due |= engaged_in.get(vh, set())
+            for v, h in known_at[pending[next_known]]:  # its engagers and those of the hours next to it
+                for near in range(h - SUSPECT_NEAR, h + SUSPECT_NEAR + 1):
+                    due |= engaged_in.get((v, near), set())
             next_known += 1
         if lo == hi and not due:
             continue

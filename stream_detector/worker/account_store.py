@@ -217,10 +217,11 @@ class AccountStore:
                     out[(v, h)] = float(p)
         return out
 
-    async def engaged_in(self, video: str, hour: int, limit: int = 500) -> list[str]:
-        """The accounts that engaged a video in an hour (its engagers' latest minute there)."""
+    async def engaged_in(self, video: str, hour: int, limit: int = 500, hours: int = 1) -> list[str]:
+        """The accounts that engaged a video in ``hours`` hours from ``hour`` (its engagers'
+        latest minute there)."""
         rows = await self.metrics.timed_redis("accounts", self.redis.zrangebyscore(
-            keys.engagers(self.prefix, video), hour * 60, hour * 60 + 59, start=0, num=limit))
+            keys.engagers(self.prefix, video), hour * 60, (hour + hours) * 60 - 1, start=0, num=limit * hours))
         return [_s(u) for u in rows]
 
 

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from stream_detector import keys, redis_client
 from stream_detector.accounts import (
+    SUSPECT_NEAR,
     SUSPECT_P,
     THRESHOLD,
     AccountFlagState,
@@ -129,9 +130,10 @@ class AccountLoop:
         if not fresh:
             return
         users: set[str] = set()
-        for v, hs in fresh.items():
-            for h in hs[-24:]:
-                users.update(await self.store.engaged_in(v, h))
+        for v, hs in fresh.items():  # the engagers of those hours and of the hours next to them
+            near = sorted({h + d for h in hs[-24:] for d in range(-SUSPECT_NEAR, SUSPECT_NEAR + 1)})
+            for lo, hi in _runs(near):
+                users.update(await self.store.engaged_in(v, lo, hours=hi - lo + 1))
         await self.mark_due(users)
 
     async def mark_due(self, users) -> None:
@@ -266,3 +268,13 @@ class AccountLoop:
             "accounts", self.ctx.redis.get(keys.account_score(self.ctx.settings.key_prefix, user_id)))
         return json.loads(raw) if raw else None
 
+
+def _runs(hours: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs [(first, last)] of sorted hours (one range read each)."""
+    runs: list[tuple[int, int]] = []
+    for h in hours:
+        if runs and h == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], h)
+        else:
+            runs.append((h, h))
+    return runs
