@@ -72,6 +72,12 @@ LOOSE_SYNC_WEIGHT = 0.6
 THRESHOLD = 0.8
 
 
+def near_hours(hour: int) -> range:
+    """The hours whose suspicion speaks for an action in ``hour`` (``SUSPECT_NEAR`` either side),
+    and, the other way round, the hours whose engagers a newly suspicious ``hour`` makes due."""
+    return range(hour - SUSPECT_NEAR, hour + SUSPECT_NEAR + 1)
+
+
 def channel_hash(channel: str | None, video: str) -> int:
     """A channel's 32-bit id (a video without one is its own channel: nothing is unrelated by
     default)."""
@@ -194,14 +200,14 @@ class AccountJudge:
     @staticmethod
     def suspicion_queries(act: AccountActivity) -> list[tuple[str, int]]:
         """(video, hour) of each action and the hours next to it: whose suspicion the judgement reads."""
-        return sorted({(a.video_id, a.minute // 60 + d) for a in act.actions for d in range(-SUSPECT_NEAR, SUSPECT_NEAR + 1)})
+        return sorted({(a.video_id, h) for a in act.actions for h in near_hours(a.minute // 60)})
 
     @staticmethod
     def _fake_hours(act: AccountActivity, suspicion: dict[tuple[str, int], float]) -> float:
         if not act.actions:
             return 0.0
-        hit = [a for a in act.actions if any(suspicion.get((a.video_id, a.minute // 60 + d), 0.0) >= SUSPECT_P
-                                             for d in range(-SUSPECT_NEAR, SUSPECT_NEAR + 1))]
+        hit = [a for a in act.actions
+               if any(suspicion.get((a.video_id, h), 0.0) >= SUSPECT_P for h in near_hours(a.minute // 60))]
         if len(hit) < FAKE_HOURS_MIN:
             return 0.0
         spread = len({a.channel for a in hit}) >= 2 or len({(a.video_id, a.minute // 60) for a in hit}) >= 2

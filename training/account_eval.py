@@ -16,13 +16,13 @@ import numpy as np
 from stream_detector.accounts import (
     JUDGE_EVERY_MIN,
     MIN_ACTIONS,
-    SUSPECT_NEAR,
     SUSPECT_P,
     AccountJudge,
     Action,
     InMemoryAccountStore,
     channel_hash,
     group_of,
+    near_hours,
 )
 from stream_detector.dev.accounts import FAKE_ROLES, ROLES, AccountWorld
 
@@ -47,7 +47,7 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     the worker does.
     ``hour_p`` (N, T): the video level's hour probabilities (``stream_eval.replay``'s
     ``hour_p``), known ``SUSPICION_DELAY_MIN`` after each hour began; as in the worker
-    (``AccountsLane.note_suspicion``), the accounts that engaged a video in an hour are judged
+    (``AccountLoop.note_suspicion``), the accounts that engaged a video in an hour are judged
     again when that hour becomes suspicious (at or above ``SUSPECT_P``)."""
     t0 = time.perf_counter()
     judge = judge or AccountJudge()
@@ -84,7 +84,7 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
         step_end = (s + 1) * step_minutes
         while next_known < len(pending) and pending[next_known] < step_end:
             for v, h in known_at[pending[next_known]]:  # its engagers and those of the hours next to it
-                for near in range(h - SUSPECT_NEAR, h + SUSPECT_NEAR + 1):
+                for near in near_hours(h):
                     due |= engaged_in.get((v, near), set())
             next_known += 1
         if lo == hi and not due:
@@ -114,11 +114,10 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
             act = store.activity[user]
             susp = {}
             if hour_p is not None:
-                vindex = video_index
                 for video, hour in judge.suspicion_queries(act):
                     h = hour - int(d.start_hour)
                     if 0 <= h < d.hours and (h * 60 + SUSPICION_DELAY_MIN) <= now - base:
-                        susp[(video, hour)] = float(hour_p[vindex[video], h])
+                        susp[(video, hour)] = float(hour_p[video_index[video], h])
             sc = judge.judge(act, store.co_engagers(judge.sync_queries(act)), susp)
             judged += 1
             best[k] = max(best[k], sc.score)

@@ -23,7 +23,6 @@ from aiokafka import AIOKafkaProducer
 
 from stream_detector import keys, redis_client
 from stream_detector.accounts import (
-    SUSPECT_NEAR,
     SUSPECT_P,
     THRESHOLD,
     AccountFlagState,
@@ -33,6 +32,7 @@ from stream_detector.accounts import (
     channel_hash,
     decide_account,
     group_of,
+    near_hours,
     shard_of,
 )
 from stream_detector.events import EventColumns
@@ -131,7 +131,7 @@ class AccountLoop:
             return
         users: set[str] = set()
         for v, hs in fresh.items():  # the engagers of those hours and of the hours next to them
-            near = sorted({h + d for h in hs[-24:] for d in range(-SUSPECT_NEAR, SUSPECT_NEAR + 1)})
+            near = sorted({n for h in hs[-24:] for n in near_hours(h)})
             for lo, hi in _runs(near):
                 users.update(await self.store.engaged_in(v, lo, hours=hi - lo + 1))
         await self.mark_due(users)
