@@ -91,6 +91,7 @@ LOOPS = {
     "immediate:3": "scoring lane immediate: RuntimeError: injected fault",
     "probe:1": "broker probe: RuntimeError: injected fault",
     "verdicts:3": "verdicts: RuntimeError: injected fault",
+    "accounts:3": "scoring lane accounts: RuntimeError: injected fault",
     # every video fails: not a poison video but a broken scorer, which must not set the whole
     # population aside
     "poison:v": "BrokenScoring: 8 videos in a row failed to score",

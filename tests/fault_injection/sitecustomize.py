@@ -10,7 +10,8 @@ named function's module is imported, the function raises a real exception as the
 - ``<loop>:<n>``: the n-th call (and every later one) of the function the loop runs raises
   ``RuntimeError``: ``consume`` (``Ingest.write``), ``cadence`` (``ScoringLoop.score_cadence``),
   ``immediate`` (``ScoringLoop.score_immediate``), ``probe`` (``Detector._probe_broker``),
-  ``verdicts`` (``VerdictFollower.take``, the moderation loop's follower).
+  ``verdicts`` (``VerdictFollower.take``, the moderation loop's follower), ``accounts``
+  (``AccountLoop.judge``, the user level's lane).
 
 Nothing of the loops is replaced: the functions they call raise, and the loops meet it as
 they would meet a bug.
@@ -30,6 +31,7 @@ _TARGETS = {  # fault -> (module, class, method)
     "immediate": ("stream_detector.worker.scoring", "ScoringLoop", "score_immediate"),
     "probe": ("stream_detector.worker.detector", "Detector", "_probe_broker"),
     "verdicts": ("stream_detector.worker.verdicts", "VerdictFollower", "take"),
+    "accounts": ("stream_detector.worker.accounts", "AccountLoop", "judge"),
 }
 
 
