@@ -65,6 +65,13 @@ def _redis_cpu(url: str) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
+def _redis_top(url: str, n: int = 12) -> list[str]:
+    """The Redis commands that took most of its time in the run (scripts count as their own calls)."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    top = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:n]
+    return [f"{k.removeprefix('cmdstat_')} {v['usec'] / 1e6:.1f}s/{v['calls']}" for k, v in top]
+
+
 def run_worker(stack: EmbeddedStack, topic: str, prefix: str, expect: int, timeout_s: float) -> dict:
     """One worker consumes ``topic`` to its end: events/s, its CPU and Redis's per 1k events."""
     port = free_port()
@@ -77,6 +84,7 @@ def run_worker(stack: EmbeddedStack, topic: str, prefix: str, expect: int, timeo
     proc = subprocess.Popen([sys.executable, "-m", "stream_detector.cli", "worker"], env=env, stdout=log,
                             stderr=subprocess.STDOUT, cwd=str(ROOT))
     try:
+        redis.Redis.from_url(stack.redis_url).config_resetstat()
         t0 = time.monotonic()
         first = None
         cpu0 = 0.0
@@ -103,7 +111,8 @@ def run_worker(stack: EmbeddedStack, topic: str, prefix: str, expect: int, timeo
                         "redis_cpu_ms_per_1k": round(1000 * rcpu / n * 1000, 2) if n else None,
                         "account_actions": int(m.get("detector_account_actions_total", 0)),
                         "accounts_judged": int(m.get("detector_accounts_judged_total", 0)),
-                        "account_flags": int(m.get("detector_account_flags_total", 0))}
+                        "account_flags": int(m.get("detector_account_flags_total", 0)),
+                        "redis_top": _redis_top(stack.redis_url)}
         raise TimeoutError(f"{topic}: consumed {consumed} of {expect} in {timeout_s} s")
     finally:
         proc.terminate()

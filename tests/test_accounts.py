@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from stream_detector import keys
 from stream_detector.accounts import (
     ACCOUNT_PATTERNS,
     AccountActivity,
@@ -171,13 +172,19 @@ async def test_the_redis_store_keeps_what_the_in_memory_one_keeps_and_a_replay_a
     assert set(due) == {u for u, acts in batch.items() if len({a.key() for a in acts}) >= 3}
     assert await store.apply(batch) == [], "a replay: nothing new, nobody due again"
     users = sorted(batch)
-    later = {users[0]: [act(T0 + d * 1440 + 5, "v1", "c1") for d in (3, 8, 9)] + [act(T0 + 2 * 1440, "v2")]}
+    later = {users[0]: [act(T0 + d * 1440 + 5, "v1", "c1") for d in (3, 8, 9)] + [act(T0 + 2 * 1440, "v2")],
+             "dup": [act(T0 + 1401, "v1", "c1")] * 2}  # a producer's retry can put one action twice in a batch
+    users.append("dup")
     await store.apply(later)  # days 8 apart share a field in Redis: both keep the last 8 days
     memory.apply(later)
     got = await store.activity(users)
     for u in users:
         want = memory.activity[u]
         assert got[u].actions == want.actions and got[u].day_masks == want.day_masks, u
+    assert len(got["dup"].actions) == 1
+    for u in users:  # both keys of an account live as long as the store's TTL (refreshed once a clock hour)
+        assert 0 < await redis_client.ttl(keys.account_state("acc", u)) <= 3600
+        assert 0 < await redis_client.ttl(keys.account_ring("acc", u)) <= 3600
     crowd = {f"fan{k}": [act(T0 + 600 + k % 20, "viral", "cv")] for k in range(200)}  # a crowd within minutes
     await store.apply(crowd)
     memory.apply(crowd)

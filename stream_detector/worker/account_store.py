@@ -17,6 +17,7 @@ Redis Cluster.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from importlib import resources
 
@@ -58,7 +59,7 @@ class AccountStore:
         due: list[str] = []
         flagged: set[str] = set()
         for chunk in _chunks(users, PER_CALL, lambda u: keys.account_state(self.prefix, u), self.redis):
-            ks, args = [], [self.ttl_s, RING, JUDGE_EVERY_MIN, MIN_ACTIONS]
+            ks, args = [], [self.ttl_s, RING, JUDGE_EVERY_MIN, MIN_ACTIONS, int(time.time() // 3600)]
             for u in chunk:
                 ks += [keys.account_state(self.prefix, u), keys.account_ring(self.prefix, u)]
                 acts = actions[u]
