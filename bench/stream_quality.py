@@ -142,9 +142,12 @@ def run_once(data, events, stack, speed: float, lateness: int, world=None) -> tu
             if (m.get("detector_consumer_lag_messages", 1) == 0
                     and m.get('detector_hours_closed_total{reason="idle"}', 0) > idle_seen
                     and m.get("detector_videos_scored_total", 0) > 0):
-                # quiet for 5 s: nothing scored (an account flag can make videos due again)
+                # quiet for 5 s: nothing scored (an account flag can make videos due again) and no
+                # account judged (the account lane drains its due accounts: flags it owes count)
                 time.sleep(5)
-                if _metrics(port).get("detector_videos_scored_total") == m.get("detector_videos_scored_total"):
+                after = _metrics(port)
+                if all(after.get(k) == m.get(k) for k in ("detector_videos_scored_total",
+                                                          "detector_accounts_judged_total")):
                     break
             time.sleep(1)
         m = _metrics(port)
@@ -184,7 +187,32 @@ def run_once(data, events, stack, speed: float, lateness: int, world=None) -> tu
         res["flagged_by_accounts_only"] = int((coordinated & ever).sum())
     if world is not None:
         res["accounts"] = _account_quality(world, account_flags, lateness)
+        res["accounts"].update(_first_flag_split(world, published, res["accounts"].pop("_first_flag")))
     return res, m
+
+
+def _first_flag_split(world, published, first_flag: np.ndarray) -> dict:
+    """Where a farm's time to its first account flag goes: until the video level flags one of
+    its customers, and from there to the account flag (the account level's own delay)."""
+    from training.account_eval import _first_fake_minute
+
+    index = {v: i for i, v in enumerate(world.data.video_ids)}
+    start = _first_fake_minute(world)
+    to_video, video_to_account = [], []
+    for g in world.groups:
+        if g["kind"] not in ("farm", "pod") or int(g["id"]) not in start:
+            continue
+        members = np.flatnonzero(world.group == g["id"])
+        caught = first_flag[members][first_flag[members] >= 0]
+        seen = [p.minute for c in g["customers"] for p in published[index[c]] if p.status != "withdrawn"]
+        if not seen or not caught.size:
+            continue
+        first_video = min(seen)
+        to_video.append(max(0, first_video - start[int(g["id"])]) / 60.0)
+        video_to_account.append((int(caught.min()) - first_video) / 60.0)
+    return {"hours_to_first_customer_flag_median": float(np.median(to_video)) if to_video else None,
+            "hours_customer_flag_to_account_flag_median": (float(np.median(video_to_account))
+                                                           if video_to_account else None)}
 
 
 def _account_quality(world, account_flags: list[dict], lateness: int) -> dict:
@@ -205,7 +233,7 @@ def _account_quality(world, account_flags: list[dict], lateness: int) -> dict:
             first[k] = max(minute, 0)
             group[k] = (f.get("group") or {}).get("group_id")
         pats[k] |= set(f["patterns"])
-    return account_metrics(AccountRun(first, np.zeros(n), pats, group, 0, 0.0), world)
+    return account_metrics(AccountRun(first, np.zeros(n), pats, group, 0, 0.0), world) | {"_first_flag": first}
 
 
 def datetime_epoch(iso: str) -> float:
@@ -285,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\nvideos flagged with coordinated_accounts windows: {r['flagged_by_accounts_only']}")
                 print("\n| accounts | value |\n|---|---|")
                 for key in ("accounts_judged", "fake_accounts", "precision", "recall", "fpr", "groups_found",
-                            "group_member_recall", "group_purity", "hours_to_first_account_flag_median"):
+                            "group_member_recall", "group_purity", "hours_to_first_account_flag_median",
+                            "hours_to_first_customer_flag_median", "hours_customer_flag_to_account_flag_median"):
                     v = a.get(key)
                     print(f"| {key} | {v:.4f} |" if isinstance(v, float) else f"| {key} | {v} |")
                 print("| flagged by role | " + ", ".join(f"{k} {v:.4f}" for k, v in a["flagged_by_role"].items()) + " |")

@@ -173,6 +173,13 @@ class Metrics:
             "Account judgements (an account is judged at most every 30 event minutes while active)",
             registry=r,
         )
+        self.account_judge_delay = Histogram(
+            "detector_account_judgement_delay_seconds",
+            "How long an account due for a judgement (3rd action, every 3 event hours, an hour it "
+            "engaged in found suspicious: those first) waited for it",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.account_judge_latency = Histogram(
             "detector_account_judge_latency_seconds",
             "Wall time of one batch of account judgements (state, co-engagers, judgement)",

@@ -10,7 +10,10 @@ Members are video ids, scores are due times in epoch milliseconds. ``mark`` uses
 (keep the earliest due time); ``claim`` leases due videos (moves their score to a lease
 deadline, so a crashed scorer's work becomes due again); ``release`` removes a video only if
 its score is still that lease, so a change that arrived while it was being scored keeps it
-scheduled. Keys are hash-tagged per partition, so Redis Cluster works.
+scheduled. Keys are hash-tagged per partition, so Redis Cluster works. A mark ahead
+(``mark(..., ahead=True)``) is due ``AHEAD_MS`` earlier than its time: it sorts before every
+routine one, so under a backlog the work most likely to matter is claimed first (the user
+level: accounts that engaged in an hour just found suspicious).
 """
 
 from __future__ import annotations
@@ -43,6 +46,9 @@ return n
 """
 
 
+AHEAD_MS = 10**12  # ~31 years: below every real due time (epoch ms ~1.8e12), above 0
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -56,8 +62,12 @@ class RescoreSchedule:
         topic: str,
         lease_s: float = 30.0,
         metrics: Metrics | None = None,
+        delay=None,
     ) -> None:
+        """``delay``: the histogram that sees how long claimed members waited (default the
+        video schedule's ``detector_schedule_delay_seconds``)."""
         metrics = metrics or Metrics()
+        self.delay = delay if delay is not None else metrics.schedule_delay
         self.redis = redis
         self.prefix = prefix
         self.topic = topic
@@ -69,10 +79,13 @@ class RescoreSchedule:
     def key(self, partition: int) -> str:
         return keys.due(self.prefix, self.topic, partition)
 
-    async def mark(self, due: dict[int, dict[str, int]]) -> None:
-        """{partition: {video_id: due_ms}}; an earlier due time wins over a later one."""
+    async def mark(self, due: dict[int, dict[str, int]], *, ahead: bool = False) -> None:
+        """{partition: {video_id: due_ms}}; an earlier due time wins over a later one; marks
+        ``ahead`` go before every routine one."""
         if not due:
             return
+        if ahead:
+            due = {p: {m: max(t - AHEAD_MS, 1) for m, t in members.items()} for p, members in due.items()}
         pipe = self.redis.pipeline(transaction=False)
         self.queue_marks(pipe, due)
         await self.metrics.timed_redis("schedule", pipe.execute())
@@ -98,8 +111,10 @@ class RescoreSchedule:
         ids = [v.decode() if isinstance(v, bytes) else v for v in got[0::2]]
         for due in got[1::2]:
             due_ms = float(due)
+            if 0 < due_ms < AHEAD_MS:  # a mark ahead: its own time is AHEAD_MS later
+                due_ms += AHEAD_MS
             if due_ms > 0:
-                self.metrics.schedule_delay.observe(max(0.0, now - due_ms) / 1000.0)
+                self.delay.observe(max(0.0, now - due_ms) / 1000.0)
         return ids, lease
 
     async def release(self, partition: int, video_ids: list[str], lease: int) -> int:

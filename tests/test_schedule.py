@@ -26,3 +26,21 @@ async def test_cadence_claims_leave_spike_marks_to_the_immediate_path(redis_clie
     assert await schedule.release(0, ["closed"], lease) == 0
     again, _ = await schedule.claim(0, 10, at_ms=URGENT_DUE_MS)
     assert again == ["closed"]
+
+
+@pytest.mark.asyncio
+async def test_marks_ahead_are_claimed_before_routine_ones_and_their_wait_is_measured_from_their_time(redis_client):
+    from prometheus_client import CollectorRegistry, Histogram
+
+    waited = Histogram("waited_seconds", "test", buckets=(1, 60, 3600), registry=CollectorRegistry())
+    schedule = RescoreSchedule(redis_client, prefix=f"t{uuid.uuid4().hex[:8]}", topic="events#accounts",
+                               lease_s=30, delay=waited)
+    now = now_ms()
+    await schedule.mark({0: {f"routine{k}": now - 10_000 + k for k in range(5)}})
+    await schedule.mark({0: {"suspect": now}}, ahead=True)
+    await schedule.mark({0: {"suspect": now - 20_000}})  # a routine mark does not move it back
+    first, _ = await schedule.claim(0, 2)
+    assert first == ["suspect", "routine0"]
+    assert waited._sum.get() < 30, "waited seconds, not decades"
+    rest, _ = await schedule.claim(0, 10)
+    assert rest == [f"routine{k}" for k in range(1, 5)]

@@ -84,7 +84,7 @@ class AccountLoop:
         s = ctx.settings
         self.topic = s.account_flags_topic
         self.schedule = RescoreSchedule(ctx.redis, prefix=s.key_prefix, topic=f"{s.events_topic}#accounts",
-                                        metrics=ctx.metrics)
+                                        metrics=ctx.metrics, delay=ctx.metrics.account_judge_delay)
         self.judge_core = AccountJudge()
         self.published = 0
         self._turn = 0
@@ -134,9 +134,9 @@ class AccountLoop:
             near = sorted({n for h in hs[-24:] for n in near_hours(h)})
             for lo, hi in _runs(near):
                 users.update(await self.store.engaged_in(v, lo, hours=hi - lo + 1))
-        await self.mark_due(users)
+        await self.mark_due(users, ahead=True)  # before routine judgements: where flags come from
 
-    async def mark_due(self, users) -> None:
+    async def mark_due(self, users, *, ahead: bool = False) -> None:
         """Accounts due for a judgement now, each in its shard (the owner of that partition judges it)."""
         if not users:
             return
@@ -145,7 +145,7 @@ class AccountLoop:
         now = now_ms()
         for u in users:
             marks.setdefault(shard_of(u, shards), {})[u] = now
-        await self.schedule.mark(marks)
+        await self.schedule.mark(marks, ahead=ahead)
 
     async def ingest(self, events: EventColumns, partitions: np.ndarray) -> int:
         """Apply a written batch's account actions; mark the accounts due. Returns the actions."""
