@@ -1,24 +1,25 @@
 -- Account actions of one batch (stream_detector/worker/account_store.py), idempotent.
 -- KEYS: per account, its state HASH and its ring LIST (both hash-tagged by the account).
--- ARGV: ttl_s, ring, judge_every_min, min_actions, now_hour (the worker's clock, epoch hours),
+-- ARGV: ttl_s, ring, judge_every_min, min_actions, refresh (the worker's clock in periods of
+-- at most an hour and a quarter of the TTL),
 -- then per account: n, then n entries
 -- (Action.key(): "<minute>|..."). An entry already in the ring is the same action applied again
 -- (a replay): nothing changes. Only an entry no later than the account's last minute can be one,
 -- so only those are looked up in the ring (LPOS is linear in it).
 -- The state keeps, per day of the last 8 (field d<day % 8> = "<day>:<24-bit mask>"), the hours
 -- with an action, the first and last minute, the actions seen (n) and when it was last judged
--- (j), whether it stands flagged (x, set by the judgement) and the clock hour its keys' TTL was
--- last refreshed (e: once an hour is enough for a TTL of days). Returns two lists of 1-based
+-- (j), whether it stands flagged (x, set by the judgement) and the clock period its keys' TTL
+-- was last refreshed (e: once a period is enough). Returns two lists of 1-based
 -- positions: the accounts due for a judgement, and the accounts that stand flagged (their
 -- actions count as flagged in their videos' hours).
 local ttl, ring, every, min_actions = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now_hour = ARGV[5]
+local refresh = ARGV[5]
 local due = {}
 local flagged = {}
 local a = 6
 -- Per account one HMGET (the state and the day fields its entries touch), RPUSH and HSET (LPOS
 -- only for an entry no later than the last minute, LTRIM only when the ring is full, EXPIREs once
--- a clock hour): Redis time goes into calls, not into Lua.
+-- a clock period): Redis time goes into calls, not into Lua.
 for k = 1, #KEYS, 2 do
   local st, rk = KEYS[k], KEYS[k + 1]
   local n = tonumber(ARGV[a])
@@ -74,12 +75,12 @@ for k = 1, #KEYS, 2 do
       fields[#fields + 1] = last
       due[#due + 1] = (k + 1) / 2
     end
-    if cur[6] ~= now_hour then
+    if cur[6] ~= refresh then
       fields[#fields + 1] = 'e'
-      fields[#fields + 1] = now_hour
+      fields[#fields + 1] = refresh
     end
     redis.call('HSET', st, unpack(fields))
-    if cur[6] ~= now_hour then
+    if cur[6] ~= refresh then
       redis.call('EXPIRE', st, ttl)
       redis.call('EXPIRE', rk, ttl)
     end

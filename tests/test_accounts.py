@@ -182,7 +182,7 @@ async def test_the_redis_store_keeps_what_the_in_memory_one_keeps_and_a_replay_a
         want = memory.activity[u]
         assert got[u].actions == want.actions and got[u].day_masks == want.day_masks, u
     assert len(got["dup"].actions) == 1
-    for u in users:  # both keys of an account live as long as the store's TTL (refreshed once a clock hour)
+    for u in users:  # both keys of an account live as long as the store's TTL (refreshed once a clock period)
         assert 0 < await redis_client.ttl(keys.account_state("acc", u)) <= 3600
         assert 0 < await redis_client.ttl(keys.account_ring("acc", u)) <= 3600
     crowd = {f"fan{k}": [act(T0 + 600 + k % 20, "viral", "cv")] for k in range(200)}  # a crowd within minutes

@@ -58,8 +58,10 @@ class AccountStore:
         users = list(actions)
         due: list[str] = []
         flagged: set[str] = set()
+        # the accounts' TTL is refreshed once a clock period: an hour, or a quarter of a shorter TTL
+        refresh = int(time.time() // max(1, min(3600, self.ttl_s // 4)))
         for chunk in _chunks(users, PER_CALL, lambda u: keys.account_state(self.prefix, u), self.redis):
-            ks, args = [], [self.ttl_s, RING, JUDGE_EVERY_MIN, MIN_ACTIONS, int(time.time() // 3600)]
+            ks, args = [], [self.ttl_s, RING, JUDGE_EVERY_MIN, MIN_ACTIONS, refresh]
             for u in chunk:
                 ks += [keys.account_state(self.prefix, u), keys.account_ring(self.prefix, u)]
                 acts = actions[u]
