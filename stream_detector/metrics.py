@@ -170,7 +170,7 @@ class Metrics:
         )
         self.accounts_judged = Counter(
             "detector_accounts_judged_total",
-            "Account judgements (an account is judged at most every 30 event minutes while active)",
+            "Account judgements (an account is judged at most every 3 event hours while active, at once when an hour it engaged in is found suspicious)",
             registry=r,
         )
         self.account_judge_delay = Histogram(

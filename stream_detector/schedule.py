@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 
 import redis.asyncio as aioredis
+from prometheus_client import Histogram
 
 from stream_detector import keys
 from stream_detector.metrics import Metrics
@@ -62,7 +63,7 @@ class RescoreSchedule:
         topic: str,
         lease_s: float = 30.0,
         metrics: Metrics | None = None,
-        delay=None,
+        delay: Histogram | None = None,
     ) -> None:
         """``delay``: the histogram that sees how long claimed members waited (default the
         video schedule's ``detector_schedule_delay_seconds``)."""
