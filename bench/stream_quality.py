@@ -186,21 +186,21 @@ def run_once(data, events, stack, speed: float, lateness: int, world=None) -> tu
                                 for pubs in published])
         res["flagged_by_accounts_only"] = int((coordinated & ever).sum())
     if world is not None:
-        res["accounts"] = _account_quality(world, account_flags, lateness)
-        res["accounts"].update(_first_flag_split(world, published, res["accounts"].pop("_first_flag")))
+        res["accounts"] = _account_quality(world, account_flags, lateness, published)
     return res, m
 
 
 def _first_flag_split(world, published, first_flag: np.ndarray) -> dict:
     """Where a farm's time to its first account flag goes: until the video level flags one of
     its customers, and from there to the account flag (the account level's own delay)."""
+    from stream_detector.dev.accounts import FAKE_ROLES
     from training.account_eval import _first_fake_minute
 
     index = {v: i for i, v in enumerate(world.data.video_ids)}
     start = _first_fake_minute(world)
     to_video, video_to_account = [], []
     for g in world.groups:
-        if g["kind"] not in ("farm", "pod") or int(g["id"]) not in start:
+        if g["kind"] not in FAKE_ROLES or int(g["id"]) not in start:
             continue
         members = np.flatnonzero(world.group == g["id"])
         caught = first_flag[members][first_flag[members] >= 0]
@@ -215,8 +215,9 @@ def _first_flag_split(world, published, first_flag: np.ndarray) -> dict:
                                                            if video_to_account else None)}
 
 
-def _account_quality(world, account_flags: list[dict], lateness: int) -> dict:
-    """The account flags read back, scored like the evaluator scores its replay."""
+def _account_quality(world, account_flags: list[dict], lateness: int, published) -> dict:
+    """The account flags read back, scored like the evaluator scores its replay, and where a
+    farm's time to its first account flag goes (``published``: the video flags per video)."""
     from training.account_eval import AccountRun, account_metrics
 
     index = {u: k for k, u in enumerate(world.account_ids)}
@@ -233,7 +234,8 @@ def _account_quality(world, account_flags: list[dict], lateness: int) -> dict:
             first[k] = max(minute, 0)
             group[k] = (f.get("group") or {}).get("group_id")
         pats[k] |= set(f["patterns"])
-    return account_metrics(AccountRun(first, np.zeros(n), pats, group, 0, 0.0), world) | {"_first_flag": first}
+    return (account_metrics(AccountRun(first, np.zeros(n), pats, group, 0, 0.0), world)
+            | _first_flag_split(world, published, first))
 
 
 def datetime_epoch(iso: str) -> float:
