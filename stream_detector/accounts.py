@@ -64,6 +64,8 @@ SUSPECT_P = 0.7
 SUSPECT_NEAR = 1  # an action within this many hours of a suspicious hour counts (the video level localises to +-1 h)
 FAKE_HOURS_SHARE = 0.8
 FAKE_HOURS_MIN = 3
+CARRIED_MIN = 5  # flagged accounts' actions in a video's hour, at least...
+CARRIED_SHARE = 0.3  # ... and this share of the hour's account actions: the hour is carried by them
 ACCOUNT_PATTERNS = ("sync", "no_sleep", "regular", "rate", "fake_hours")
 # sync within +-30 min weighs 0.6 alone (an account watching boosted videos is near the bots
 # that boost them); in lockstep (+-3 min) it weighs as much as the others
@@ -76,6 +78,24 @@ def near_hours(hour: int) -> range:
     """The hours whose suspicion speaks for an action in ``hour`` (``SUSPECT_NEAR`` either side),
     and, the other way round, the hours whose engagers a newly suspicious ``hour`` makes due."""
     return range(hour - SUSPECT_NEAR, hour + SUSPECT_NEAR + 1)
+
+
+def carried_share(total: int, flagged: int) -> float:
+    """The share of a video hour's account actions that came from flagged accounts, when they
+    carry it (at least ``CARRIED_MIN`` actions and ``CARRIED_SHARE``), else 0. A carried hour
+    is fake by who engaged in it, whatever its counts say: the video level flags it
+    (``coordinated_accounts``) and the user level takes it as suspicious, so the other accounts
+    working in it are judged with that evidence (a farm found on one customer reaches the
+    customers the counts missed)."""
+    if flagged < CARRIED_MIN:
+        return 0.0
+    share = flagged / max(total, flagged, 1)
+    return share if share >= CARRIED_SHARE else 0.0
+
+
+def carried_suspicion(share: float) -> float:
+    """The suspicion a carried hour stands for (at least ``SUSPECT_P``, rising with the share)."""
+    return SUSPECT_P + (1.0 - SUSPECT_P) * share
 
 
 def channel_hash(channel: str | None, video: str) -> int:

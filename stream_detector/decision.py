@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from stream_detector.accounts import carried_share
 from stream_detector.flags import flag_id, merge_windows_objects, severity
 from stream_detector.patterns import Burst
 from stream_detector.scoring import FlaggedWindow, VideoScore
@@ -226,8 +227,6 @@ def _recurring(vs: VideoScore, windows: list[FlaggedWindow]) -> list[FlaggedWind
 
 
 BURST_MINUTES_KEPT = 16
-CARRIED_MIN = 5  # flagged accounts' actions in an hour, at least...
-CARRIED_SHARE = 0.3  # ... and this share of the hour's account actions
 
 
 def scheduled(minutes: list[int]) -> bool:
@@ -288,7 +287,7 @@ class StreamDecision:
         the hour probabilities: a burst that fires (its window is merged and relabelled) or an
         active flag (an episode that ends is published with its explanation). Otherwise only
         hours at or above ``detail_floor`` make it flag and read the detail."""
-        carried = bool(accounts) and any(f >= CARRIED_MIN for _, f in accounts.values())
+        carried = bool(accounts) and any(carried_share(t, f) for t, f in accounts.values())
         return (state is not None and state.active) or self.fires(burst) or carried
 
     def fires(self, burst: Burst | None) -> bool:
@@ -355,18 +354,15 @@ class StreamDecision:
         return state, None
 
     def _carried(self, vs: VideoScore, accounts: dict[int, tuple[int, int]]) -> list[FlaggedWindow]:
-        """Confirmed hours carried by flagged accounts: at least ``CARRIED_MIN`` of their actions
-        and ``CARRIED_SHARE`` of the hour's account actions. Their score rises with that share
+        """Confirmed hours carried by flagged accounts (``accounts.carried_share``). Their score rises with that share
         above the publish threshold (an hour wholly carried by flagged accounts is critical)."""
         th = self.thresholds
         confirmed = self.confirmed(vs)
         out = []
         for h, (total, flagged) in sorted(accounts.items()):
             t = h - vs.start_hour
-            if not (0 <= t < len(confirmed) and confirmed[t]) or flagged < CARRIED_MIN:
-                continue
-            share = flagged / max(total, flagged, 1)
-            if share < CARRIED_SHARE:
+            share = carried_share(total, flagged)
+            if not (0 <= t < len(confirmed) and confirmed[t]) or not share:
                 continue
             score = max(float(vs.hour_probability[t]), th.publish + (1.0 - th.publish) * share)
             counts = vs.detail.counts[:, t] if vs.detail is not None else np.ones(4)

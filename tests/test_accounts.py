@@ -20,6 +20,8 @@ from stream_detector.accounts import (
     InMemoryAccountStore,
     account_flag_id,
     account_record,
+    carried_share,
+    carried_suspicion,
     channel_hash,
     decide_account,
     shard_of,
@@ -214,7 +216,7 @@ def _farm_and_people(days: int = 3) -> list[dict]:
     rng = np.random.default_rng(7)
     start = T0 * 60
     events = []
-    customers = [("cust-a", "ch-a"), ("cust-b", "ch-b"), ("cust-c", "ch-c"), ("cust-d", "ch-d")]
+    customers = customers_of_farm()
     for k in range(12):
         for step in range(days * 72):
             video, channel = customers[(step + k) % 4]
@@ -265,6 +267,10 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         carried = [f for f in flags if any("coordinated_accounts" in w["patterns"] for w in f["windows"])]
         assert carried, "hours carried by flagged accounts are flagged"
         assert all(f["accounts"]["flagged_share"] >= 0.3 for f in carried)
+        # ... and the user level takes the hours they carry as suspicious, whatever the counts
+        # said: the next accounts working in them are judged with that evidence
+        noted, owed = _carried_hours_noted(redis_url, dep.run_id, [c for c, _ in customers_of_farm()])
+        assert noted >= 0.9 * owed and owed >= 12, (noted, owed)
         # a moderator clears one of them (the moderation loop): its flag is withdrawn and says why
         asyncio.run(_send_verdict(dep, {"flag_id": first["flag_id"], "user_id": "farm-0", "verdict": "false_positive",
                                         "scope": "episode", "reviewer": "mod", "ts": time.time()}))
@@ -290,6 +296,32 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         assert allowed, worker.log_tail()
     finally:
         assert worker.terminate() == 0
+
+
+def customers_of_farm() -> list[tuple[str, str]]:
+    return [("cust-a", "ch-a"), ("cust-b", "ch-b"), ("cust-c", "ch-c"), ("cust-d", "ch-d")]
+
+
+def _carried_hours_noted(redis_url: str, prefix: str, videos: list[str]) -> tuple[int, int]:
+    """(carried hours noted as suspicious at least as high as their share says, carried hours
+    the video level has judged since they were carried: all but each video's last six hours)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    noted = owed = 0
+    try:
+        for v in videos:
+            counts = {k.decode(): int(x) for k, x in r.hgetall(keys.video_accounts(prefix, v)).items()}
+            suspicious = {int(k): float(x) for k, x in r.hgetall(keys.video_suspicion(prefix, v)).items()}
+            hours = sorted(int(k[1:]) for k in counts if k.startswith("t"))
+            for h in hours[:-6]:
+                share = carried_share(counts[f"t{h}"], counts.get(f"f{h}", 0))
+                if share:
+                    owed += 1
+                    noted += suspicious.get(h, 0.0) >= carried_suspicion(share) - 1e-3
+    finally:
+        r.close()
+    return noted, owed
 
 
 async def _send_verdict(dep: Deployment, doc: dict) -> None:

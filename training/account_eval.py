@@ -20,6 +20,8 @@ from stream_detector.accounts import (
     AccountJudge,
     Action,
     InMemoryAccountStore,
+    carried_share,
+    carried_suspicion,
     channel_hash,
     group_of,
     near_hours,
@@ -48,7 +50,9 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     ``hour_p`` (N, T): the video level's hour probabilities (``stream_eval.replay``'s
     ``hour_p``), known ``SUSPICION_DELAY_MIN`` after each hour began; as in the worker
     (``AccountLoop.note_suspicion``), the accounts that engaged a video in an hour are judged
-    again when that hour becomes suspicious (at or above ``SUSPECT_P``)."""
+    again when that hour becomes suspicious (at or above ``SUSPECT_P``), or when flagged
+    accounts come to carry it (``accounts.carried_share``: the worker notes it when it scores
+    the video again, which a new account flag asks for; here from the next step)."""
     t0 = time.perf_counter()
     judge = judge or AccountJudge()
     d = world.data
@@ -78,6 +82,10 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     engaged_in: dict[tuple[int, int], set[int]] = {}
     pending = sorted(known_at)
     next_known = 0
+    hour_actions: dict[tuple[int, int], int] = {}  # (video, hour) -> account actions
+    hour_flagged: dict[tuple[int, int], int] = {}  # ... of accounts flagged by then
+    carried: dict[tuple[int, int], float] = {}  # (video, hour) -> its suspicion, once carried
+    newly_carried: list[tuple[int, int]] = []
     for s in range(len(bounds) - 1):
         lo, hi = bounds[s], bounds[s + 1]
         due: set[int] = set()
@@ -87,6 +95,10 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
                 for near in near_hours(h):
                     due |= engaged_in.get((v, near), set())
             next_known += 1
+        for v, h in newly_carried:
+            for near in near_hours(h):
+                due |= engaged_in.get((v, near), set())
+        newly_carried = []
         if lo == hi and not due:
             continue
         rows = a[lo:hi]
@@ -101,8 +113,13 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
                 Action(base + m, d.video_ids[v], int(ch[v]), (c[0], c[1], c[2], c[3])))
         store.apply(batch)
         now = base + step_end - 1
-        for (acc, v, m) in per:
+        counted: set[tuple[int, int]] = set()
+        for acc, v, m in per:
             engaged_in.setdefault((v, m // 60), set()).add(acc)
+            hour_actions[(v, m // 60)] = hour_actions.get((v, m // 60), 0) + 1
+            if first[acc] >= 0:  # a flagged account's later actions count as they arrive
+                hour_flagged[(v, m // 60)] = hour_flagged.get((v, m // 60), 0) + 1
+                counted.add((v, m // 60))
         for user, acts in batch.items():
             n_actions[index[user]] += len(acts)
         touched = [index[u] for u in batch]
@@ -118,6 +135,10 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
                     h = hour - int(d.start_hour)
                     if 0 <= h < d.hours and (h * 60 + SUSPICION_DELAY_MIN) <= now - base:
                         susp[(video, hour)] = float(hour_p[video_index[video], h])
+            for video, hour in judge.suspicion_queries(act):
+                c = carried.get((video_index[video], hour - int(d.start_hour)))
+                if c is not None:
+                    susp[(video, hour)] = max(susp.get((video, hour), 0.0), c)
             sc = judge.judge(act, store.co_engagers(judge.sync_queries(act)), susp)
             judged += 1
             best[k] = max(best[k], sc.score)
@@ -127,6 +148,15 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
                     first[k] = now - base
                     g = group_of(user, sc.partners)
                     group[k] = g["group_id"] if g else None
+                    for x in act.actions:  # its actions count as flagged in their videos' hours
+                        vh = (video_index[x.video_id], x.minute // 60 - int(d.start_hour))
+                        hour_flagged[vh] = hour_flagged.get(vh, 0) + 1
+                        counted.add(vh)
+        for vh in sorted(counted - set(carried)):
+            share = carried_share(hour_actions.get(vh, 0), hour_flagged[vh])
+            if share:
+                carried[vh] = carried_suspicion(share)
+                newly_carried.append(vh)
     return AccountRun(first, best, pats, group, judged, time.perf_counter() - t0)
 
 

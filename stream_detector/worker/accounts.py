@@ -29,6 +29,8 @@ from stream_detector.accounts import (
     AccountJudge,
     Action,
     account_record,
+    carried_share,
+    carried_suspicion,
     channel_hash,
     decide_account,
     group_of,
@@ -114,18 +116,24 @@ class AccountLoop:
         """Per video: its hours' account actions and flagged accounts' actions, and their groups."""
         return await self.store.video_hours(video_ids) if await self.active() else {}
 
-    async def note_suspicion(self, scores, threshold: float = SUSPECT_P) -> None:
-        """The video level's suspicious hours (confirmed hours at or above ``SUSPECT_P``): kept
-        for the account judgement; the accounts that engaged in hours suspicious for the first
-        time are due now."""
+    async def note_suspicion(self, scores, evidence: dict | None = None, threshold: float = SUSPECT_P) -> None:
+        """The video level's suspicious hours (confirmed hours at or above ``SUSPECT_P``, and
+        hours flagged accounts carry: ``evidence`` is ``video_evidence`` of the same videos):
+        kept for the account judgement; the accounts that engaged in hours suspicious for the
+        first time are due now."""
         if not await self.active():
             return
         hours: dict[str, dict[int, float]] = {}
         for vs in scores:
             p = vs.hour_probability[:-1]  # confirmed hours (the last closed one awaits the next)
             idx = np.flatnonzero(p >= threshold)
-            if idx.size:
-                hours[vs.video_id] = {int(vs.start_hour + t): float(p[t]) for t in idx.tolist()}
+            mine = {int(vs.start_hour + t): float(p[t]) for t in idx.tolist()}
+            for h, (total, flagged) in ((evidence or {}).get(vs.video_id, (None,))[0] or {}).items():
+                share = carried_share(total, flagged)
+                if share:
+                    mine[h] = max(mine.get(h, 0.0), carried_suspicion(share))
+            if mine:
+                hours[vs.video_id] = mine
         fresh = await self.store.note_suspicion(hours)
         if not fresh:
             return
