@@ -353,6 +353,17 @@ class InMemoryAccountStore:
             newest = lst[-1][0]
             self.engagers[v] = [x for x in lst if x[0] >= newest - self.engager_minutes][-self.engagers_per_video:]
 
+    def engaged_in(self, video: str, hour: int, limit: int = 500, hours: int = 1) -> list[str]:
+        """The accounts whose latest action on a video lies in ``hours`` hours from ``hour``, at
+        most ``limit`` per hour (as the Redis store answers: an account that came back later, or
+        acted before the engagers kept, is not among them)."""
+        import bisect
+
+        lst = self.engagers.get(video, [])
+        lo = bisect.bisect_left(lst, (hour * 60, ""))
+        hi = bisect.bisect_left(lst, ((hour + hours) * 60, ""))
+        return [u for _, u in lst[lo:min(hi, lo + limit * hours)]]
+
     def co_engagers(self, queries: Sequence[tuple[str, int]]) -> dict[tuple[str, int], list[tuple[str, int]]]:
         import bisect
 

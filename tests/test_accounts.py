@@ -197,6 +197,14 @@ async def test_the_redis_store_keeps_what_the_in_memory_one_keeps_and_a_replay_a
     assert redis_co.keys() == memory_co.keys() and len(redis_co) == len(set(queries)) - 1
     for q in redis_co:
         assert sorted(redis_co[q]) == sorted(memory_co[q])
+    # the engagers of an hour (what a newly suspicious hour makes due): the same accounts from both,
+    # each at its latest minute on the video (an account that came back later is not there)
+    for video in ("v1", "v2", "viral"):
+        for hour in range(T0 // 60, T0 // 60 + 25):
+            for hours in (1, 3):
+                assert sorted(await store.engaged_in(video, hour, hours=hours)) == sorted(
+                    memory.engaged_in(video, hour, hours=hours)), (video, hour, hours)
+    assert len(memory.engaged_in("viral", (T0 + 600) // 60, limit=50)) == 50
     hours = await store.video_hours(["v1"])
     actions_v1 = {(u, a.minute) for b in (batch, later) for u, acts in b.items() for a in acts if a.video_id == "v1"}
     assert sum(t for t, _ in hours["v1"][0].values()) == len(actions_v1)

@@ -79,7 +79,11 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     if hour_p is not None:
         for v, h in zip(*np.nonzero(hour_p >= SUSPECT_P), strict=True):
             known_at.setdefault(int(h) * 60 + SUSPICION_DELAY_MIN, []).append((int(v), int(h)))
-    engaged_in: dict[tuple[int, int], set[int]] = {}
+
+    def engaged_in(v: int, h: int) -> set[int]:  # the engagers the worker finds there (latest minute)
+        near = near_hours(h)
+        return {index[u] for u in store.engaged_in(d.video_ids[v], int(d.start_hour) + near[0], hours=len(near))}
+
     pending = sorted(known_at)
     next_known = 0
     hour_actions: dict[tuple[int, int], int] = {}  # (video, hour) -> account actions
@@ -92,12 +96,10 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
         step_end = (s + 1) * step_minutes
         while next_known < len(pending) and pending[next_known] < step_end:
             for v, h in known_at[pending[next_known]]:  # its engagers and those of the hours next to it
-                for near in near_hours(h):
-                    due |= engaged_in.get((v, near), set())
+                due |= engaged_in(v, h)
             next_known += 1
         for v, h in newly_carried:
-            for near in near_hours(h):
-                due |= engaged_in.get((v, near), set())
+            due |= engaged_in(v, h)
         newly_carried = []
         if lo == hi and not due:
             continue
@@ -115,7 +117,6 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
         now = base + step_end - 1
         counted: set[tuple[int, int]] = set()
         for acc, v, m in per:
-            engaged_in.setdefault((v, m // 60), set()).add(acc)
             hour_actions[(v, m // 60)] = hour_actions.get((v, m // 60), 0) + 1
             if first[acc] >= 0:  # a flagged account's later actions count as they arrive
                 hour_flagged[(v, m // 60)] = hour_flagged.get((v, m // 60), 0) + 1

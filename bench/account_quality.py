@@ -1,0 +1,81 @@
+"""The user level offline, in event time: a held-out market week's accounts through the evaluator.
+
+The same week as ``bench/stream_quality.py --market --accounts`` (seeded, held-out texture),
+without a worker: the video level's hour probabilities come from ``training.stream_eval.replay``
+(the shipped model and decision, minute-level, closed hours), and the account actions are
+replayed through ``training.account_eval.replay_accounts`` (the worker's account state and
+judgement, suspicious and carried hours making their engagers due). No lane backlog: the time
+to a first account flag is in event time, which the stream bench at 3,600x cannot give.
+
+    .venv/bin/python bench/account_quality.py                  # week A (seed 777001), ~15 min
+    .venv/bin/python bench/account_quality.py --seed 777002    # week B
+
+Prints a Markdown table; with ``--json`` the last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from stream_detector.config import DEFAULT_MODEL_PATH  # noqa: E402
+from stream_detector.dev.accounts import build_world  # noqa: E402
+from stream_detector.dev.market import simulate_market  # noqa: E402
+from stream_detector.dev.texture import RealTexture  # noqa: E402
+from stream_detector.models import ModelArtifact  # noqa: E402
+from stream_detector.scoring import Scorer  # noqa: E402
+from stream_detector.worker.model_slot import decision_of  # noqa: E402
+from training.account_eval import account_metrics, replay_accounts  # noqa: E402
+from training.stream_eval import replay  # noqa: E402
+
+BASE_HOUR = 1767571200 // 3600 + 9 * 168  # the week bench/stream_quality.py replays
+SEED = 777_001
+
+
+def _f(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--videos", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--model", default=str(DEFAULT_MODEL_PATH))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    if args.videos < 20:
+        ap.error("--videos must be >= 20")
+    data = simulate_market(args.videos, seed=args.seed, texture=RealTexture("test"), start_hour=BASE_HOUR)
+    world = build_world(data, seed=args.seed)
+    model = ModelArtifact.load(args.model)
+    video = replay(Scorer(model), decision_of(model, None), data)
+    run = replay_accounts(world, hour_p=video.hour_p)
+    m = account_metrics(run, world)
+    rows = [("accounts judged (>= 3 actions) / of them farm and pod accounts",
+             f"{m['accounts_judged']:,} / {m['fake_accounts']:,}"),
+            ("precision", f"{m['precision']:.3f}"), ("recall", f"{m['recall']:.3f}"),
+            ("flagged by role", ", ".join(f"{r} {v:.4f}" for r, v in m["flagged_by_role"].items())),
+            ("recall by farm kind", ", ".join(f"{k} {v:.2f}" for k, v in m["recall_by_stealth"].items())),
+            ("groups found / members recovered", f"{_f(m['groups_found'])} / {_f(m['group_member_recall'])}"),
+            ("median event hours, a farm's first action to its first account flag",
+             _f(m["hours_to_first_account_flag_median"], 1)),
+            ("videos with an hour carried by flagged accounts: fake / organic",
+             f"{_f(m['video_recall_by_accounts'], 3)} / {_f(m['video_fpr_by_accounts'], 3)}"),
+            ("judgements / seconds", f"{m['judgements']:,} / {m['seconds']:.0f}")]
+    print(f"market week seed {args.seed}: {len(data)} videos, {len(world.account_ids):,} accounts\n")
+    print("| measure | value |\n|---|---|")
+    for label, value in rows:
+        print(f"| {label} | {value} |")
+    if args.json:
+        print(json.dumps({k: v for k, v in m.items() if k != "video_by_kind"}, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
