@@ -41,7 +41,7 @@ class StreamRun:
     final: list[VideoScore | None] = field(default_factory=list)
     statistic: np.ndarray | None = None  # per video: highest confirmed hour probability seen
     burst: np.ndarray | None = None  # per video: highest immediate-path evidence seen
-    hour_p: np.ndarray | None = None  # (N, T) per video hour: the highest probability a scoring gave it
+    hour_p: np.ndarray | None = None  # (N, T) per video hour: the highest probability a scoring gave it once confirmed
 
 
 def _windows(data, cum: np.ndarray, idx: np.ndarray, minute: int, window: int,
@@ -131,8 +131,10 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
                     statistic[i] = max(statistic[i], decision.statistic(vs))
                 if burst is not None:
                     burst_max[i] = max(burst_max[i], burst.evidence)
+                # confirmed hours only (the last closed one awaits the next), as the worker notes
+                # them for the user level (AccountLoop.note_suspicion)
                 lo = vs.start_hour - base
-                a, b = max(lo, 0), min(lo + len(vs.hour_probability), hours)
+                a, b = max(lo, 0), min(lo + len(vs.hour_probability) - 1, hours)
                 if b > a:
                     np.maximum(hour_p[i, a:b], vs.hour_probability[a - lo : b - lo], out=hour_p[i, a:b])
                 state, action = decision.decide(states[i], vs, now_hour=base + now_hour, burst=burst)
