@@ -354,8 +354,9 @@ class StreamDecision:
         return state, None
 
     def _carried(self, vs: VideoScore, accounts: dict[int, tuple[int, int]]) -> list[FlaggedWindow]:
-        """Confirmed hours carried by flagged accounts (``accounts.carried_share``). Their score rises with that share
-        above the publish threshold (an hour wholly carried by flagged accounts is critical)."""
+        """Confirmed hours carried by flagged accounts (``accounts.carried_share``). Their score
+        rises with that share above the publish threshold (an hour wholly carried by flagged
+        accounts is critical)."""
         th = self.thresholds
         confirmed = self.confirmed(vs)
         out = []

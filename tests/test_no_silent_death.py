@@ -105,7 +105,10 @@ def test_a_loop_that_dies_ends_the_worker_unhealthy_and_a_restart_loses_nothing(
     items = list(_event_items(data))
     dep = Deployment(kafka_bootstrap, redis_url)
     dep.create_topics()
-    worker = WorkerProcess(_with_fault(dep, fault), tmp_path)
+    # batches of at most 2,000 events: the fault meets a stream in progress (a second write of
+    # the consume loop, say) even when the whole feed is in the topic before the worker is
+    # assigned, as on a slow start; one batch of everything would never make a second write
+    worker = WorkerProcess(_with_fault(dep, fault, DETECTOR_CONSUME_MAX_RECORDS="2000"), tmp_path)
     # fed while the loop runs, so that the fault meets a stream in progress
     feeder = threading.Thread(target=dep.produce, args=(items,), kwargs={"rate": 2000.0}, daemon=True)
     feeder.start()
