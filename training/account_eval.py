@@ -131,15 +131,12 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
             last_judged[k] = now
             act = store.activity[user]
             susp = {}
-            if hour_p is not None:
-                for video, hour in judge.suspicion_queries(act):
-                    h = hour - int(d.start_hour)
-                    if 0 <= h < d.hours and (h * 60 + SUSPICION_DELAY_MIN) <= now - base:
-                        susp[(video, hour)] = float(hour_p[video_index[video], h])
-            for video, hour in judge.suspicion_queries(act):
-                c = carried.get((video_index[video], hour - int(d.start_hour)))
-                if c is not None:
-                    susp[(video, hour)] = max(susp.get((video, hour), 0.0), c)
+            for video, hour in judge.suspicion_queries(act):  # the model's hour, or flagged accounts carrying it
+                v, h = video_index[video], hour - int(d.start_hour)
+                known = hour_p is not None and 0 <= h < d.hours and (h * 60 + SUSPICION_DELAY_MIN) <= now - base
+                p = max(carried.get((v, h), 0.0), float(hour_p[v, h]) if known else 0.0)
+                if p:  # an hour of probability 0 is no evidence either way: left out
+                    susp[(video, hour)] = p
             sc = judge.judge(act, store.co_engagers(judge.sync_queries(act)), susp)
             judged += 1
             best[k] = max(best[k], sc.score)
