@@ -2,10 +2,11 @@
 
 The same week as ``bench/stream_quality.py --market --accounts`` (seeded, held-out texture),
 without a worker: the video level's hour probabilities come from ``training.stream_eval.replay``
-(the shipped model and decision, minute-level, closed hours), and the account actions are
-replayed through ``training.account_eval.replay_accounts`` (the worker's account state and
-judgement, suspicious and carried hours making their engagers due). No lane backlog: the time
-to a first account flag is in event time, which the stream bench at 3,600x cannot give.
+(the shipped model and decision, minute-level, closed hours), each hour suspicious from the
+event minute a scoring first found it so, and the account actions are replayed through
+``training.account_eval.replay_accounts`` (the worker's account state and judgement, suspicious
+and carried hours making their engagers due). No lane backlog: the time to a first account flag
+is in event time, which the stream bench at 3,600x cannot give.
 
     .venv/bin/python bench/account_quality.py                  # week A (seed 777001), ~15 min
     .venv/bin/python bench/account_quality.py --seed 777002    # week B
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     world = build_world(data, seed=args.seed)
     model = ModelArtifact.load(args.model)
     video = replay(Scorer(model), decision_of(model, None), data)
-    run = replay_accounts(world, hour_p=video.hour_p)
+    run = replay_accounts(world, hour_p=video.hour_p, suspect_at=video.suspect_at)
     m = account_metrics(run, world)
     rows = [("accounts judged (>= 3 actions) / of them farm and pod accounts",
              f"{m['accounts_judged']:,} / {m['fake_accounts']:,}"),

@@ -68,6 +68,7 @@ def test_the_evaluator_judges_an_hours_engagers_again_once_it_is_found_suspiciou
     """The user level's evaluator, as the worker runs it: with the video level's suspicion (here
     the truth: fake hours at 1.0), farm accounts are flagged for working in fake hours, also
     those that did not act again after the hour was found suspicious, and people are not."""
+    from stream_detector.accounts import SUSPECT_P
     from training.account_eval import SUSPICION_DELAY_MIN, account_metrics, replay_accounts
 
     blind = replay_accounts(world, step_minutes=30)
@@ -82,3 +83,12 @@ def test_the_evaluator_judges_an_hours_engagers_again_once_it_is_found_suspiciou
     assert late[fake].any(), "flagged when its hours were found suspicious, not only when it acted"
     m = account_metrics(seen, world)
     assert m["precision"] >= 0.9 and m["flagged_by_role"].get("organic", 0.0) <= 0.01, m
+    # the same suspicion, known only from day 5 (``suspect_at``, as the stream learns it): nothing
+    # it would give is flagged before, and it still reaches accounts after
+    known = 4 * 24 * 60
+    delayed = replay_accounts(world, step_minutes=30, hour_p=truth,
+                              suspect_at=np.where(truth >= SUSPECT_P, known, -1))
+    before = (blind.first_flag >= 0) & (blind.first_flag < known)
+    assert np.array_equal(np.where(delayed.first_flag < known, delayed.first_flag, -1),
+                          np.where(before, blind.first_flag, -1))
+    assert (delayed.first_flag[fake] >= 0).sum() > (blind.first_flag[fake] >= 0).sum()

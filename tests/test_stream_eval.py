@@ -56,3 +56,20 @@ def test_stream_metrics_count_what_moderators_see(setup):
     assert m["flags_per_flagged_video"] >= 1.0
     assert set(m["fpr_by_kind"]) >= {"real_textured", "any textured", "any plain"}
     assert m["recall"] >= 0.6, m  # the shipped model, held-out texture: a floor, not the target
+
+
+def test_an_hour_is_suspicious_for_the_user_level_from_the_first_scoring_that_confirmed_it(setup):
+    """``suspect_at``: when the worker would note each hour as suspicious (confirmed, at least
+    ``SUSPECT_P``), which the user level's evaluator takes instead of hindsight."""
+    from stream_detector.accounts import SUSPECT_P
+
+    scorer, model, data = setup
+    run = replay(scorer, StreamDecision(Thresholds.from_artifact(model.publish_threshold(), model.decision,
+                                                                 model.combiner.hour_threshold)), data, step_minutes=10)
+    assert np.array_equal(run.suspect_at >= 0, run.hour_p >= SUSPECT_P)
+    v, h = np.nonzero(run.suspect_at >= 0)
+    assert v.size >= 20
+    # confirmed: the hour and the next closed (an hour is confirmed once the one after it closed)
+    assert (run.suspect_at[v, h] >= (h + 2) * 60 - 1).all()
+    assert (run.suspect_at[v, h] < data.hours * 60).all()
+    assert (run.suspect_at[v, h] > (h + 2) * 60 + 60).any(), "some hours are found suspicious only hours later"

@@ -43,14 +43,18 @@ SUSPICION_DELAY_MIN = 120  # the video level judges an hour once it and the hour
 
 
 def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: AccountJudge | None = None,
-                    hour_p: np.ndarray | None = None) -> AccountRun:
+                    hour_p: np.ndarray | None = None, suspect_at: np.ndarray | None = None) -> AccountRun:
     """Apply the world's actions in event time, ``step_minutes`` at a time, and judge the
     accounts touched (each at most every ``JUDGE_EVERY_MIN`` minutes, from ``MIN_ACTIONS``), as
     the worker does.
     ``hour_p`` (N, T): the video level's hour probabilities (``stream_eval.replay``'s
-    ``hour_p``), known ``SUSPICION_DELAY_MIN`` after each hour began; as in the worker
-    (``AccountLoop.note_suspicion``), the accounts that engaged a video in an hour are judged
-    again when that hour becomes suspicious (at or above ``SUSPECT_P``), or when flagged
+    ``hour_p``); ``suspect_at`` (N, T): the event minute from which each hour is known as
+    suspicious (``stream_eval.replay``'s, as the worker learns it), else hindsight: every hour
+    at or above ``SUSPECT_P`` at any scoring is known ``SUSPICION_DELAY_MIN`` after it began (on
+    a market week the video level's suspicion comes a median 4 hours after the hour began, and
+    14 hours at the 75th percentile; the hindsight took week A's account recall from 0.56 to 0.79).
+    As in the worker (``AccountLoop.note_suspicion``), the accounts that engaged a video in an
+    hour are judged again when that hour becomes suspicious, or when flagged
     accounts come to carry it (``accounts.carried_share``: the worker notes it when it scores
     the video again, which a new account flag asks for; here from the next step)."""
     t0 = time.perf_counter()
@@ -75,10 +79,13 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     minutes = a[:, 1]
     bounds = np.searchsorted(minutes, np.arange(0, d.hours * 60 + step_minutes, step_minutes))
     # (video, hour) that become suspicious, by the minute the video level knows it
+    if hour_p is not None and suspect_at is None:  # hindsight: known once the hour and the next closed
+        hours = np.arange(d.hours) * 60 + SUSPICION_DELAY_MIN
+        suspect_at = np.where(hour_p >= SUSPECT_P, hours[None, :], -1)
     known_at: dict[int, list[tuple[int, int]]] = {}
-    if hour_p is not None:
-        for v, h in zip(*np.nonzero(hour_p >= SUSPECT_P), strict=True):
-            known_at.setdefault(int(h) * 60 + SUSPICION_DELAY_MIN, []).append((int(v), int(h)))
+    if suspect_at is not None:
+        for v, h in zip(*np.nonzero(suspect_at >= 0), strict=True):
+            known_at.setdefault(int(suspect_at[v, h]), []).append((int(v), int(h)))
 
     def engaged_in(v: int, h: int) -> set[int]:  # the engagers the worker finds there (latest minute)
         near = near_hours(h)
@@ -133,7 +140,7 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
             susp = {}
             for video, hour in judge.suspicion_queries(act):  # the model's hour, or flagged accounts carrying it
                 v, h = video_index[video], hour - int(d.start_hour)
-                known = hour_p is not None and 0 <= h < d.hours and (h * 60 + SUSPICION_DELAY_MIN) <= now - base
+                known = suspect_at is not None and 0 <= h < d.hours and 0 <= suspect_at[v, h] <= now - base
                 p = max(carried.get((v, h), 0.0), float(hour_p[v, h]) if known else 0.0)
                 if p:  # an hour of probability 0 is no evidence either way: left out
                     susp[(video, hour)] = p

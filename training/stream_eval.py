@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from stream_detector.accounts import SUSPECT_P
 from stream_detector.decision import Published, VideoDecisionState
 from stream_detector.scoring import Scorer, VideoScore
 from stream_detector.series import HourlySeries
@@ -42,6 +43,9 @@ class StreamRun:
     statistic: np.ndarray | None = None  # per video: highest confirmed hour probability seen
     burst: np.ndarray | None = None  # per video: highest immediate-path evidence seen
     hour_p: np.ndarray | None = None  # (N, T) per video hour: the highest probability a scoring gave it once confirmed
+    # (N, T) per video hour: the event minute of the first scoring that found it suspicious once
+    # confirmed (probability at least accounts.SUSPECT_P, when the worker notes it for the user level), -1 never
+    suspect_at: np.ndarray | None = None
 
 
 def _windows(data, cum: np.ndarray, idx: np.ndarray, minute: int, window: int,
@@ -107,6 +111,7 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
     statistic = np.zeros(n)
     burst_max = np.zeros(n)
     hour_p = np.zeros((n, hours))
+    suspect_at = np.full((n, hours), -1, dtype=np.int64)
     bursts = BurstDetector()
     confirm = getattr(getattr(decision, "thresholds", None), "confirm_hours", 1)
     scorings = 0
@@ -137,6 +142,8 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
                 a, b = max(lo, 0), min(lo + len(vs.hour_probability) - 1, hours)
                 if b > a:
                     np.maximum(hour_p[i, a:b], vs.hour_probability[a - lo : b - lo], out=hour_p[i, a:b])
+                    newly = (hour_p[i, a:b] >= SUSPECT_P) & (suspect_at[i, a:b] < 0)
+                    suspect_at[i, a:b][newly] = minute
                 state, action = decision.decide(states[i], vs, now_hour=base + now_hour, burst=burst)
                 states[i] = state
                 final[i] = last_closed[i] = vs
@@ -173,7 +180,8 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
             run_decisions(np.array(sorted(fired)), minute, hour_now, fired)
         if progress and minute % (24 * MINUTES_PER_HOUR) < step_minutes:
             progress(f"stream replay: day {minute // (24 * MINUTES_PER_HOUR) + 1}, {scorings} scorings")
-    return StreamRun(published, scorings, time.perf_counter() - t0, step_minutes, final, statistic, burst_max, hour_p)
+    return StreamRun(published, scorings, time.perf_counter() - t0, step_minutes, final, statistic, burst_max, hour_p,
+                     suspect_at)
 
 
 def _dilate(x: np.ndarray) -> np.ndarray:
