@@ -72,6 +72,19 @@ ACCOUNT_PATTERNS = ("sync", "no_sleep", "regular", "rate", "fake_hours")
 WEIGHTS = {"sync": 0.95, "no_sleep": 0.9, "regular": 0.85, "rate": 0.8, "fake_hours": 0.9}
 LOOSE_SYNC_WEIGHT = 0.6
 THRESHOLD = 0.8
+# an account not flagged is judged again after it has gone quiet, this many event minutes after its
+# last action: the video level's suspicion of a farm's hours comes late (on a market week a median 34
+# event hours after the account's last action), when no newly suspicious hour reaches it any more
+QUIET_AFTER_MIN = (12 * 60, 36 * 60, 84 * 60)
+
+
+def next_quiet_judgement(last_minute: int, now_minute: int, after: Sequence[int] = QUIET_AFTER_MIN) -> int | None:
+    """The event minute at which an account last active at ``last_minute`` and judged at
+    ``now_minute`` is judged again if it stays quiet; None once its quiet judgements are done."""
+    for d in after:
+        if last_minute + d > now_minute:
+            return last_minute + d
+    return None
 
 
 def near_hours(hour: int) -> range:

@@ -173,6 +173,12 @@ class Metrics:
             "Account judgements (an account is judged at most every 3 event hours while active, at once when an hour it engaged in is found suspicious)",
             registry=r,
         )
+        self.account_quiet_judgements = Counter(
+            "detector_account_quiet_judgements_total",
+            "Account judgements because an account not flagged went quiet (12, 36 and 84 event hours after "
+            "its last action): the video level's suspicion of its hours may come after it",
+            registry=r,
+        )
         self.account_judge_delay = Histogram(
             "detector_account_judgement_delay_seconds",
             "How long an account due for a judgement (3rd action, every 3 event hours, an hour it "

@@ -106,17 +106,20 @@ class RescoreSchedule:
         backlog; immediate-path marks carry no due time and are not observed)."""
         now = now_ms()
         at = now if at_ms is None else at_ms
-        lease = now + self.lease_ms
+        lease = self._lease(now, at)
         got = await self.metrics.timed_redis("schedule", self._claim(
             keys=[self.key(partition)], args=[at, lease, limit, "-inf" if after_ms is None else f"({after_ms}"]))
         ids = [v.decode() if isinstance(v, bytes) else v for v in got[0::2]]
-        for due in got[1::2]:
+        for due in got[1::2] if self.delay is not None else ():
             due_ms = float(due)
             if 0 < due_ms < AHEAD_MS:  # a mark ahead: its own time is AHEAD_MS later
                 due_ms += AHEAD_MS
             if due_ms > 0:
                 self.delay.observe(max(0.0, now - due_ms) / 1000.0)
         return ids, lease
+
+    def _lease(self, now: int, at: int) -> int:
+        return now + self.lease_ms
 
     async def release(self, partition: int, video_ids: list[str], lease: int) -> int:
         if not video_ids:
@@ -128,3 +131,24 @@ class RescoreSchedule:
         for p in partitions:
             pipe.zcard(self.key(p))
         return int(sum(await self.metrics.timed_redis("schedule", pipe.execute())))
+
+
+class EventTimeSchedule(RescoreSchedule):
+    """Due times in event time (epoch ms of the stream's events), claimed up to the watermark:
+    "an hour after this account's last action" means event hours, whatever the replay speed.
+    A later mark postpones (``ZADD GT``: the account acted again); a lease is ``lease_s`` of
+    event time past the claim's ``at_ms``, so a crashed judge's members come due again as the
+    stream moves on. How long members waited is not observed: event time has no wall delay."""
+
+    def __init__(self, redis: aioredis.Redis, *, prefix: str, topic: str, lease_s: float = 30.0,
+                 metrics: Metrics | None = None) -> None:
+        super().__init__(redis, prefix=prefix, topic=topic, lease_s=lease_s, metrics=metrics)
+        self.delay = None
+
+    def queue_marks(self, pipe, due: dict[int, dict[str, int]]) -> None:
+        for partition, members in due.items():
+            if members:
+                pipe.zadd(self.key(partition), members, gt=True)
+
+    def _lease(self, now: int, at: int) -> int:
+        return at + self.lease_ms

@@ -92,3 +92,21 @@ def test_the_evaluator_judges_an_hours_engagers_again_once_it_is_found_suspiciou
     assert np.array_equal(np.where(delayed.first_flag < known, delayed.first_flag, -1),
                           np.where(before, blind.first_flag, -1))
     assert (delayed.first_flag[fake] >= 0).sum() > (blind.first_flag[fake] >= 0).sum()
+
+
+def test_the_evaluator_judges_accounts_again_when_they_go_quiet(world):
+    """Suspicion that comes after an account's last action (here 40 event hours after each fake
+    hour; the video level's comes a median 34 hours after a farm account's last action on a
+    market week) reaches it only through its quiet judgements (``accounts.QUIET_AFTER_MIN``)."""
+    from stream_detector.accounts import SUSPECT_P
+    from training.account_eval import account_metrics, replay_accounts
+
+    truth = np.asarray(world.data.hour_fake, dtype=float)
+    late = np.where(truth >= SUSPECT_P, np.arange(truth.shape[1])[None, :] * 60 + 40 * 60, -1)
+    without = replay_accounts(world, step_minutes=60, hour_p=truth, suspect_at=late, quiet_after=())
+    quiet = replay_accounts(world, step_minutes=60, hour_p=truth, suspect_at=late)
+    fake = world.fake_accounts
+    assert (quiet.first_flag[fake] >= 0).sum() > (without.first_flag[fake] >= 0).sum() + 10
+    assert quiet.judged > without.judged
+    m = account_metrics(quiet, world)
+    assert m["precision"] >= 0.9 and m["flagged_by_role"].get("organic", 0.0) <= 0.01, m

@@ -24,6 +24,7 @@ from stream_detector.accounts import (
     carried_suspicion,
     channel_hash,
     decide_account,
+    next_quiet_judgement,
     shard_of,
 )
 from stream_detector.metrics import Metrics
@@ -216,6 +217,17 @@ def test_accounts_are_sharded_by_partition_consistently():
     assert set(shards) == set(range(8)) and max(np.bincount(shards)) < 2 * 2000 / 8
 
 
+def test_an_account_gone_quiet_is_judged_again_three_times_then_left_alone():
+    assert next_quiet_judgement(100, 100) == 100 + 12 * 60
+    assert next_quiet_judgement(100, 100 + 12 * 60) == 100 + 36 * 60
+    assert next_quiet_judgement(100, 100 + 12 * 60 + 5) == 100 + 36 * 60
+    assert next_quiet_judgement(100, 100 + 84 * 60) is None
+    assert next_quiet_judgement(100, 99, after=()) is None
+
+
+QUIET_HOURS = (9, 10, 11)
+
+
 def _farm_and_people(days: int = 3) -> list[dict]:
     """Accounts of a naive farm (around the clock, every 20 minutes, four customers of four
     channels) and people (awake 8-23, bursty) on those videos and eight others, plus
@@ -237,6 +249,9 @@ def _farm_and_people(days: int = 3) -> list[dict]:
                 video, channel = (customers + others)[int(rng.integers(0, 12))]
                 events.append({"video_id": video, "ts": start + ((day * 24 + int(h)) * 60 + int(rng.integers(0, 60))) * 60,
                                "likes": 1, "user_id": f"person-{k}", "channel_id": channel})
+    for h in QUIET_HOURS:  # one person acts three times on the first morning and never again
+        events.append({"video_id": "organic-0", "ts": start + h * 3600, "likes": 1, "user_id": "quiet-0",
+                       "channel_id": "ch-o0"})
     for video, channel in customers + others:  # audiences sleep too: views follow the day
         for hour in range(days * 24):
             awake = 0.15 + 0.85 * np.sin(np.pi * max(0, hour % 24 - 6) / 18) ** 2
@@ -252,7 +267,13 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
     try:
         worker.wait_ready()
         events = _farm_and_people()
-        dep.produce([(e["video_id"], json.dumps(e).encode()) for e in events])
+        # the first half-day, until the quiet person is judged (by then it has gone quiet), then the rest
+        split = sum(e["ts"] < (T0 + 12 * 60) * 60 for e in events)
+        dep.produce([(e["video_id"], json.dumps(e).encode()) for e in events[:split]])
+        t0 = time.monotonic()
+        while worker.get("/accounts/quiet-0")[0] != 200 and time.monotonic() - t0 < 60:
+            time.sleep(0.2)
+        dep.produce([(e["video_id"], json.dumps(e).encode()) for e in events[split:]])
         worker.wait_drained(timeout_s=120)
         records = [json.loads(r.value) for r in dep.read_topic(dep.account_flags, idle_s=3.0)]
         flagged = {r["user_id"] for r in records if r["status"] != "withdrawn"}
@@ -261,7 +282,8 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         wrong = {u: worker.get_json(f"/accounts/{u}")[1] for u in flagged if not u.startswith("farm-")}
         assert flagged == {f"farm-{k}" for k in range(12)}, json.dumps(wrong)
         first = [r for r in records if r["user_id"] == "farm-0"][0]
-        assert {"no_sleep", "regular"} <= set(first["patterns"]) and first["videos"]
+        assert first["videos"] and first["patterns"]
+        assert {"no_sleep", "regular"} <= {p for r in records if r["user_id"] == "farm-0" for p in r["patterns"]}
         status, doc = worker.get_json("/accounts/farm-0")
         assert status == 200 and doc["flagged"] and doc["flag"]["flag_id"] in {r["flag_id"] for r in records}
         status, doc = worker.get_json("/accounts/person-0")
@@ -270,6 +292,12 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         m = worker.metrics()
         assert m["detector_account_actions_total"] == sum(1 for e in events if "user_id" in e)
         assert m['detector_account_flags_total{status="new"}'] == 12
+        # an account gone quiet is judged again 12 and 36 event hours after its last action, or
+        # once if the worker reaches both at once (the stream runs 72 h; it was first judged before
+        # it went quiet): after that, its next quiet judgement is the last, at 84 h
+        last = (T0 + QUIET_HOURS[-1] * 60) * 60_000
+        assert _quiet_due(redis_url, dep, "quiet-0") == last + 84 * 3_600_000, worker.log_tail()
+        assert worker.metrics()["detector_account_quiet_judgements_total"] >= 1
         # the farm's accounts carry its customers' hours: video flags name them and say so
         flags = [json.loads(r.value) for r in dep.read_topic(dep.flags, idle_s=3.0)]
         carried = [f for f in flags if any("coordinated_accounts" in w["patterns"] for w in f["windows"])]
@@ -304,6 +332,24 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         assert allowed, worker.log_tail()
     finally:
         assert worker.terminate() == 0
+
+
+def _quiet_due(redis_url: str, dep: Deployment, user: str, wait_s: float = 20.0) -> float | None:
+    """The account's due time in the worker's quiet schedule, once it is past its 36-hour judgement
+    (the account lane judges quiet accounts on its own passes: polled, bounded)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    key = keys.due(dep.run_id, f"{dep.events}#accounts-quiet", shard_of(user, dep.partitions))
+    try:
+        t0 = time.monotonic()
+        while True:
+            due = r.zscore(key, user)
+            if (due is not None and due > (T0 + 48 * 60) * 60_000) or time.monotonic() - t0 > wait_s:
+                return due
+            time.sleep(0.2)
+    finally:
+        r.close()
 
 
 def customers_of_farm() -> list[tuple[str, str]]:

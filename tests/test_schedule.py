@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from stream_detector.schedule import RescoreSchedule, now_ms
+from stream_detector.schedule import EventTimeSchedule, RescoreSchedule, now_ms
 from stream_detector.worker.marks import URGENT_DUE_MS
 
 
@@ -44,3 +44,31 @@ async def test_marks_ahead_are_claimed_before_routine_ones_and_their_wait_is_mea
     assert waited._sum.get() < 30, "waited seconds, not decades"
     rest, _ = await schedule.claim(0, 10)
     assert rest == [f"routine{k}" for k in range(1, 5)]
+
+
+@pytest.mark.asyncio
+async def test_an_event_time_schedule_is_due_by_the_watermark_and_a_later_mark_postpones(redis_client):
+    """The user level's quiet judgements: due in event time (a replay of last year is due as its
+    events pass, not by the wall clock), postponed when the account acts again, and a lease that
+    runs out in event time makes a crashed judge's account due again."""
+    schedule = EventTimeSchedule(redis_client, prefix=f"t{uuid.uuid4().hex[:8]}", topic="events#accounts-quiet",
+                                 lease_s=30)
+    hour = 3_600_000
+    t0 = 1_700_000_000_000  # event time, years before the wall clock
+    await schedule.mark({1: {"quiet": t0 + 12 * hour, "back": t0 + 12 * hour, "later": t0 + 36 * hour}})
+    await schedule.mark({1: {"back": t0 + 20 * hour}})  # it acted again: its quiet judgement moves on
+    await schedule.mark({1: {"quiet": t0}})  # ... and an earlier mark does not move it back
+    assert (await schedule.claim(1, 10, at_ms=t0 + 11 * hour))[0] == []
+    got, lease = await schedule.claim(1, 10, at_ms=t0 + 13 * hour)
+    assert got == ["quiet"] and lease == t0 + 13 * hour + 30_000
+    assert (await schedule.claim(1, 10, at_ms=t0 + 13 * hour))[0] == [], "leased"
+    got, lease = await schedule.claim(1, 10, at_ms=t0 + 13 * hour + 31_000)
+    assert got == ["quiet"], "the lease ran out"
+    assert await schedule.release(1, got, lease) == 1
+    got, lease = await schedule.claim(1, 10, at_ms=t0 + 21 * hour)
+    assert got == ["back"]
+    await schedule.mark({1: {"back": t0 + 44 * hour}})  # judged: its next quiet judgement
+    assert await schedule.release(1, ["back"], lease) == 0  # kept for it
+    got, lease = await schedule.claim(1, 10, at_ms=t0 + 40 * hour)
+    assert got == ["later"] and await schedule.release(1, got, lease) == 1
+    assert (await schedule.claim(1, 10, at_ms=t0 + 45 * hour))[0] == ["back"]

@@ -8,7 +8,9 @@ accounts do for the video level.
 
 from __future__ import annotations
 
+import heapq
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +18,7 @@ import numpy as np
 from stream_detector.accounts import (
     JUDGE_EVERY_MIN,
     MIN_ACTIONS,
+    QUIET_AFTER_MIN,
     SUSPECT_P,
     AccountJudge,
     Action,
@@ -25,6 +28,7 @@ from stream_detector.accounts import (
     channel_hash,
     group_of,
     near_hours,
+    next_quiet_judgement,
 )
 from stream_detector.dev.accounts import FAKE_ROLES, ROLES, AccountWorld
 
@@ -43,7 +47,8 @@ SUSPICION_DELAY_MIN = 120  # the video level judges an hour once it and the hour
 
 
 def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: AccountJudge | None = None,
-                    hour_p: np.ndarray | None = None, suspect_at: np.ndarray | None = None) -> AccountRun:
+                    hour_p: np.ndarray | None = None, suspect_at: np.ndarray | None = None,
+                    quiet_after: Sequence[int] = QUIET_AFTER_MIN) -> AccountRun:
     """Apply the world's actions in event time, ``step_minutes`` at a time, and judge the
     accounts touched (each at most every ``JUDGE_EVERY_MIN`` minutes, from ``MIN_ACTIONS``), as
     the worker does.
@@ -56,7 +61,9 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     As in the worker (``AccountLoop.note_suspicion``), the accounts that engaged a video in an
     hour are judged again when that hour becomes suspicious, or when flagged
     accounts come to carry it (``accounts.carried_share``: the worker notes it when it scores
-    the video again, which a new account flag asks for; here from the next step)."""
+    the video again, which a new account flag asks for; here from the next step).
+    An account judged and not flagged is judged again when it has been quiet ``quiet_after``
+    minutes (``accounts.next_quiet_judgement``), as the worker's quiet schedule does."""
     t0 = time.perf_counter()
     judge = judge or AccountJudge()
     d = world.data
@@ -91,6 +98,8 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
         near = near_hours(h)
         return {index[u] for u in store.engaged_in(d.video_ids[v], int(d.start_hour) + near[0], hours=len(near))}
 
+    quiet: list[tuple[int, int]] = []  # (event minute from base, account): its next quiet judgement
+    quiet_at = np.full(n_acc, -1, dtype=np.int64)
     pending = sorted(known_at)
     next_known = 0
     hour_actions: dict[tuple[int, int], int] = {}  # (video, hour) -> account actions
@@ -108,6 +117,11 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
         for v, h in newly_carried:
             due |= engaged_in(v, h)
         newly_carried = []
+        while quiet and quiet[0][0] < step_end:
+            m, k = heapq.heappop(quiet)
+            if quiet_at[k] == m:
+                due.add(k)
+                quiet_at[k] = -1
         if lo == hi and not due:
             continue
         rows = a[lo:hi]
@@ -147,6 +161,11 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
             sc = judge.judge(act, store.co_engagers(judge.sync_queries(act)), susp)
             judged += 1
             best[k] = max(best[k], sc.score)
+            if not sc.flagged and first[k] < 0:
+                q = next_quiet_judgement(act.last_minute - base, now - base, quiet_after)
+                if q is not None and q != quiet_at[k]:
+                    quiet_at[k] = q
+                    heapq.heappush(quiet, (q, k))
             if sc.flagged:
                 pats[k] |= set(sc.patterns)
                 if first[k] < 0:

@@ -4,7 +4,8 @@ The consume side hands each written batch's account actions (events with a ``use
 ``AccountLoop.ingest``: they are applied to the shared account state (``account_store``) and the
 accounts due for a judgement are marked in a durable schedule sharded by events partition
 (``accounts.shard_of``), so the owner of partition p judges the accounts of shard p. The lane
-(``judge``) claims due accounts of the owned shards, reads their activity and co-engagers, judges
+(``judge``) claims due accounts of the owned shards (and accounts gone quiet, from a schedule in
+event time: ``accounts.next_quiet_judgement``), reads their activity and co-engagers, judges
 them (``accounts.AccountJudge``), decides (``accounts.decide_account``), publishes account flags to
 their own topic (key = ``user_id``), keeps the latest judgement for ``/accounts/{user_id}``, and,
 when an account is newly flagged, counts its actions as flagged in their videos' hours and marks
@@ -35,11 +36,12 @@ from stream_detector.accounts import (
     decide_account,
     group_of,
     near_hours,
+    next_quiet_judgement,
     shard_of,
 )
 from stream_detector.events import EventColumns
 from stream_detector.moderation import VerdictBook, moderate_account, verdict_words
-from stream_detector.schedule import RescoreSchedule, now_ms
+from stream_detector.schedule import EventTimeSchedule, RescoreSchedule, now_ms
 from stream_detector.worker.account_store import AccountStore
 from stream_detector.worker.checkpoint import Checkpoint
 from stream_detector.worker.context import WorkerContext
@@ -47,6 +49,7 @@ from stream_detector.worker.context import WorkerContext
 log = logging.getLogger("stream_detector.accounts")
 
 BATCH = 256  # accounts judged per claim
+QUIET_BATCH = 64  # ... and accounts gone quiet with them: a quiet judgement never waits behind a backlog for long
 SCORE_TTL_S = 8 * 24 * 3600
 ACTIVE_CHECK_S = 30.0
 
@@ -87,6 +90,8 @@ class AccountLoop:
         self.topic = s.account_flags_topic
         self.schedule = RescoreSchedule(ctx.redis, prefix=s.key_prefix, topic=f"{s.events_topic}#accounts",
                                         metrics=ctx.metrics, delay=ctx.metrics.account_judge_delay)
+        self.quiet = EventTimeSchedule(ctx.redis, prefix=s.key_prefix, topic=f"{s.events_topic}#accounts-quiet",
+                                       metrics=ctx.metrics)
         self.judge_core = AccountJudge()
         self.published = 0
         self._turn = 0
@@ -171,20 +176,29 @@ class AccountLoop:
         return n
 
     async def judge(self) -> int:
-        """One claim of due accounts in the owned shards (in turn): judge, decide, publish."""
+        """One claim of due accounts in the owned shards (in turn), with the shard's accounts
+        gone quiet by the watermark: judge, decide, publish."""
         ctx = self.ctx
         owned = sorted(tp.partition for tp in ctx.owned())
         if not owned or ctx.redis is None:
             return 0
         self._turn = (self._turn + 1) % len(owned)
+        event_ms = int(self._watermark() * 1000)
         for k in range(len(owned)):
             p = owned[(self._turn + k) % len(owned)]
             users, lease = await self.schedule.claim(p, BATCH)
-            if users:
-                await self._judge(users)
+            quiet, quiet_lease = await self.quiet.claim(p, QUIET_BATCH, at_ms=event_ms) if event_ms else ([], 0)
+            if users or quiet:
+                ctx.metrics.account_quiet_judgements.inc(len(set(quiet) - set(users)))
+                await self._judge(list(dict.fromkeys(users + quiet)))
                 await self.schedule.release(p, users, lease)
-                return len(users)
+                await self.quiet.release(p, quiet, quiet_lease)
+                return len(users) + len(quiet)
         return 0
+
+    def _watermark(self) -> float:
+        """The event time the user level has reached (seconds): the latest of the owned partitions'."""
+        return max(self.checkpoint.clock.watermark.values(), default=0.0)
 
     async def _judge(self, users: Sequence[str]) -> None:
         ctx, m = self.ctx, self.ctx.metrics
@@ -201,9 +215,10 @@ class AccountLoop:
         m.accounts_judged.inc(len(scores))
         m.account_judge_latency.observe(time.perf_counter() - t0)
         states = await self._states(list(scores))
-        wm = max(self.checkpoint.clock.watermark.values(), default=0.0)
+        wm = self._watermark()
         now = time.time()
         sends, new_states, docs, newly = [], {}, {}, []
+        standing_clear: dict[str, int] = {}  # accounts not flagged after this judgement: their last minute
         for u, sc in scores.items():
             old = states.get(u)
             state, status = decide_account(old, sc, last_minute=acts[u].last_minute)
@@ -233,6 +248,8 @@ class AccountLoop:
                 elif status == "withdrawn":
                     await self.store.mark_flagged(u, False)
             docs[keys.account_score(ctx.settings.key_prefix, u)] = json.dumps(doc)
+            if not state.active:
+                standing_clear[u] = acts[u].last_minute
         futs = []
         for u, rec in sends:
             futs.append(await self.producer.send(self.topic, value=json.dumps(rec, separators=(",", ":")).encode(),
@@ -248,8 +265,20 @@ class AccountLoop:
         self.published += len(sends)
         await ctx.metrics.timed_redis("accounts", redis_client.set_ex(ctx.redis, new_states, SCORE_TTL_S))
         await ctx.metrics.timed_redis("accounts", redis_client.set_ex(ctx.redis, docs, SCORE_TTL_S))
+        await self._mark_quiet(standing_clear, int(wm // 60))
         if newly:
             await self._newly_flagged([(acts[u], group_of(u, scores[u].partners)) for u in newly])
+
+    async def _mark_quiet(self, last_minutes: dict[str, int], now_minute: int) -> None:
+        """Accounts not flagged are judged again if they go quiet (``accounts.next_quiet_judgement``):
+        the suspicion of the hours they engaged in may come after their last action."""
+        shards = self.partitions()
+        marks: dict[int, dict[str, int]] = {}
+        for u, last in last_minutes.items():
+            due = next_quiet_judgement(last, now_minute)
+            if due is not None:
+                marks.setdefault(shard_of(u, shards), {})[u] = due * 60_000
+        await self.quiet.mark(marks)
 
     async def _newly_flagged(self, flagged) -> None:
         """Their actions count as flagged in their videos' hours; those videos are judged again
