@@ -18,12 +18,13 @@ from training.stream_eval import replay, stream_metrics
 def setup():
     model = ModelArtifact.load(DEFAULT_MODEL_PATH)
     data = simulate(40, seed=515, texture=RealTexture("test"), fake_fraction=0.5)
-    return Scorer(model), model, data
+    decision = StreamDecision(Thresholds.from_artifact(model.publish_threshold(), model.decision,
+                                                       model.combiner.hour_threshold))
+    return Scorer(model), model, data, decision
 
 
 def test_hourly_decisions_do_not_depend_on_the_rescoring_cadence(setup):
-    scorer, model, data = setup
-    decision = StreamDecision(Thresholds.from_artifact(model.publish_threshold(), model.decision, model.combiner.hour_threshold))
+    scorer, _, data, decision = setup
     fast = replay(scorer, decision, data, step_minutes=5)
     slow = replay(scorer, decision, data, step_minutes=30)
     assert np.allclose(fast.statistic, slow.statistic), "the closed hours judged are the same at any cadence"
@@ -35,7 +36,7 @@ def test_hourly_decisions_do_not_depend_on_the_rescoring_cadence(setup):
 
 def test_the_legacy_process_flags_more_the_more_it_rescores(setup):
     """What the decision process fixes: publishing on every re-scoring of growing windows."""
-    scorer, model, data = setup
+    scorer, _, data, _ = setup
     legacy = LegacyDecision(0.5)
     rare = replay(scorer, legacy, data, step_minutes=240)
     often = replay(scorer, legacy, data, step_minutes=20)
@@ -45,8 +46,8 @@ def test_the_legacy_process_flags_more_the_more_it_rescores(setup):
 
 
 def test_stream_metrics_count_what_moderators_see(setup):
-    scorer, model, data = setup
-    run = replay(scorer, StreamDecision(Thresholds.from_artifact(model.publish_threshold(), model.decision, model.combiner.hour_threshold)), data, step_minutes=10)
+    scorer, _, data, decision = setup
+    run = replay(scorer, decision, data, step_minutes=10)
     m = stream_metrics(run, data)
     labels = np.asarray(data.label, dtype=bool)
     ever = np.array([bool(p) for p in run.published])
@@ -63,9 +64,8 @@ def test_an_hour_is_suspicious_for_the_user_level_from_the_first_scoring_that_co
     ``SUSPECT_P``), which the user level's evaluator takes instead of hindsight."""
     from stream_detector.accounts import SUSPECT_P
 
-    scorer, model, data = setup
-    run = replay(scorer, StreamDecision(Thresholds.from_artifact(model.publish_threshold(), model.decision,
-                                                                 model.combiner.hour_threshold)), data, step_minutes=10)
+    scorer, _, data, decision = setup
+    run = replay(scorer, decision, data, step_minutes=10)
     assert np.array_equal(run.suspect_at >= 0, run.hour_p >= SUSPECT_P)
     v, h = np.nonzero(run.suspect_at >= 0)
     assert v.size >= 20
