@@ -55,6 +55,10 @@ def now_ms() -> int:
 
 
 class RescoreSchedule:
+    # due times on the wall clock: the earliest mark wins (ZADD LT), a lease runs on the wall
+    # clock, and how long claimed members waited is observed; EventTimeSchedule turns it over
+    event_time = False
+
     def __init__(
         self,
         redis: aioredis.Redis,
@@ -95,7 +99,7 @@ class RescoreSchedule:
         """Add ``mark``'s commands to a pipeline the caller executes (one round trip per batch)."""
         for partition, videos in due.items():
             if videos:
-                pipe.zadd(self.key(partition), videos, lt=True)
+                pipe.zadd(self.key(partition), videos, lt=not self.event_time, gt=self.event_time)
 
     async def claim(self, partition: int, limit: int, at_ms: int | None = None,
                     after_ms: int | None = None) -> tuple[list[str], int]:
@@ -106,20 +110,17 @@ class RescoreSchedule:
         backlog; immediate-path marks carry no due time and are not observed)."""
         now = now_ms()
         at = now if at_ms is None else at_ms
-        lease = self._lease(now, at)
+        lease = (at if self.event_time else now) + self.lease_ms
         got = await self.metrics.timed_redis("schedule", self._claim(
             keys=[self.key(partition)], args=[at, lease, limit, "-inf" if after_ms is None else f"({after_ms}"]))
         ids = [v.decode() if isinstance(v, bytes) else v for v in got[0::2]]
-        for due in got[1::2] if self.delay is not None else ():
+        for due in () if self.event_time else got[1::2]:
             due_ms = float(due)
             if 0 < due_ms < AHEAD_MS:  # a mark ahead: its own time is AHEAD_MS later
                 due_ms += AHEAD_MS
             if due_ms > 0:
                 self.delay.observe(max(0.0, now - due_ms) / 1000.0)
         return ids, lease
-
-    def _lease(self, now: int, at: int) -> int:
-        return now + self.lease_ms
 
     async def release(self, partition: int, video_ids: list[str], lease: int) -> int:
         if not video_ids:
@@ -140,15 +141,4 @@ class EventTimeSchedule(RescoreSchedule):
     event time past the claim's ``at_ms``, so a crashed judge's members come due again as the
     stream moves on. How long members waited is not observed: event time has no wall delay."""
 
-    def __init__(self, redis: aioredis.Redis, *, prefix: str, topic: str, lease_s: float = 30.0,
-                 metrics: Metrics | None = None) -> None:
-        super().__init__(redis, prefix=prefix, topic=topic, lease_s=lease_s, metrics=metrics)
-        self.delay = None
-
-    def queue_marks(self, pipe, due: dict[int, dict[str, int]]) -> None:
-        for partition, members in due.items():
-            if members:
-                pipe.zadd(self.key(partition), members, gt=True)
-
-    def _lease(self, now: int, at: int) -> int:
-        return at + self.lease_ms
+    event_time = True

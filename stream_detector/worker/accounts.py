@@ -153,12 +153,15 @@ class AccountLoop:
         """Accounts due for a judgement now, each in its shard (the owner of that partition judges it)."""
         if not users:
             return
+        await self.schedule.mark(self._by_shard(dict.fromkeys(users, now_ms())), ahead=ahead)
+
+    def _by_shard(self, due: dict[str, int]) -> dict[int, dict[str, int]]:
+        """{account: due ms} as schedule marks: each account in its shard."""
         shards = self.partitions()
         marks: dict[int, dict[str, int]] = {}
-        now = now_ms()
-        for u in users:
-            marks.setdefault(shard_of(u, shards), {})[u] = now
-        await self.schedule.mark(marks, ahead=ahead)
+        for u, t in due.items():
+            marks.setdefault(shard_of(u, shards), {})[u] = t
+        return marks
 
     async def ingest(self, events: EventColumns, partitions: np.ndarray) -> int:
         """Apply a written batch's account actions; mark the accounts due. Returns the actions."""
@@ -188,12 +191,13 @@ class AccountLoop:
             p = owned[(self._turn + k) % len(owned)]
             users, lease = await self.schedule.claim(p, BATCH)
             quiet, quiet_lease = await self.quiet.claim(p, QUIET_BATCH, at_ms=event_ms) if event_ms else ([], 0)
-            if users or quiet:
-                ctx.metrics.account_quiet_judgements.inc(len(set(quiet) - set(users)))
-                await self._judge(list(dict.fromkeys(users + quiet)))
+            batch = list(dict.fromkeys(users + quiet))
+            if batch:
+                ctx.metrics.account_quiet_judgements.inc(len(batch) - len(users))
+                await self._judge(batch)
                 await self.schedule.release(p, users, lease)
                 await self.quiet.release(p, quiet, quiet_lease)
-                return len(users) + len(quiet)
+                return len(batch)
         return 0
 
     def _watermark(self) -> float:
@@ -272,13 +276,8 @@ class AccountLoop:
     async def _mark_quiet(self, last_minutes: dict[str, int], now_minute: int) -> None:
         """Accounts not flagged are judged again if they go quiet (``accounts.next_quiet_judgement``):
         the suspicion of the hours they engaged in may come after their last action."""
-        shards = self.partitions()
-        marks: dict[int, dict[str, int]] = {}
-        for u, last in last_minutes.items():
-            due = next_quiet_judgement(last, now_minute)
-            if due is not None:
-                marks.setdefault(shard_of(u, shards), {})[u] = due * 60_000
-        await self.quiet.mark(marks)
+        due = {u: next_quiet_judgement(last, now_minute) for u, last in last_minutes.items()}
+        await self.quiet.mark(self._by_shard({u: m * 60_000 for u, m in due.items() if m is not None}))
 
     async def _newly_flagged(self, flagged) -> None:
         """Their actions count as flagged in their videos' hours; those videos are judged again
