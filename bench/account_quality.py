@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     world = build_world(data, seed=args.seed)
     model = ModelArtifact.load(args.model)
     video = replay(Scorer(model), decision_of(model, None), data)
-    run = replay_accounts(world, hour_p=video.hour_p, suspect_at=video.suspect_at)
+    run = replay_accounts(world, hour_p=video.hour_p, suspect_at=video.suspect_at, suspect=video.suspect)
     m = account_metrics(run, world)
     rows = [("accounts judged (>= 3 actions) / of them farm and pod accounts",
              f"{m['accounts_judged']:,} / {m['fake_accounts']:,}"),

@@ -15,7 +15,8 @@ against noise, combined, thresholded, explained), applied to an account's own ac
   accounts: CV above 0.85).
 - ``rate``: more actions in one minute, across videos, than a person makes.
 - ``fake_hours``: most of its actions (``FAKE_HOURS_SHARE``, at least ``FAKE_HOURS_MIN``)
-  landed in hours the video level found suspicious (hour probability at least ``SUSPECT_P``;
+  landed in hours the video level found suspicious (hour probability at least the model's
+  ``suspicion_threshold``, ``SUSPECT_P`` on this module's scale;
   or next to one, ``SUSPECT_NEAR``: the video level localises fake hours to +-1 h), on
   unrelated channels or in at least two distinct suspicious hours: a farm's accounts work
   where its deliveries are, most of them on only one or two customers (a farm spreads a big
@@ -43,6 +44,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from stream_detector.operating_points import OperatingCurve, OperatingPointError
+
 RING = 48
 DAYS = 8
 MIN_ACTIONS = 3  # an account is judged from its 3rd action...
@@ -57,10 +60,16 @@ NO_SLEEP_HOURS = 20
 REGULAR_CV = 0.3
 REGULAR_MIN = 12
 RATE_PER_MINUTE = 20
-# the video level's hour probability from which an hour counts as suspicious for its engagers: at 0.5,
-# a second held-out market week lost account precision to 0.946 (fans and embed viewers in hours the
-# video level got wrong); at 0.7 it keeps 0.98 (README, the user level)
+# the suspicion, on the user level's own scale, from which a video hour counts as suspicious for its
+# engagers. A model's hour probabilities are put on this scale (``suspicion``) by the model's own
+# calibration: its threshold for SUSPECT_ORGANIC_RATE of organic videos on its stream operating curve
+# (upper bound) maps to SUSPECT_P. The level was chosen on the shipped model 1.1.0, as its hour
+# probability 0.7 (its threshold at that rate: 0.694): at 0.5 a second held-out market week lost
+# account precision to 0.946 (fans and embed viewers in hours the video level got wrong), at 0.7 it
+# kept 0.98 (README, the user level). A retrained model with another probability scale keeps that
+# level instead of silently moving it
 SUSPECT_P = 0.7
+SUSPECT_ORGANIC_RATE = 0.04
 SUSPECT_NEAR = 1  # an action within this many hours of a suspicious hour counts (the video level localises to +-1 h)
 FAKE_HOURS_SHARE = 0.8
 FAKE_HOURS_MIN = 3
@@ -104,6 +113,27 @@ def carried_share(total: int, flagged: int) -> float:
         return 0.0
     share = flagged / max(total, flagged, 1)
     return share if share >= CARRIED_SHARE else 0.0
+
+
+def suspicion_threshold(curve: OperatingCurve | None, publish: float) -> float:
+    """The hour probability of a model from which its hours are suspicious for the user level:
+    the threshold that flags ``SUSPECT_ORGANIC_RATE`` of organic videos on its stream operating
+    ``curve``, never above ``publish`` (an hour the video level flags is suspicious). A model
+    without a curve, or one that cannot reach the rate: ``SUSPECT_P`` as it stands."""
+    try:
+        at = curve.threshold_for(SUSPECT_ORGANIC_RATE) if curve is not None else SUSPECT_P
+    except OperatingPointError:
+        at = SUSPECT_P
+    return float(min(at, publish))
+
+
+def suspicion(p: np.ndarray, threshold: float) -> np.ndarray:
+    """Hour probabilities of a model whose suspicion threshold is ``threshold`` on the user
+    level's scale: ``threshold`` -> ``SUSPECT_P``, 0 -> 0, 1 -> 1, linear in between (monotone, so
+    the order of hours is the model's)."""
+    p = np.asarray(p, dtype=np.float64)
+    t = float(np.clip(threshold, 1e-6, 1.0 - 1e-6))
+    return np.where(p >= t, SUSPECT_P + (1.0 - SUSPECT_P) * (p - t) / (1.0 - t), p * (SUSPECT_P / t))
 
 
 def carried_suspicion(share: float) -> float:

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from stream_detector.accounts import carried_share
+from stream_detector.accounts import SUSPECT_P, carried_share
 from stream_detector.flags import flag_id, merge_windows_objects, severity
 from stream_detector.patterns import Burst
 from stream_detector.scoring import FlaggedWindow, VideoScore
@@ -60,19 +60,24 @@ class Thresholds:
     burst: float = DEFAULT_DECISION["burst"]  # immediate-path evidence that flags at once
     confirm_hours: int = DEFAULT_DECISION["confirm_hours"]
     withdraw_after_hours: int = DEFAULT_DECISION["withdraw_after_hours"]
+    # hour probability from which a confirmed hour is suspicious for the user level
+    # (``accounts.suspicion_threshold``: the model's own calibration, never above ``publish``)
+    suspect: float = SUSPECT_P
 
     @classmethod
     def from_artifact(cls, publish: float, decision: Mapping[str, float] | None = None,
-                      extent: float | None = None) -> Thresholds:
+                      extent: float | None = None, suspect: float | None = None) -> Thresholds:
         """The thresholds at ``publish`` with an artifact's decision parameters (missing ones
         take ``DEFAULT_DECISION``); ``extent`` is the combiner's calibrated hour threshold
-        (default: half the publish threshold), never above ``publish``."""
+        (default: half the publish threshold), never above ``publish``; so is ``suspect``
+        (default: ``accounts.SUSPECT_P``)."""
         d = {**DEFAULT_DECISION, **(decision or {})}
         publish = float(np.clip(publish, 1e-4, 1 - 1e-4))
         return cls(publish=publish, withdraw=float(d["withdraw_ratio"]) * publish,
                    extent=min(publish, extent if extent is not None else 0.5 * publish),
                    burst=float(d["burst"]), confirm_hours=int(d["confirm_hours"]),
-                   withdraw_after_hours=int(d["withdraw_after_hours"]))
+                   withdraw_after_hours=int(d["withdraw_after_hours"]),
+                   suspect=min(publish, suspect if suspect is not None else SUSPECT_P))
 
     def to_dict(self) -> dict:
         return asdict(self)

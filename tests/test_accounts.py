@@ -13,6 +13,7 @@ import pytest
 from stream_detector import keys
 from stream_detector.accounts import (
     ACCOUNT_PATTERNS,
+    SUSPECT_P,
     AccountActivity,
     AccountJudge,
     AccountScore,
@@ -26,8 +27,11 @@ from stream_detector.accounts import (
     decide_account,
     next_quiet_judgement,
     shard_of,
+    suspicion,
+    suspicion_threshold,
 )
 from stream_detector.metrics import Metrics
+from stream_detector.operating_points import OperatingCurve
 from stream_detector.worker.account_store import AccountStore
 from tests.harness import Deployment, WorkerProcess
 
@@ -223,6 +227,33 @@ def test_an_account_gone_quiet_is_judged_again_three_times_then_left_alone():
     assert next_quiet_judgement(100, 100 + 12 * 60 + 5) == 100 + 36 * 60
     assert next_quiet_judgement(100, 100 + 84 * 60) is None
     assert next_quiet_judgement(100, 99, after=()) is None
+
+
+def test_what_is_suspicious_for_the_user_level_does_not_move_with_a_models_probability_scale():
+    """A retrained model whose hour probabilities are a monotone rescale of another's, with the
+    operating curve to match, makes the same hours suspicious: the threshold is the model's own
+    calibration (an organic video rate), not a probability."""
+    rng = np.random.default_rng(3)
+    organic, fake = rng.beta(2, 8, 4000), rng.beta(5, 2, 1000)  # per video: the highest hour probability
+
+    def squash(p):  # another model: the same order, another scale
+        return np.asarray(p) ** 3
+
+    curve_a, curve_b = OperatingCurve.measure(organic, fake), OperatingCurve.measure(squash(organic), squash(fake))
+    t_a, t_b = suspicion_threshold(curve_a, 0.95), suspicion_threshold(curve_b, 0.95)
+    assert t_b < t_a - 0.1, "the squashed model's threshold sits lower, where its probabilities are"
+    hours = rng.random(20000)
+    assert np.mean((suspicion(hours, t_a) >= SUSPECT_P) != (suspicion(squash(hours), t_b) >= SUSPECT_P)) < 0.01
+    # on the user level's scale: the threshold is SUSPECT_P, order kept, 0 and 1 fixed
+    s = suspicion(np.array([0.0, t_b / 2, t_b, (1 + t_b) / 2, 1.0]), t_b)
+    assert s[2] == pytest.approx(SUSPECT_P) and s[0] == 0.0 and s[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(s) > 0)
+    # never above the publish threshold (a flagged hour is suspicious); no curve, or one that
+    # cannot reach the rate: SUSPECT_P as it stands
+    assert suspicion_threshold(curve_a, 0.3) == 0.3
+    assert suspicion_threshold(None, 0.95) == SUSPECT_P
+    strict = OperatingCurve.from_points([{"threshold": 0.2, "fpr": 0.5}, {"threshold": 0.9, "fpr": 0.3}])
+    assert suspicion_threshold(strict, 0.95) == SUSPECT_P
 
 
 QUIET_HOURS = (9, 10, 11)

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from stream_detector.config import DEFAULT_MODEL_PATH
-from stream_detector.decision import LegacyDecision, StreamDecision, Thresholds
+from stream_detector.decision import LegacyDecision
 from stream_detector.dev.simulate import simulate
 from stream_detector.dev.texture import RealTexture
 from stream_detector.models import ModelArtifact
 from stream_detector.scoring import Scorer
+from stream_detector.worker.model_slot import decision_of
 from training.stream_eval import replay, stream_metrics
 
 
@@ -18,9 +19,7 @@ from training.stream_eval import replay, stream_metrics
 def setup():
     model = ModelArtifact.load(DEFAULT_MODEL_PATH)
     data = simulate(40, seed=515, texture=RealTexture("test"), fake_fraction=0.5)
-    decision = StreamDecision(Thresholds.from_artifact(model.publish_threshold(), model.decision,
-                                                       model.combiner.hour_threshold))
-    return Scorer(model), model, data, decision
+    return Scorer(model), model, data, decision_of(model, None)  # the worker's decision
 
 
 def test_hourly_decisions_do_not_depend_on_the_rescoring_cadence(setup):
@@ -61,12 +60,14 @@ def test_stream_metrics_count_what_moderators_see(setup):
 
 def test_an_hour_is_suspicious_for_the_user_level_from_the_first_scoring_that_confirmed_it(setup):
     """``suspect_at``: when the worker would note each hour as suspicious (confirmed, at least
-    ``SUSPECT_P``), which the user level's evaluator takes instead of hindsight."""
-    from stream_detector.accounts import SUSPECT_P
+    the model's suspicion threshold), which the user level's evaluator takes instead of hindsight."""
+    from stream_detector.accounts import suspicion_threshold
 
-    scorer, _, data, decision = setup
+    scorer, model, data, decision = setup
     run = replay(scorer, decision, data, step_minutes=10)
-    assert np.array_equal(run.suspect_at >= 0, run.hour_p >= SUSPECT_P)
+    assert run.suspect == decision.thresholds.suspect == suspicion_threshold(model.stream_curve,
+                                                                             decision.thresholds.publish)
+    assert np.array_equal(run.suspect_at >= 0, run.hour_p >= run.suspect)
     v, h = np.nonzero(run.suspect_at >= 0)
     assert v.size >= 20
     # confirmed: the hour and the next closed (an hour is confirmed once the one after it closed)

@@ -29,6 +29,7 @@ from stream_detector.accounts import (
     group_of,
     near_hours,
     next_quiet_judgement,
+    suspicion,
 )
 from stream_detector.dev.accounts import FAKE_ROLES, ROLES, AccountWorld
 
@@ -48,14 +49,15 @@ SUSPICION_DELAY_MIN = 120  # the video level judges an hour once it and the hour
 
 def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: AccountJudge | None = None,
                     hour_p: np.ndarray | None = None, suspect_at: np.ndarray | None = None,
-                    quiet_after: Sequence[int] = QUIET_AFTER_MIN) -> AccountRun:
+                    suspect: float = SUSPECT_P, quiet_after: Sequence[int] = QUIET_AFTER_MIN) -> AccountRun:
     """Apply the world's actions in event time, ``step_minutes`` at a time, and judge the
     accounts touched (each at most every ``JUDGE_EVERY_MIN`` minutes, from ``MIN_ACTIONS``), as
     the worker does.
     ``hour_p`` (N, T): the video level's hour probabilities (``stream_eval.replay``'s
-    ``hour_p``); ``suspect_at`` (N, T): the event minute from which each hour is known as
+    ``hour_p``), put on the user level's scale with the model's ``suspect`` threshold
+    (``Thresholds.suspect``, ``stream_eval.StreamRun.suspect``) as the worker does; ``suspect_at`` (N, T): the event minute from which each hour is known as
     suspicious (``stream_eval.replay``'s, as the worker learns it), else hindsight: every hour
-    at or above ``SUSPECT_P`` at any scoring is known ``SUSPICION_DELAY_MIN`` after it began (on
+    at or above ``suspect`` at any scoring is known ``SUSPICION_DELAY_MIN`` after it began (on
     a market week the video level's suspicion comes a median 4 hours after the hour began, and
     14 hours at the 75th percentile; the hindsight took week A's account recall from 0.56 to 0.79).
     As in the worker (``AccountLoop.note_suspicion``), the accounts that engaged a video in an
@@ -86,6 +88,8 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     minutes = a[:, 1]
     bounds = np.searchsorted(minutes, np.arange(0, d.hours * 60 + step_minutes, step_minutes))
     # (video, hour) that become suspicious, by the minute the video level knows it
+    if hour_p is not None:
+        hour_p = suspicion(hour_p, suspect)
     if hour_p is not None and suspect_at is None:  # hindsight: known once the hour and the next closed
         known_minute = np.arange(d.hours) * 60 + SUSPICION_DELAY_MIN
         suspect_at = np.where(hour_p >= SUSPECT_P, known_minute[None, :], -1)

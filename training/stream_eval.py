@@ -44,8 +44,9 @@ class StreamRun:
     burst: np.ndarray | None = None  # per video: highest immediate-path evidence seen
     hour_p: np.ndarray | None = None  # (N, T) per video hour: the highest probability a scoring gave it once confirmed
     # (N, T) per video hour: the event minute of the first scoring that found it suspicious once
-    # confirmed (probability at least accounts.SUSPECT_P, when the worker notes it for the user level), -1 never
+    # confirmed (probability at least ``suspect``, when the worker notes it for the user level), -1 never
     suspect_at: np.ndarray | None = None
+    suspect: float = SUSPECT_P  # the decision's Thresholds.suspect: the hour probability suspect_at used
 
 
 def _windows(data, cum: np.ndarray, idx: np.ndarray, minute: int, window: int,
@@ -114,6 +115,7 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
     suspect_at = np.full((n, hours), -1, dtype=np.int64)
     bursts = BurstDetector()
     confirm = getattr(getattr(decision, "thresholds", None), "confirm_hours", 1)
+    suspect = getattr(getattr(decision, "thresholds", None), "suspect", SUSPECT_P)
     scorings = 0
     total = hours * MINUTES_PER_HOUR
     prev = -1
@@ -142,7 +144,7 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
                 a, b = max(lo, 0), min(lo + len(vs.hour_probability) - 1, hours)
                 if b > a:
                     np.maximum(hour_p[i, a:b], vs.hour_probability[a - lo : b - lo], out=hour_p[i, a:b])
-                    newly = (hour_p[i, a:b] >= SUSPECT_P) & (suspect_at[i, a:b] < 0)
+                    newly = (hour_p[i, a:b] >= suspect) & (suspect_at[i, a:b] < 0)
                     suspect_at[i, a:b][newly] = minute
                 state, action = decision.decide(states[i], vs, now_hour=base + now_hour, burst=burst)
                 states[i] = state
@@ -181,7 +183,7 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
         if progress and minute % (24 * MINUTES_PER_HOUR) < step_minutes:
             progress(f"stream replay: day {minute // (24 * MINUTES_PER_HOUR) + 1}, {scorings} scorings")
     return StreamRun(published, scorings, time.perf_counter() - t0, step_minutes, final, statistic, burst_max, hour_p,
-                     suspect_at)
+                     suspect_at, suspect)
 
 
 def _dilate(x: np.ndarray) -> np.ndarray:

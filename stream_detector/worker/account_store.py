@@ -178,7 +178,7 @@ class AccountStore:
         await self.metrics.timed_redis("accounts", pipe.execute())
 
     async def note_suspicion(self, hours: dict[str, dict[int, float]]) -> dict[str, list[int]]:
-        """Store the suspicious hours the video level found (hour probability >= SUSPECT_P);
+        """Store the suspicious hours the video level found (suspicion >= SUSPECT_P, on the user level's scale);
         returns, per video, the hours that were not known as suspicious before."""
         if not hours:
             return {}

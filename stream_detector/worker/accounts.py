@@ -38,6 +38,7 @@ from stream_detector.accounts import (
     near_hours,
     next_quiet_judgement,
     shard_of,
+    suspicion,
 )
 from stream_detector.events import EventColumns
 from stream_detector.moderation import VerdictBook, moderate_account, verdict_words
@@ -122,16 +123,18 @@ class AccountLoop:
         return await self.store.video_hours(video_ids) if await self.active() else {}
 
     async def note_suspicion(self, scores, evidence: dict | None = None, threshold: float = SUSPECT_P) -> None:
-        """The video level's suspicious hours (confirmed hours at or above ``SUSPECT_P``, and
-        hours flagged accounts carry: ``evidence`` is ``video_evidence`` of the same videos):
+        """The video level's suspicious hours (confirmed hours at or above ``threshold``, the
+        scoring model's ``Thresholds.suspect``, kept on the user level's scale: ``accounts.suspicion``;
+        and hours flagged accounts carry: ``evidence`` is ``video_evidence`` of the same videos):
         kept for the account judgement; the accounts that engaged in hours suspicious for the
         first time are due now."""
         if not await self.active():
             return
         hours: dict[str, dict[int, float]] = {}
         for vs in scores:
-            p = vs.hour_probability[:-1]  # confirmed hours (the last closed one awaits the next)
-            idx = np.flatnonzero(p >= threshold)
+            # confirmed hours (the last closed one awaits the next)
+            p = suspicion(vs.hour_probability[:-1], threshold)
+            idx = np.flatnonzero(p >= SUSPECT_P)
             mine = {int(vs.start_hour + t): float(p[t]) for t in idx.tolist()}
             for h, (total, flagged) in ((evidence or {}).get(vs.video_id, (None,))[0] or {}).items():
                 share = carried_share(total, flagged)

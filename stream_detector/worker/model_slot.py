@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+from stream_detector.accounts import suspicion_threshold
 from stream_detector.config import Settings
 from stream_detector.decision import StreamDecision, Thresholds
 from stream_detector.flags import iso
@@ -29,7 +30,8 @@ def decision_of(model: ModelArtifact, target_fpr: float | None) -> StreamDecisio
         publish = model.publish_threshold(target_fpr)
     except OperatingPointError as exc:
         raise ModelError(f"DETECTOR_TARGET_FPR={target_fpr:g}: {exc}") from None
-    return StreamDecision(Thresholds.from_artifact(publish, model.decision, model.combiner.hour_threshold))
+    return StreamDecision(Thresholds.from_artifact(publish, model.decision, model.combiner.hour_threshold,
+                                                   suspicion_threshold(model.stream_curve, publish)))
 
 
 class ModelSlot:
