@@ -122,7 +122,7 @@ class AccountLoop:
         """Per video: its hours' account actions and flagged accounts' actions, and their groups."""
         return await self.store.video_hours(video_ids) if await self.active() else {}
 
-    async def note_suspicion(self, scores, evidence: dict | None = None, threshold: float = SUSPECT_P) -> None:
+    async def note_suspicion(self, scores, evidence: dict | None, threshold: float) -> None:
         """The video level's suspicious hours (confirmed hours at or above ``threshold``, the
         scoring model's ``Thresholds.suspect``, kept on the user level's scale: ``accounts.suspicion``;
         and hours flagged accounts carry: ``evidence`` is ``video_evidence`` of the same videos):

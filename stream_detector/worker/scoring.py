@@ -254,7 +254,7 @@ class ScoringLoop:
         wm = max(self.checkpoint.clock.watermark.values(), default=0.0)
         sent = await self.publisher.run(batch, decision, scorer.model, watermark=wm, prior=prior)
         if ctx.accounts is not None:  # the suspicious hours make their engagers due (the user level)
-            await ctx.accounts.note_suspicion(scores, evidence, decision.thresholds.suspect)
+            await ctx.accounts.note_suspicion(scores, evidence, threshold=decision.thresholds.suspect)
         await self._store_scores(batch, scorer, decision, shadow, shadow_scores, {s.score.video_id: d for s, d in sent})
         if shadow is not None and shadow_scores:
             shadow_batch = [Scored(vs, now_hour, b.burst, b.arrival_ms) for b, vs in zip(batch, shadow_scores, strict=True)]
