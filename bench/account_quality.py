@@ -11,6 +11,9 @@ is in event time, which the stream bench at 3,600x cannot give.
     .venv/bin/python bench/account_quality.py                  # week A (seed 777001), ~15 min
     .venv/bin/python bench/account_quality.py --seed 777002    # week B
 
+Beside the stream's figures: a batch CopyCatch oracle (``training/copycatch.py``) at the
+stream's own sync rules, with the whole week in hindsight: how much lockstep there is to find.
+
 Prints a Markdown table; with ``--json`` the last line is one JSON object.
 """
 
@@ -25,6 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from stream_detector.accounts import (  # noqa: E402
+    LOCKSTEP_MINUTES,
+    LOCKSTEP_PARTNERS,
+    SYNC_CHANNELS,
+    SYNC_MINUTES,
+    SYNC_PARTNERS,
+    SYNC_SMALL,
+)
 from stream_detector.config import DEFAULT_MODEL_PATH  # noqa: E402
 from stream_detector.dev.accounts import build_world  # noqa: E402
 from stream_detector.dev.market import simulate_market  # noqa: E402
@@ -33,6 +44,7 @@ from stream_detector.models import ModelArtifact  # noqa: E402
 from stream_detector.scoring import Scorer  # noqa: E402
 from stream_detector.worker.model_slot import decision_of  # noqa: E402
 from training.account_eval import account_metrics, replay_accounts  # noqa: E402
+from training.copycatch import CopyCatch, oracle_run  # noqa: E402
 from training.stream_eval import replay  # noqa: E402
 
 BASE_HOUR = 1767571200 // 3600 + 9 * 168  # the week bench/stream_quality.py replays
@@ -43,12 +55,38 @@ def _f(v: float | None, digits: int = 2) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+# the batch oracle at the stream's own sync rules: n accounts (the account and its partners) on m
+# videos within +-dt, with the whole week in hindsight (the stream counts m in unrelated channels)
+ORACLES = ({"n": SYNC_PARTNERS + 1, "m": SYNC_CHANNELS, "within_min": SYNC_MINUTES, "crowd": SYNC_SMALL},
+           {"n": LOCKSTEP_PARTNERS + 1, "m": SYNC_CHANNELS, "within_min": LOCKSTEP_MINUTES, "crowd": SYNC_SMALL})
+
+
+def _oracles(world, stream: dict) -> None:
+    """The batch CopyCatch oracle beside the stream's user level, on the same accounts."""
+    print("\n| accounts (>= 3 actions) | stream user level | " + " | ".join(
+        f"CopyCatch n {o['n']}, m {o['m']}, +-{o['within_min']} min" for o in ORACLES) + " |")
+    print("|---|---|" + "---|" * len(ORACLES))
+    ms = [account_metrics(oracle_run(world, CopyCatch(**o)), world) for o in ORACLES]
+    rows = [("precision / recall", lambda x: f"{x['precision']:.3f} / {x['recall']:.3f}")]
+    rows += [(f"{r} flagged", lambda x, r=r: f"{x['flagged_by_role'].get(r, 0.0):.4f}")
+             for r in ("organic", "heavy", "fan", "network", "embed_viewer")]
+    rows += [("recall: naive / shift / stealthy / pods", lambda x: " / ".join(
+        _f(x["recall_by_stealth"].get(k)) for k in ("naive", "shift", "stealthy", "pod"))),
+             ("groups found / members recovered", lambda x: f"{_f(x['groups_found'])} / "
+                                                            f"{_f(x['group_member_recall'])}"),
+             ("seconds", lambda x: f"{x['seconds']:.0f}")]
+    for label, cell in rows:
+        print(f"| {label} | {cell(stream)} | " + " | ".join(cell(x) for x in ms) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--videos", type=int, default=300)
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--model", default=str(DEFAULT_MODEL_PATH))
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-oracle", dest="oracle", action="store_false",
+                    help="skip the batch CopyCatch oracle (~2 min)")
     args = ap.parse_args(argv)
     if args.videos < 20:
         ap.error("--videos must be >= 20")
@@ -73,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| measure | value |\n|---|---|")
     for label, value in rows:
         print(f"| {label} | {value} |")
+    if args.oracle:
+        _oracles(world, m)
     if args.json:
         print(json.dumps({k: v for k, v in m.items() if k != "video_by_kind"}, default=float))
     return 0
