@@ -596,7 +596,7 @@ class ShiftHours:
         out = np.zeros(c.shape)
         five = (hot[..., 4:] & hot[..., 3:-1] & hot[..., 2:-2] & hot[..., 1:-3] & hot[..., :-4]).any(axis=-1)
         for i, m in zip(*np.nonzero(five), strict=True):  # only (video, metric) with 5 hot hours in a row
-            runs_s, runs_l = _runs(hot[i, m])
+            runs_s, runs_l = runs(hot[i, m])
             for a, length in zip(runs_s.tolist(), runs_l.tolist(), strict=True):
                 if not 5 <= length <= 14:
                     continue
@@ -637,7 +637,8 @@ def _trailing_max_to_hours(end: np.ndarray, hours: int) -> np.ndarray:
     return _spread(start, hours)
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start indices and lengths of the runs of True in a 1-D mask."""
     m = np.concatenate([[False], mask.astype(bool), [False]])
     d = np.diff(m.astype(np.int8))
     starts = np.flatnonzero(d == 1)

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stream_detector.patterns import runs
 from stream_detector.series import METRICS, SECONDS_PER_HOUR, HourlySeries, hour_start_iso
 
 PATTERNS: tuple[str, ...] = ("spike", "offpeak_burst", "decay_violation", "lockstep", "ratio_anomaly")
@@ -438,15 +439,6 @@ def _logu(rng, lo: float, hi: float, size=None):
     return np.exp(rng.uniform(math.log(lo), math.log(hi), size))
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start indices and lengths of runs of True."""
-    m = np.concatenate([[False], mask.astype(bool), [False]])
-    d = np.diff(m.astype(np.int8))
-    starts = np.flatnonzero(d == 1)
-    ends = np.flatnonzero(d == -1)
-    return starts, ends - starts
-
-
 def _surge_shape(tt: np.ndarray, t0: np.ndarray, rise: np.ndarray, tau: np.ndarray) -> np.ndarray:
     """Rise-then-decay bump per row, normalised to a peak of 1 (0 before ``t0``)."""
     k = tt[None, :] - t0[:, None]
@@ -733,7 +725,7 @@ class _Injector:
         return free & (self.tt > self.pub_idx[i])
 
     def _stretch(self, mask: np.ndarray, min_len: int, length: int):
-        starts, lens = _runs(mask)
+        starts, lens = runs(mask)
         ok = lens >= min_len
         if not ok.any():
             return None
