@@ -115,16 +115,18 @@ def carried_share(total: int, flagged: int) -> float:
     return share if share >= CARRIED_SHARE else 0.0
 
 
-def suspicion_threshold(curve: OperatingCurve | None, publish: float) -> float:
+def suspicion_threshold(curve: OperatingCurve | None) -> float | None:
     """The hour probability of a model from which its hours are suspicious for the user level:
     the threshold that flags ``SUSPECT_ORGANIC_RATE`` of organic videos on its stream operating
-    ``curve``, never above ``publish`` (an hour the video level flags is suspicious). A model
-    without a curve, or one that cannot reach the rate: ``SUSPECT_P`` as it stands."""
+    ``curve``; None for a model without a curve or one that cannot reach the rate
+    (``Thresholds.from_artifact`` then takes ``SUSPECT_P`` as it stands, and caps either at the
+    publish threshold: an hour the video level flags is suspicious)."""
+    if curve is None:
+        return None
     try:
-        at = curve.threshold_for(SUSPECT_ORGANIC_RATE) if curve is not None else SUSPECT_P
+        return curve.threshold_for(SUSPECT_ORGANIC_RATE)
     except OperatingPointError:
-        at = SUSPECT_P
-    return float(min(at, publish))
+        return None
 
 
 def suspicion(p: np.ndarray, threshold: float) -> np.ndarray:

@@ -30,6 +30,7 @@ from stream_detector.accounts import (
     suspicion,
     suspicion_threshold,
 )
+from stream_detector.decision import Thresholds
 from stream_detector.metrics import Metrics
 from stream_detector.operating_points import OperatingCurve
 from stream_detector.worker.account_store import AccountStore
@@ -240,7 +241,7 @@ def test_what_is_suspicious_for_the_user_level_does_not_move_with_a_models_proba
         return np.asarray(p) ** 3
 
     curve_a, curve_b = OperatingCurve.measure(organic, fake), OperatingCurve.measure(squash(organic), squash(fake))
-    t_a, t_b = suspicion_threshold(curve_a, 0.95), suspicion_threshold(curve_b, 0.95)
+    t_a, t_b = suspicion_threshold(curve_a), suspicion_threshold(curve_b)
     assert t_b < t_a - 0.1, "the squashed model's threshold sits lower, where its probabilities are"
     hours = rng.random(20000)
     assert np.mean((suspicion(hours, t_a) >= SUSPECT_P) != (suspicion(squash(hours), t_b) >= SUSPECT_P)) < 0.01
@@ -250,10 +251,10 @@ def test_what_is_suspicious_for_the_user_level_does_not_move_with_a_models_proba
     assert np.all(np.diff(s) > 0)
     # never above the publish threshold (a flagged hour is suspicious); no curve, or one that
     # cannot reach the rate: SUSPECT_P as it stands
-    assert suspicion_threshold(curve_a, 0.3) == 0.3
-    assert suspicion_threshold(None, 0.95) == SUSPECT_P
+    assert Thresholds.from_artifact(0.3, suspect=suspicion_threshold(curve_a)).suspect == 0.3
+    assert Thresholds.from_artifact(0.95, suspect=suspicion_threshold(None)).suspect == SUSPECT_P
     strict = OperatingCurve.from_points([{"threshold": 0.2, "fpr": 0.5}, {"threshold": 0.9, "fpr": 0.3}])
-    assert suspicion_threshold(strict, 0.95) == SUSPECT_P
+    assert Thresholds.from_artifact(0.95, suspect=suspicion_threshold(strict)).suspect == SUSPECT_P
 
 
 QUIET_HOURS = (9, 10, 11)

@@ -11,7 +11,7 @@ from training.copycatch import CopyCatch
 def _world(seed: int = 5):
     """400 people acting at random over a week on 50 videos; accounts 400-407 act together on
     videos 0-3, each within +-2 minutes of one time per video; accounts 408-599 are a crowd of
-    192 on video 10 in the same minute, once."""
+    192 in one minute on each of videos 10-12."""
     rng = np.random.default_rng(seed)
     n = 6000
     video, minute, account = rng.integers(0, 50, n), rng.integers(0, 7 * 24 * 60, n), rng.integers(0, 400, n)

@@ -89,10 +89,10 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     bounds = np.searchsorted(minutes, np.arange(0, d.hours * 60 + step_minutes, step_minutes))
     # (video, hour) that become suspicious, by the minute the video level knows it
     if hour_p is not None:
+        if suspect_at is None:  # hindsight: known once the hour and the next closed
+            known_minute = np.arange(d.hours) * 60 + SUSPICION_DELAY_MIN
+            suspect_at = np.where(hour_p >= suspect, known_minute[None, :], -1)
         hour_p = suspicion(hour_p, suspect)
-    if hour_p is not None and suspect_at is None:  # hindsight: known once the hour and the next closed
-        known_minute = np.arange(d.hours) * 60 + SUSPICION_DELAY_MIN
-        suspect_at = np.where(hour_p >= SUSPECT_P, known_minute[None, :], -1)
     known_at: dict[int, list[tuple[int, int]]] = {}
     if suspect_at is not None:
         for v, h in zip(*np.nonzero(suspect_at >= 0), strict=True):

@@ -28,6 +28,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from training.account_eval import AccountRun
+
 
 @dataclass
 class CopyCatch:
@@ -102,8 +104,6 @@ def oracle_run(world, oracle: CopyCatch):
     """``oracle`` fitted on a world's actions, as an ``account_eval.AccountRun`` (flagged at the
     week's end: a batch method has no time to a first flag), so ``account_metrics`` scores it
     like the stream's user level."""
-    from training.account_eval import AccountRun
-
     a = world.actions
     oracle.fit(a[:, 0], a[:, 1], a[:, 3], len(world.account_ids))
     found = oracle.group_ >= 0

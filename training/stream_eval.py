@@ -114,8 +114,9 @@ def replay(scorer: Scorer, decision, data, *, step_minutes: int = 10, batch: int
     hour_p = np.zeros((n, hours))
     suspect_at = np.full((n, hours), -1, dtype=np.int64)
     bursts = BurstDetector()
-    confirm = getattr(getattr(decision, "thresholds", None), "confirm_hours", 1)
-    suspect = getattr(getattr(decision, "thresholds", None), "suspect", SUSPECT_P)
+    thresholds = getattr(decision, "thresholds", None)  # LegacyDecision has none
+    confirm = getattr(thresholds, "confirm_hours", 1)
+    suspect = getattr(thresholds, "suspect", SUSPECT_P)
     scorings = 0
     total = hours * MINUTES_PER_HOUR
     prev = -1

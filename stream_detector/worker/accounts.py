@@ -24,7 +24,6 @@ from aiokafka import AIOKafkaProducer
 
 from stream_detector import keys, redis_client
 from stream_detector.accounts import (
-    SUSPECT_P,
     THRESHOLD,
     AccountFlagState,
     AccountJudge,
@@ -132,10 +131,9 @@ class AccountLoop:
             return
         hours: dict[str, dict[int, float]] = {}
         for vs in scores:
-            # confirmed hours (the last closed one awaits the next)
-            p = suspicion(vs.hour_probability[:-1], threshold)
-            idx = np.flatnonzero(p >= SUSPECT_P)
-            mine = {int(vs.start_hour + t): float(p[t]) for t in idx.tolist()}
+            p = vs.hour_probability[:-1]  # confirmed hours (the last closed one awaits the next)
+            idx = np.flatnonzero(p >= threshold)
+            mine = dict(zip((vs.start_hour + idx).tolist(), suspicion(p[idx], threshold).tolist(), strict=True))
             for h, (total, flagged) in ((evidence or {}).get(vs.video_id, (None,))[0] or {}).items():
                 share = carried_share(total, flagged)
                 if share:

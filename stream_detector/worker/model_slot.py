@@ -31,7 +31,7 @@ def decision_of(model: ModelArtifact, target_fpr: float | None) -> StreamDecisio
     except OperatingPointError as exc:
         raise ModelError(f"DETECTOR_TARGET_FPR={target_fpr:g}: {exc}") from None
     return StreamDecision(Thresholds.from_artifact(publish, model.decision, model.combiner.hour_threshold,
-                                                   suspicion_threshold(model.stream_curve, publish)))
+                                                   suspicion_threshold(model.stream_curve)))
 
 
 class ModelSlot:
