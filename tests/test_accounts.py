@@ -9,6 +9,8 @@ import time
 import jsonschema
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stream_detector import keys
 from stream_detector.accounts import (
@@ -27,6 +29,7 @@ from stream_detector.accounts import (
     decide_account,
     next_quiet_judgement,
     shard_of,
+    shift_hours,
     suspicion,
     suspicion_threshold,
 )
@@ -39,6 +42,7 @@ from tests.harness import Deployment, WorkerProcess
 SCHEMA = json.loads((__import__("pathlib").Path(__file__).resolve().parent.parent / "schemas" /
                      "account-flag.schema.json").read_text())
 T0 = 1767571200 // 60  # Monday 2026-01-05 00:00 UTC, epoch minutes
+SHIFT_MIN_HOURS_T = 6  # blocks in the property test: at least SHIFT_MIN_HOURS active hours a day
 
 
 def act(minute: int, video: str, channel: str = "c", likes: int = 1, partition: int = 0) -> Action:
@@ -62,6 +66,57 @@ def _judge(activity: AccountActivity, store: InMemoryAccountStore | None = None,
     j = AccountJudge()
     engagers = store.co_engagers(j.sync_queries(activity)) if store is not None else {}
     return j.judge(activity, engagers, suspicion)
+
+
+def _shift_minutes(rng, days: int, start: int, length: int, *, drift: int = 0, per_hour=(1, 4)) -> list[int]:
+    """Bursty actions in every hour of a block of ``length`` hours from UTC hour ``start`` on
+    ``days`` days (the block moving ``drift`` hours a day)."""
+    minutes = []
+    for day in range(days):
+        s = start + day * drift
+        for h in range(s, s + length):
+            minutes += [T0 + (day * 24 + int(h)) * 60 + int(m) for m in rng.integers(0, 60, rng.integers(*per_hour))]
+    return sorted(set(minutes))
+
+
+def _activity(minutes: list[int], user: str = "s") -> AccountActivity:
+    a = AccountActivity(user)
+    a.add([act(m, f"v{k % 7}", f"c{k % 3}") for k, m in enumerate(minutes)])
+    return a
+
+
+def test_a_farm_keeping_shift_hours_is_flagged_a_person_whose_day_moves_is_not():
+    rng = np.random.default_rng(4)
+    shift = _judge(_activity(_shift_minutes(rng, 4, 9, 9)))
+    assert shift.flagged and shift.evidence["shift_hours"] == 1.0 and shift.evidence["no_sleep"] == 0.0
+    assert shift.patterns == ["shift_hours"] and "shift hours" in shift.explanation
+    state, status = decide_account(None, shift, last_minute=T0 + 4 * 24 * 60)
+    rec = account_record(shift, state, status, watermark=time.time(), detected_at=time.time())
+    jsonschema.validate(rec, SCHEMA)
+    assert rec["patterns"] == ["shift_hours"] and rec["schema_version"] == SCHEMA["properties"]["schema_version"]["enum"][0]
+    # the same block across midnight UTC (a farm in its own time zone) is one block
+    assert _judge(_activity(_shift_minutes(rng, 4, 20, 9))).evidence["shift_hours"] == 1.0
+    # a person as busy, whose active hours move from day to day, keeps no shift
+    moving = _judge(_activity(_shift_minutes(rng, 4, 8, 9, drift=3)))
+    assert moving.evidence["shift_hours"] == 0.0 and not moving.flagged
+    # two days are not a habit; a block longer than a shift is a waking day
+    assert _judge(_activity(_shift_minutes(rng, 2, 9, 9))).evidence["shift_hours"] == 0.0
+    assert _judge(_activity(_shift_minutes(rng, 4, 7, 15))).evidence["shift_hours"] == 0.0
+    # activity outside the block on a busy day breaks it
+    outside = _shift_minutes(rng, 4, 9, 9) + [T0 + (24 + 22) * 60 + 5]
+    assert _judge(_activity(sorted(outside))).evidence["shift_hours"] == 0.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=st.integers(0, 23), length=st.integers(SHIFT_MIN_HOURS_T, 12), days=st.integers(3, 7),
+       move=st.integers(-48, 48), seed=st.integers(0, 2**16))
+def test_a_shift_is_found_wherever_it_sits_on_the_clock(start, length, days, move, seed):
+    """Moving every action by whole hours (another time zone, another week) keeps the evidence."""
+    minutes = _shift_minutes(np.random.default_rng(seed), days, start, length)
+    act_here = _activity(minutes)
+    moved = _activity([m + 60 * move for m in minutes])
+    assert shift_hours(act_here.day_masks) == 1.0
+    assert shift_hours(moved.day_masks) == shift_hours(act_here.day_masks)
 
 
 def test_a_person_sleeps_and_bursts_a_machine_does_neither():
@@ -262,7 +317,8 @@ QUIET_HOURS = (9, 10, 11)
 
 def _farm_and_people(days: int = 3) -> list[dict]:
     """Accounts of a naive farm (around the clock, every 20 minutes, four customers of four
-    channels) and people (awake 8-23, bursty) on those videos and eight others, plus
+    channels), one account working a shift (the same nine hours every day) and people (awake
+    8-23, bursty) on those videos and eight others, plus
     aggregated views that follow the day (flat views around the clock would make every
     video's hours suspicious, and so every person who engaged on them)."""
     rng = np.random.default_rng(7)
@@ -284,6 +340,13 @@ def _farm_and_people(days: int = 3) -> list[dict]:
     for h in QUIET_HOURS:  # one person acts three times on the first morning and never again
         events.append({"video_id": "organic-0", "ts": start + h * 3600, "likes": 1, "user_id": "quiet-0",
                        "channel_id": "ch-o0"})
+    shift = np.random.default_rng(11)  # one account working a shift, 9:00-17:59 UTC, on the people's videos
+    for day in range(days):
+        for h in range(9, 18):
+            for minute in sorted(shift.choice(60, int(shift.integers(1, 4)), replace=False).tolist()):
+                video, channel = others[int(shift.integers(0, len(others)))]
+                events.append({"video_id": video, "ts": start + ((day * 24 + h) * 60 + minute) * 60, "likes": 1,
+                               "user_id": "shift-0", "channel_id": channel})
     for video, channel in customers + others:  # audiences sleep too: views follow the day
         for hour in range(days * 24):
             awake = 0.15 + 0.85 * np.sin(np.pi * max(0, hour % 24 - 6) / 18) ** 2
@@ -311,8 +374,9 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         flagged = {r["user_id"] for r in records if r["status"] != "withdrawn"}
         for r in records:
             jsonschema.validate(r, SCHEMA)
-        wrong = {u: worker.get_json(f"/accounts/{u}")[1] for u in flagged if not u.startswith("farm-")}
-        assert flagged == {f"farm-{k}" for k in range(12)}, json.dumps(wrong)
+        wrong = {u: worker.get_json(f"/accounts/{u}")[1] for u in flagged if not u.startswith(("farm-", "shift-"))}
+        assert flagged == {f"farm-{k}" for k in range(12)} | {"shift-0"}, json.dumps(wrong)
+        assert {p for r in records if r["user_id"] == "shift-0" for p in r["patterns"]} == {"shift_hours"}
         first = [r for r in records if r["user_id"] == "farm-0"][0]
         assert first["videos"] and first["patterns"]
         assert {"no_sleep", "regular"} <= {p for r in records if r["user_id"] == "farm-0" for p in r["patterns"]}
@@ -323,7 +387,7 @@ def test_a_worker_flags_the_farms_accounts_not_the_people_and_serves_them(kafka_
         assert worker.get("/accounts/nobody")[0] == 404
         m = worker.metrics()
         assert m["detector_account_actions_total"] == sum(1 for e in events if "user_id" in e)
-        assert m['detector_account_flags_total{status="new"}'] == 12
+        assert m['detector_account_flags_total{status="new"}'] == 13
         # an account gone quiet is judged again 12 and 36 event hours after its last action, or
         # once if the worker reaches both at once (the stream runs 72 h; it was first judged before
         # it went quiet): after that, its next quiet judgement is the last, at 84 h
