@@ -10,9 +10,10 @@ against noise, combined, thresholded, explained), applied to an account's own ac
   creator; a farm serves many customers, a pod its members' channels.
 - ``no_sleep``: active in ``NO_SLEEP_HOURS`` or more hours of one day, on two days. People
   sleep (real heavy posters are quiet 6 hours a day in the median; ``dev/real_accounts``).
-- ``shift_hours``: active in the same block of hours (at most ``SHIFT_SPAN``), ``SHIFT_MIN_HOURS``
-  or more of them, on ``SHIFT_DAYS`` days, the block's edges sharp (within ``SHIFT_EDGE`` hour
-  each day) and nothing outside it: a farm working shifts in its own time zone. People's active
+- ``shift_hours``: active in the same block of hours (at most ``SHIFT_SPAN``), worked through
+  (``SHIFT_COVER`` of its hours, at least ``SHIFT_MIN_HOURS``) on ``SHIFT_DAYS`` days, the block's
+  edges sharp (within ``SHIFT_EDGE`` hour each day) and nothing outside it: a farm working shifts
+  in its own time zone. People's active
   hours move from day to day (real accounts: none of the 74 account-weeks with five or more active
   hours on three days keeps such a block; ``bench/account_patterns_real.py``).
 - ``regular``: intervals between actions with a coefficient of variation below
@@ -67,7 +68,7 @@ SHIFT_DAYS = 3  # ... on this many days (of the last DAYS), all within one block
 SHIFT_SPAN = 12  # at most this long (a block may cross midnight UTC: shifts keep their own zone)
 # each of those days active in this share of the block's hours: a shift is worked through (in week A of
 # the simulated market, over the whole week, 0.6 caught 15 of 147,000 organic, fan and heavy accounts,
-# 0.8 four, 0.9 none; judged as the week went on, 0.8 flagged 18 of them at some point)
+# 0.8 four, 0.9 none; judged as the week went on, 0.8 flagged about 18 at some point: precision 0.994 -> 0.990)
 SHIFT_COVER = 0.9
 SHIFT_EDGE = 1  # and starting and ending within this many hours of the block's edges
 REGULAR_CV = 0.3
@@ -353,7 +354,7 @@ def shift_hours(day_masks: dict[int, int]) -> float:
 
     The days are read from every hour of the clock in turn (a day from hour ``s`` to ``s`` the
     next day), so a block across midnight UTC is one block: the block starts at ``s``."""
-    if len(day_masks) < SHIFT_DAYS - 1:  # a block across midnight spans one more calendar day
+    if sum(m.bit_count() for m in day_masks.values()) < SHIFT_MIN_HOURS * SHIFT_DAYS:  # most accounts
         return 0.0
     first = min(day_masks)
     timeline = 0
