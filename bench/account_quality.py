@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             ("groups found / members recovered", f"{_f(m['groups_found'])} / {_f(m['group_member_recall'])}"),
             ("median event hours, a farm's first action to its first account flag",
              _f(m["hours_to_first_account_flag_median"], 1)),
+            ("a group's later customers (delivery begun after its first account flag): carried by flagged "
+             "accounts / within 1 event hour of their first bought action / median event hours",
+             f"{m['later_customers']} customers: {_f(m['later_customers_carried'])} / "
+             f"{_f(m['later_customers_carried_within_1h'])} / {_f(m['later_customers_hours_to_carried_median'], 1)}"),
             ("videos with an hour carried by flagged accounts: fake / organic",
              f"{_f(m['video_recall_by_accounts'], 3)} / {_f(m['video_fpr_by_accounts'], 3)}"),
             ("judgements / seconds", f"{m['judgements']:,} / {m['seconds']:.0f}")]

@@ -83,6 +83,17 @@ def test_the_evaluator_judges_an_hours_engagers_again_once_it_is_found_suspiciou
     assert late[fake].any(), "flagged when its hours were found suspicious, not only when it acted"
     m = account_metrics(seen, world)
     assert m["precision"] >= 0.9 and m["flagged_by_role"].get("organic", 0.0) <= 0.01, m
+    # a group's later customers (delivery begun after its first account flag): none is carried
+    # without carried hours; all, at once, if every bought hour is carried as it begins
+    from dataclasses import replace
+
+    assert m["later_customers"] > 0 and m["later_customers_carried"] is not None
+    assert account_metrics(replace(seen, carried_at={}), world)["later_customers_carried"] == 0.0
+    fake_hours = {(int(v), int(h)): int(h) * 60 for v, h in zip(*np.nonzero(truth), strict=True)}
+    at_once = account_metrics(replace(seen, carried_at=fake_hours), world)
+    assert at_once["later_customers_carried"] == at_once["later_customers_carried_within_1h"] == 1.0
+    assert at_once["later_customers_hours_to_carried_median"] < 1.0
+    assert "later_customers" not in account_metrics(replace(seen, carried_at=None), world)
     # the same suspicion, known only from day 5 (``suspect_at``, as the stream learns it): nothing
     # it would give is flagged before, and it still reaches accounts after
     known = 4 * 24 * 60

@@ -42,6 +42,9 @@ class AccountRun:
     group: list[str | None]  # per account, the group id of its first flag
     judged: int
     seconds: float
+    # (video, hour from the week's start) -> event minute from the week's start at which flagged
+    # accounts came to carry that hour (``accounts.carried_share``); None where not replayed
+    carried_at: dict[tuple[int, int], int] | None = None
 
 
 SUSPICION_DELAY_MIN = 120  # the video level judges an hour once it and the hour after it closed
@@ -109,6 +112,7 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
     hour_actions: dict[tuple[int, int], int] = {}  # (video, hour) -> account actions
     hour_flagged: dict[tuple[int, int], int] = {}  # ... of accounts flagged by then
     carried: dict[tuple[int, int], float] = {}  # (video, hour) -> its suspicion, once carried
+    carried_at: dict[tuple[int, int], int] = {}  # (video, hour) -> the event minute it came to be carried
     newly_carried: list[tuple[int, int]] = []
     for s in range(len(bounds) - 1):
         lo, hi = bounds[s], bounds[s + 1]
@@ -184,8 +188,9 @@ def replay_accounts(world: AccountWorld, *, step_minutes: int = 10, judge: Accou
             share = carried_share(hour_actions.get(vh, 0), hour_flagged[vh])
             if share:
                 carried[vh] = carried_suspicion(share)
+                carried_at[vh] = step_end
                 newly_carried.append(vh)
-    return AccountRun(first, best, pats, group, judged, time.perf_counter() - t0)
+    return AccountRun(first, best, pats, group, judged, time.perf_counter() - t0, carried_at)
 
 
 def account_metrics(run: AccountRun, world: AccountWorld) -> dict:
@@ -243,7 +248,49 @@ def account_metrics(run: AccountRun, world: AccountWorld) -> dict:
     out["hours_to_first_account_flag_median"] = float(np.median(delays)) if delays else None
     out["hours_to_first_account_flag_max"] = float(np.max(delays)) if delays else None
     out.update(_video_effect(world, flagged))
+    if run.carried_at is not None:
+        out.update(_later_customers(run, world))
     return out
+
+
+def _later_customers(run: AccountRun, world: AccountWorld) -> dict:
+    """What an account flag is for: the farm's (or pod's) next customers. Per customer whose
+    delivery began after the group's first account flag, whether flagged accounts came to carry
+    one of its bought hours (the video level then flags it with ``coordinated_accounts`` once the
+    hour is confirmed, whatever its counts), and how many event hours after its first bought
+    action the first such hour was carried."""
+    a = world.actions[world.actions[:, 5] == 1]
+    grp = world.group[a[:, 3]]
+    carried_hours: dict[int, list[tuple[int, int]]] = {}
+    for (v, h), m in run.carried_at.items():
+        carried_hours.setdefault(v, []).append((h, m))
+    later = caught = 0
+    delays: list[float] = []
+    for g in world.groups:
+        if g["kind"] not in FAKE_ROLES or "id" not in g:
+            continue
+        members = np.flatnonzero(world.group == g["id"])
+        flagged = run.first_flag[members]
+        flagged = flagged[flagged >= 0]
+        if not flagged.size:
+            continue
+        t_first = int(flagged.min())
+        mine = a[grp == g["id"]]
+        for v in np.unique(mine[:, 0]).tolist():
+            start = int(mine[mine[:, 0] == v, 1].min())
+            if start < t_first:
+                continue
+            later += 1
+            known = [m for h, m in carried_hours.get(v, []) if h >= start // 60]
+            if known:
+                caught += 1
+                delays.append(max(0, min(known) - start) / 60.0)
+    return {
+        "later_customers": later,
+        "later_customers_carried": caught / later if later else None,
+        "later_customers_hours_to_carried_median": float(np.median(delays)) if delays else None,
+        "later_customers_carried_within_1h": sum(d <= 1.0 for d in delays) / later if later else None,
+    }
 
 
 def _first_fake_minute(world: AccountWorld) -> dict[int, int]:
