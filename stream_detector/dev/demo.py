@@ -236,13 +236,16 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc,
 
     r = aioredis.from_url(redis_url)
     schedule = RescoreSchedule(r, prefix=run_id, topic=topics["events"])
+    # the account lane's due accounts (the worker's AccountLoop schedule): the user level's figures
+    # are read once it has judged them, not wherever a loaded machine left it
+    account_schedule = RescoreSchedule(r, prefix=run_id, topic=f"{topics['events']}#accounts")
     partitions = Settings.from_env().topic_partitions
     shower = asyncio.create_task(show_flags())
     prog = asyncio.create_task(progress(sent))
     try:
         await produce(bootstrap, topics["events"], counted(), rate=rate)
-        # drain: wait until the worker has consumed and scored everything
-        deadline = time.monotonic() + 60
+        # drain: wait until the worker has consumed and scored everything, and judged the accounts due
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 print(f"worker exited with code {proc.returncode}", file=sys.stderr)
@@ -250,7 +253,8 @@ async def _run(data, duration, bootstrap, redis_url, topics, port, run_id, proc,
             m = _metrics(port)
             closed = m.get('detector_hours_closed_total{reason="idle"}', 0)  # the last hours closed after the replay stopped
             if (m.get("detector_consumer_lag_messages", 1) == 0 and closed >= 1
-                    and await schedule.size(list(range(partitions))) == 0):
+                    and await schedule.size(list(range(partitions))) == 0
+                    and (world is None or await account_schedule.size(list(range(partitions))) == 0)):
                 await asyncio.sleep(1.0)
                 break
             await asyncio.sleep(0.5)
