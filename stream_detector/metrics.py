@@ -173,10 +173,14 @@ class Metrics:
             "Account judgements (an account is judged at most every 3 event hours while active, at once when an hour it engaged in is found suspicious)",
             registry=r,
         )
+        from stream_detector.accounts import QUIET_AFTER_MIN
+
+        quiet_hours = [str(m // 60) for m in QUIET_AFTER_MIN]
         self.account_quiet_judgements = Counter(
             "detector_account_quiet_judgements_total",
-            "Account judgements because an account not flagged went quiet (12, 36 and 84 event hours after "
-            "its last action): the video level's suspicion of its hours may come after it",
+            f"Account judgements because an account not flagged went quiet ({', '.join(quiet_hours[:-1])} and "
+            f"{quiet_hours[-1]} event hours after its last action): the video level's suspicion of its hours "
+            "may come after it",
             registry=r,
         )
         self.account_judge_delay = Histogram(
