@@ -340,9 +340,12 @@ def _farm_and_people(days: int = 3) -> list[dict]:
     for h in QUIET_HOURS:  # one person acts three times on the first morning and never again
         events.append({"video_id": "organic-0", "ts": start + h * 3600, "likes": 1, "user_id": "quiet-0",
                        "channel_id": "ch-o0"})
-    shift = np.random.default_rng(11)  # one account working a shift, 9:00-17:59 UTC, on the people's videos
+    # one account working a shift, 0:00-8:59 UTC, on the people's videos: its third shift ends early
+    # enough for its quiet judgement (12 event hours later) to fall inside the stream, so it is judged
+    # with all three shifts known whatever the lane's timing
+    shift = np.random.default_rng(11)
     for day in range(days):
-        for h in range(9, 18):
+        for h in range(0, 9):
             for minute in sorted(shift.choice(60, int(shift.integers(1, 4)), replace=False).tolist()):
                 video, channel = others[int(shift.integers(0, len(others)))]
                 events.append({"video_id": video, "ts": start + ((day * 24 + h) * 60 + minute) * 60, "likes": 1,
