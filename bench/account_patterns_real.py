@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         sc = judge.judge(act, {}, {})
         is_busy = sum(bin(m).count("1") >= SHIFT_MIN_HOURS for m in act.day_masks.values()) >= 3
         busy += is_busy
-        flagged += sc.score >= THRESHOLD
+        flagged += sc.flagged
         for p in OWN_PATTERNS:
             if sc.evidence[p] >= 0.5:
                 fired[p] += 1

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from stream_detector import keys
 from stream_detector.accounts import (
     ACCOUNT_PATTERNS,
+    SHIFT_MIN_HOURS,
+    SHIFT_SPAN,
     SUSPECT_P,
     AccountActivity,
     AccountJudge,
@@ -42,7 +44,6 @@ from tests.harness import Deployment, WorkerProcess
 SCHEMA = json.loads((__import__("pathlib").Path(__file__).resolve().parent.parent / "schemas" /
                      "account-flag.schema.json").read_text())
 T0 = 1767571200 // 60  # Monday 2026-01-05 00:00 UTC, epoch minutes
-SHIFT_MIN_HOURS_T = 6  # blocks in the property test: at least SHIFT_MIN_HOURS active hours a day
 
 
 def act(minute: int, video: str, channel: str = "c", likes: int = 1, partition: int = 0) -> Action:
@@ -108,7 +109,7 @@ def test_a_farm_keeping_shift_hours_is_flagged_a_person_whose_day_moves_is_not()
 
 
 @settings(max_examples=60, deadline=None)
-@given(start=st.integers(0, 23), length=st.integers(SHIFT_MIN_HOURS_T, 12), days=st.integers(3, 7),
+@given(start=st.integers(0, 23), length=st.integers(SHIFT_MIN_HOURS, SHIFT_SPAN), days=st.integers(3, 7),
        move=st.integers(-48, 48), seed=st.integers(0, 2**16))
 def test_a_shift_is_found_wherever_it_sits_on_the_clock(start, length, days, move, seed):
     """Moving every action by whole hours (another time zone, another week) keeps the evidence."""
