@@ -172,7 +172,7 @@ def _names(d: HourDetail, seg: slice, length: int) -> list[str]:
             return ["decay_violation"]
         if length <= 3:
             return ["spike"]
-        return [PATTERNS[int(strength.argmax())]]
+        return _refined(d, seg, strength, {PATTERNS[int(strength.argmax())]})
     rank = {p: strength[k] * _SPECIFICITY[p] * _length_fit(p, length) for k, p in enumerate(PATTERNS)
             if strength[k] >= 0.3}
     top = max(rank, key=rank.get)
@@ -183,13 +183,41 @@ def _names(d: HourDetail, seg: slice, length: int) -> list[str]:
     for p, r in rank.items():
         if p != top and p not in _SIDE_EFFECTS[top] and strength[PATTERNS.index(p)] >= 0.9 and r >= 0.9 * top_rank:
             names.add(p)
+    return _refined(d, seg, strength, names)
+
+
+def _refined(d: HourDetail, seg: slice, strength: np.ndarray, names: set[str]) -> list[str]:
+    """Names of a steady added rate, made specific by its metrics and the video's age."""
+    if names <= _RATE_NAMES and _reactions_without_views(d, seg, strength):
+        return ["ratio_anomaly"]
+    if names == {"drip_feed"} and _decayed(d, seg):
+        return ["decay_violation"]
     return [p for p in PATTERNS if p in names]
+
+
+# what a steady added rate is named by before its metrics and the video's age say more
+_RATE_NAMES = {"drip_feed", "decay_violation", "shift_hours", "ratio_anomaly"}
+REVIVAL_AGE_HOURS = 48  # DESIGN's decay violation: two days or more after publication
+
+
+def _reactions_without_views(d: HourDetail, seg: slice, strength: np.ndarray) -> bool:
+    """Likes or comments bought without the views they would come with: a steady rate of
+    reactions alone is what breaks the video's mix (``ratio_anomaly``), however steady; a
+    drip names added views."""
+    return bool(strength[PATTERNS.index("ratio_anomaly")] >= 0.9 and d.metrics[1:, seg].any()
+                and not d.metrics[0, seg].any())
+
+
+def _decayed(d: HourDetail, seg: slice) -> bool:
+    """A steady rate added to a video two days or more after publication: what it breaks is
+    the decay (a revival, named ``decay_violation``); on a young video it is a drip."""
+    return d.age is not None and bool(d.age[seg.start] >= REVIVAL_AGE_HOURS)
 
 
 def _revival(d: HourDetail, seg: slice, length: int) -> bool:
     """A long stretch, two days or more after publication, well above the same hours a day
     earlier: engagement that came back or stopped decaying (DESIGN's decay violation)."""
-    if d.age is None or length < 8 or seg.start < 24 or d.age[seg.start] < 48:
+    if d.age is None or length < 8 or seg.start < 24 or d.age[seg.start] < REVIVAL_AGE_HOURS:
         return False
     now = d.counts[:, seg].sum()
     before = d.counts[:, seg.start - 24 : seg.stop - 24].sum()

@@ -325,3 +325,45 @@ def test_a_revival_with_strong_offpeak_evidence_is_named_not_a_crash():
     assert _names(detail, slice(100, 112), 12) == ["decay_violation"]
     evidence[PATTERNS.index("lockstep"), 100:112] = 0.95  # lockstep is specific enough to name itself
     assert _names(detail, slice(100, 112), 12) == ["lockstep"]
+
+
+def _steady_rate_detail(age_at_start: float, metrics: tuple[int, ...], drip: float = 0.9,
+                        ratio: float = 0.0):
+    """A 30-hour window from hour 100 with drip-feed evidence (a steady added rate) and the
+    metrics it implicates."""
+    from stream_detector.scoring import HourDetail
+
+    counts = np.full((4, W), 50.0)
+    evidence = np.zeros((len(PATTERNS), W))
+    evidence[PATTERNS.index("drip_feed"), 100:130] = drip
+    evidence[PATTERNS.index("ratio_anomaly"), 100:130] = ratio
+    implicated = np.zeros((4, W), bool)
+    implicated[list(metrics), 100:130] = True
+    return HourDetail(START, counts, evidence, evidence, np.zeros(W), implicated, counts,
+                      np.arange(W, dtype=float), age=np.arange(W) - 100.0 + age_at_start)
+
+
+def test_a_steady_rate_is_a_drip_on_a_young_video_and_a_revival_on_a_decayed_one():
+    from stream_detector.scoring import REVIVAL_AGE_HOURS, _names
+
+    young = _steady_rate_detail(REVIVAL_AGE_HOURS - 1.0, (0,))
+    old = _steady_rate_detail(float(REVIVAL_AGE_HOURS), (0,))
+    assert _names(young, slice(100, 130), 30) == ["drip_feed"]
+    assert _names(old, slice(100, 130), 30) == ["decay_violation"]
+    unknown_age = _steady_rate_detail(500.0, (0,))
+    unknown_age.age = None  # no publication time: nothing says it decayed
+    assert _names(unknown_age, slice(100, 130), 30) == ["drip_feed"]
+
+
+def test_a_steady_rate_of_reactions_without_views_is_named_a_ratio_anomaly():
+    """Likes bought alone break the video's mix however steady they come; with views among the
+    implicated metrics, or a weak mix signal, the steady rate keeps its drip name."""
+    from stream_detector.scoring import _names
+
+    likes_alone = _steady_rate_detail(10.0, (1,), ratio=0.95)
+    assert _names(likes_alone, slice(100, 130), 30) == ["ratio_anomaly"]
+    assert _names(_steady_rate_detail(200.0, (2,), ratio=0.95), slice(100, 130), 30) == ["ratio_anomaly"]
+    with_views = _steady_rate_detail(10.0, (0, 1), ratio=0.95)
+    assert _names(with_views, slice(100, 130), 30) == ["drip_feed"]
+    weak_mix = _steady_rate_detail(10.0, (1,), ratio=0.5)
+    assert _names(weak_mix, slice(100, 130), 30) == ["drip_feed"]

@@ -48,6 +48,13 @@ def _f(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def _names_as(given: dict | None, top: int = 3) -> str:
+    """The most frequent names a kind's flags gave, e.g. ``drip_feed 9, decay_violation 4``."""
+    if not given:
+        return ""
+    return ", ".join(f"{name or '(none)'} {c}" for name, c in list(given.items())[:top])
+
+
 def markdown(m: dict) -> str:
     """Per-kind and per-band tables of one ``evaluate_market`` result."""
     kinds = [k for k in DELIVERY_KINDS if k in m.get("recall_by_kind", {})]
@@ -60,12 +67,13 @@ def markdown(m: dict) -> str:
         f"(look-alikes {_f(m.get('fpr_lookalikes'))}, plain {_f(m.get('fpr_plain'))}); fake hours within "
         f"+-1 h {m['hours_localised']:.3f}; named exactly {m['named_exact']:.3f}.",
         "",
-        "| delivery kind | videos | recall | recall >= 1x | named exactly |",
-        "|---|---|---|---|---|",
+        "| delivery kind | videos | recall | recall >= 1x | named exactly | named as (flagged videos) |",
+        "|---|---|---|---|---|---|",
     ]
     for k in kinds:
         lines.append(f"| {k} | {n.get(k, 0)} | {_f(m['recall_by_kind'].get(k))} | "
-                     f"{_f(m['recall_by_kind_1x'].get(k))} | {_f(m['named_exact_by_kind'].get(k))} |")
+                     f"{_f(m['recall_by_kind_1x'].get(k))} | {_f(m['named_exact_by_kind'].get(k))} | "
+                     f"{_names_as(m.get('names_by_kind', {}).get(k))} |")
     lines += ["", "| amplitude band | " + " | ".join(m["recall_by_band"]) + " |",
               "|---|" + "---|" * len(m["recall_by_band"]),
               "| recall | " + " | ".join(f"{v:.2f}" for v in m["recall_by_band"].values()) + " |", "",

@@ -17,6 +17,7 @@ the first flag, pattern naming and hour localisation.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -294,16 +295,20 @@ def _by_kind_and_band(ever: np.ndarray, labels: np.ndarray, run: StreamRun, data
     """Recall per delivery kind and amplitude band, naming per kind (dev/market.py datasets)."""
     kinds = [data.kind_of(i) for i in range(len(data))]
     bands = [data.band_of(i) for i in range(len(data))]
-    out: dict = {"recall_by_kind": {}, "recall_by_band": {}, "named_exact_by_kind": {}, "recall_by_kind_1x": {}}
+    out: dict = {"recall_by_kind": {}, "recall_by_band": {}, "named_exact_by_kind": {}, "recall_by_kind_1x": {},
+                 "names_by_kind": {}}
     for k in sorted({k for k, y in zip(kinds, labels, strict=True) if y}):
         sel = np.array([x == k for x in kinds]) & labels
         out["recall_by_kind"][k] = float(ever[sel].mean())
         big = sel & (np.asarray(data.amplitude) >= 1.0)
         if big.any():
             out["recall_by_kind_1x"][k] = float(ever[big].mean())
-        named = [({p for w in run.published[i][-1].windows for p in w.patterns} == {data.pattern[i]})
-                 for i in np.flatnonzero(sel & ever)]
-        out["named_exact_by_kind"][k] = float(np.mean(named)) if named else None
+        caught = np.flatnonzero(sel & ever).tolist()
+        given = ["+".join(sorted({p for w in run.published[i][-1].windows for p in w.patterns})) for i in caught]
+        exact = [g == data.pattern[i] for g, i in zip(given, caught, strict=True)]
+        out["named_exact_by_kind"][k] = float(np.mean(exact)) if exact else None
+        # what each kind is named as (the confusion counts cannot resolve), most often first
+        out["names_by_kind"][k] = dict(Counter(given).most_common())
     for b in ("<1x", "1-3x", ">3x"):
         sel = np.array([x == b for x in bands]) & labels
         if sel.any():
