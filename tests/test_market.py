@@ -92,3 +92,27 @@ def test_seeded_and_subsettable():
     sub = a.subset(np.arange(0, 60, 2))
     assert sub.delivery == a.delivery[::2] and np.array_equal(sub.amplitude, a.amplitude[::2])
     assert sub.channel == a.channel[::2]
+
+
+def test_the_market_tables_say_what_each_caught_kind_was_named_as():
+    """Per kind, the names given add up to the caught videos, and 'named exactly' is the
+    share of them named the kind's own pattern (through the real scoring core and decision)."""
+    from stream_detector.config import DEFAULT_MODEL_PATH
+    from stream_detector.models import ModelArtifact
+    from stream_detector.scoring import Scorer
+    from stream_detector.worker.model_slot import decision_of
+    from training.market_eval import evaluate_market, markdown
+
+    model = ModelArtifact.load(DEFAULT_MODEL_PATH)
+    data = simulate_market(120, seed=4, texture=RealTexture("test"))
+    m = evaluate_market(Scorer(model), decision_of(model, None), data)
+    expected = {data.delivery[i]: data.pattern[i] for i in range(len(data)) if data.label[i]}
+    assert m["names_by_kind"], "some delivery was caught"
+    for kind, given in m["names_by_kind"].items():
+        caught = m["recall_by_kind"][kind] * sum(1 for i in range(len(data)) if data.delivery[i] == kind)
+        assert sum(given.values()) == round(caught)
+        if not given:  # none of the kind caught: nothing named
+            assert m["named_exact_by_kind"][kind] is None
+            continue
+        assert m["named_exact_by_kind"][kind] == given.get(expected[kind], 0) / sum(given.values())
+    assert "named as" in markdown(m)
