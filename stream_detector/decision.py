@@ -232,6 +232,9 @@ def _recurring(vs: VideoScore, windows: list[FlaggedWindow]) -> list[FlaggedWind
 
 
 BURST_MINUTES_KEPT = 16
+# what the hour detectors see of a scheduled delivery: its bursts (spike, offpeak_burst) and
+# the same hourly sum hour after hour (lockstep)
+_SCHEDULE_SIDE_NAMES = {"spike", "offpeak_burst", "lockstep"}
 
 
 def scheduled(minutes: list[int]) -> bool:
@@ -336,7 +339,8 @@ class StreamDecision:
             merged = _recurring(vs, [w if w.start_hour in burst_hours else _keep_coordinated(w, vs.relabel(w))
                                      for w in merged])
             if scheduled(burst_minutes):
-                merged = [replace(w, patterns=("scheduled_bursts",)) if w.start_hour in burst_hours else w
+                merged = [replace(w, patterns=("scheduled_bursts",))
+                          if w.start_hour in burst_hours or set(w.patterns) <= _SCHEDULE_SIDE_NAMES else w
                           for w in merged]
             score = max(max(w.score for w in windows), state.score if state.active else 0.0)
             sev = severity(score, th.publish)

@@ -216,6 +216,29 @@ def test_short_windows_recurring_at_the_same_quiet_hour_are_named_offpeak():
     assert names[100] == ("spike",), "a lone window at another hour keeps its own name"
 
 
+def test_once_bursts_keep_a_schedule_the_windows_it_explains_are_named_scheduled():
+    """Bursts at minute 7 of three hours are a scheduled delivery: the burst hours and a lockstep
+    window (the schedule's constant hourly sums) are named ``scheduled_bursts``; a window the
+    schedule does not explain (a ratio anomaly) keeps its name; two bursts are no schedule yet."""
+    d = StreamDecision(TH)
+    p = hours(*((t, 0.95) for t in range(100, 112)), *((t, 0.95) for t in range(130, 140)))
+    vs = scored(p, pattern="lockstep")
+    vs.detail.evidence[:, 130:140] = 0.0
+    vs.detail.evidence[PATTERNS.index("ratio_anomaly"), 130:140] = 0.95
+    state = None
+    for k, end in enumerate((END - 2, END - 1)):
+        burst = Burst(0.97, ("views",), (end + 1) * 60 + 7, 900, 50.0)
+        state, rec = d.decide(state, vs, now_hour=END + 1, burst=burst)
+        named = {w.start_hour - vs.start_hour: w.patterns for w in state.windows}
+        assert named[100] == ("lockstep",), f"{k + 1} bursts are no schedule"
+    burst = Burst(0.97, ("views",), (END + 1) * 60 + 7, 900, 50.0)
+    state, rec = d.decide(state, vs, now_hour=END + 1, burst=burst)
+    named = {w.start_hour - vs.start_hour: w.patterns for w in state.windows}
+    assert named[100] == ("scheduled_bursts",)
+    assert named[130] == ("ratio_anomaly",)
+    assert all(w.patterns == ("scheduled_bursts",) for w in state.windows if w.start_hour >= END - 1)
+
+
 def test_the_hour_detail_is_only_read_where_uses_detail_or_the_floor_says_so():
     """The scoring process leaves a video's hour detail behind unless ``uses_detail`` or an hour
     at or above ``detail_floor`` asks for it: over flag episodes that start, grow, end and are
