@@ -197,7 +197,7 @@ def _refined(d: HourDetail, seg: slice, strength: np.ndarray, names: set[str]) -
 
 # what a steady added rate is named by before its metrics and the video's age say more
 _RATE_NAMES = {"drip_feed", "decay_violation", "shift_hours", "ratio_anomaly"}
-REVIVAL_AGE_HOURS = 48  # DESIGN's decay violation: two days or more after publication
+REVIVAL_AGE_HOURS = 48  # DESIGN: a decay violation is a flat or rising plateau "days later"
 
 
 def _reactions_without_views(d: HourDetail, seg: slice, strength: np.ndarray) -> bool:
