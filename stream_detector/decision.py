@@ -204,10 +204,13 @@ def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str)
     )
 
 
+RECURRING_DAYS = 3  # short windows at one hour of day on this many days are a schedule
+
+
 def _recurring(vs: VideoScore, windows: list[FlaggedWindow]) -> list[FlaggedWindow]:
     """Short flagged windows that recur at the same hour of day (±1) on different days, at
-    hours the video's audience is usually quiet, are one off-peak campaign: name them so
-    (each alone looked like a spike)."""
+    hours the video's audience is usually quiet (or on ``RECURRING_DAYS`` days at any hour),
+    are one off-peak campaign: name them so (each alone looked like a spike)."""
     short = [w for w in windows if w.end_hour - w.start_hour <= 3]
     if len(short) < 2 or vs.detail is None or vs.detail.quiet is None:
         return windows
@@ -221,10 +224,12 @@ def _recurring(vs: VideoScore, windows: list[FlaggedWindow]) -> list[FlaggedWind
     hod = {w: w.start_hour % 24 for w in short}
     recurring = set()
     for a in short:
-        for b in short:
-            same_hour = min((hod[a] - hod[b]) % 24, (hod[b] - hod[a]) % 24) <= 1
-            if a is not b and abs(a.start_hour - b.start_hour) >= 20 and same_hour and is_quiet(a):
-                recurring.add(a)
+        days = [b for b in short if b is not a and abs(a.start_hour - b.start_hour) >= 20
+                and min((hod[a] - hod[b]) % 24, (hod[b] - hod[a]) % 24) <= 1]
+        # at a quiet hour twice, or at one hour of day on three days whatever the audience:
+        # a crowd does not come back at the clock's say
+        if (days and is_quiet(a)) or len(days) >= RECURRING_DAYS - 1:
+            recurring.add(a)
     if not recurring:
         return windows
     return [FlaggedWindow(w.start_hour, w.end_hour, w.score, w.metrics, ("offpeak_burst",)) if w in recurring else w

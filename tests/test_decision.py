@@ -207,13 +207,27 @@ def test_operating_curve_maps_rates_to_thresholds_and_back():
 
 def test_short_windows_recurring_at_the_same_quiet_hour_are_named_offpeak():
     d = StreamDecision(TH)
-    vs = scored(hours((27, 0.95), (51, 0.95), (100, 0.95)))
+    vs = scored(hours((27, 0.95), (51, 0.95), (110, 0.95)))
     vs.detail.quiet = np.zeros(W)
     vs.detail.quiet[[27, 51]] = 2.0  # the audience is usually asleep at that hour
     _, rec = d.decide(None, vs, now_hour=END + 1)
     names = {(w.start_hour - vs.start_hour): w.patterns for w in rec.windows}
     assert names[27] == names[51] == ("offpeak_burst",)
-    assert names[100] == ("spike",), "a lone window at another hour keeps its own name"
+    assert names[110] == ("spike",), "a lone window at another hour keeps its own name"
+
+
+def test_short_windows_at_one_hour_of_day_on_three_days_are_named_offpeak_whatever_the_audience():
+    d = StreamDecision(TH)
+    twice = scored(hours((27, 0.95), (51, 0.95), (110, 0.95)))
+    twice.detail.quiet = np.zeros(W)  # an hour the audience is awake: twice may be chance
+    _, rec = d.decide(None, twice, now_hour=END + 1)
+    assert {w.patterns for w in rec.windows} == {("spike",)}
+    thrice = scored(hours((27, 0.95), (51, 0.95), (76, 0.95), (110, 0.95)))  # the third an hour late
+    thrice.detail.quiet = np.zeros(W)
+    _, rec = d.decide(None, thrice, now_hour=END + 1)
+    names = {(w.start_hour - thrice.start_hour): w.patterns for w in rec.windows}
+    assert names[27] == names[51] == names[76] == ("offpeak_burst",)
+    assert names[110] == ("spike",)
 
 
 def test_once_bursts_keep_a_schedule_the_windows_it_explains_are_named_scheduled():
