@@ -204,6 +204,9 @@ def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str)
     )
 
 
+# an ended episode is shown with its extent when its flagged hours grew by half since the
+# last record (a doubling is an update at once, see _material)
+EPISODE_END_GROWTH = 1.5
 RECURRING_DAYS = 3  # short windows at one hour of day on this many days are a schedule
 
 
@@ -355,7 +358,11 @@ class StreamDecision:
                 return self._publish(state, merged, score, sev, "new", vs.video_id, burst_hours, cause)
             if _material(state, merged, sev):
                 return self._publish(state, merged, score, sev, "updated", vs.video_id, burst_hours, cause)
-            return replace(state, windows=merged, burst_hours=burst_hours, score=score), None
+            grown = replace(state, windows=merged, burst_hours=burst_hours, score=score)
+            if self._episode_over(grown, vs):
+                # its hours still flag in the window, but the episode ended: show its extent once
+                return self._publish(state, merged, score, sev, "updated", vs.video_id, burst_hours, "hourly")
+            return grown, None
         if state.active and self._episode_over(state, vs):
             # the flagged episode ended with growth not yet shown: one record with its full extent
             return self._publish(state, state.windows, state.score, severity(state.score, th.publish), "updated",
@@ -401,7 +408,7 @@ class StreamDecision:
     def _episode_over(self, state: VideoDecisionState, vs: VideoScore) -> bool:
         """Unpublished growth, and nothing flagged for ``withdraw_after_hours`` since."""
         hours = sum(w.end_hour - w.start_hour for w in state.windows)
-        if hours <= state.published_hours or not state.windows:
+        if hours < max(state.published_hours + 1, EPISODE_END_GROWTH * state.published_hours) or not state.windows:
             return False
         return vs.end_hour - max(w.end_hour for w in state.windows) >= self.thresholds.withdraw_after_hours
 

@@ -65,22 +65,48 @@ def test_rescoring_the_same_closed_hours_never_publishes_twice():
 
 def test_updates_only_on_a_material_change():
     d = StreamDecision(TH)
-    state, rec = d.decide(None, scored(hours((100, 0.95))), now_hour=END + 1)
+    # an episode still going on (its last hour within withdraw_after_hours, 6, of the newest)
+    state, rec = d.decide(None, scored(hours((162, 0.95))), now_hour=END + 1)
     assert rec.status == "new"
     # the window grows by one neighbouring hour: folded into the state, not published
-    state, rec = d.decide(state, scored(hours((100, 0.95), (101, 0.9))), now_hour=END + 1)
+    state, rec = d.decide(state, scored(hours((162, 0.95), (163, 0.9))), now_hour=END + 1)
     assert rec is None and state.windows[0].end_hour - state.windows[0].start_hour == 2
     # a separate window elsewhere is material
-    state, rec = d.decide(state, scored(hours((100, 0.95), (101, 0.9), (140, 0.9))), now_hour=END + 1)
+    state, rec = d.decide(state, scored(hours((162, 0.95), (163, 0.9), (165, 0.9))), now_hour=END + 1)
     assert rec is not None and rec.status == "updated" and len(rec.windows) == 2
     # a new pattern named on a grown window is material (the id follows the hours: a pattern
     # change on exactly the same hours would repeat the id, so it waits for the next change)
-    p = hours((100, 0.95), (101, 0.9), *((t, 0.9) for t in range(140, 147)))
+    p = hours((162, 0.95), (163, 0.9), *((t, 0.9) for t in range(165, 167)))
     vs = scored(p)
-    vs.detail.evidence[:, 140:147] = 0.0
-    vs.detail.evidence[PATTERNS.index("lockstep"), 140:147] = 0.95
+    vs.detail.evidence[:, 165:167] = 0.0
+    vs.detail.evidence[PATTERNS.index("lockstep"), 165:167] = 0.95
     state, rec = d.decide(state, vs, now_hour=END + 1)
     assert rec is not None and "lockstep" in {p_ for w in rec.windows for p_ in w.patterns}
+
+
+def test_an_ended_episode_whose_hours_still_flag_is_shown_once_with_its_extent():
+    """Growth not worth an update while the episode goes on (11 hours on 7) is published once
+    the episode is over (no newer flagged hour for withdraw_after_hours), even though its hours
+    still flag in the window; then nothing more until it grows by EPISODE_END_GROWTH again."""
+    from stream_detector.decision import EPISODE_END_GROWTH
+
+    d = StreamDecision(TH)
+    state, rec = d.decide(None, scored(hours(*((t, 0.95) for t in range(158, 165)))), now_hour=END + 1)
+    assert rec.status == "new" and state.published_hours == 7
+    longer = [(t, 0.95) for t in range(155, 166)]
+    state, rec = d.decide(state, scored(hours(*longer)), now_hour=END + 1)
+    assert rec is None, "11 flagged hours on 7 published, the last one an hour old: going on"
+    later = hours(*((t - 6, v) for t, v in longer))  # six hours on: the same hours, 6 h further back
+    state, rec = d.decide(state, scored(later, end=END + 6), now_hour=END + 7)
+    assert rec is not None and rec.status == "updated" and rec.cause == "hourly"
+    assert sum(w.end_hour - w.start_hour for w in rec.windows) == 11
+    state, rec = d.decide(state, scored(later, end=END + 6), now_hour=END + 7)
+    assert rec is None, "shown once"
+    one_more = later.copy()
+    one_more[148] = 0.95  # an hour more (12 on 11 shown): less than the growth worth a record
+    assert EPISODE_END_GROWTH * 11 > 12
+    state, rec = d.decide(state, scored(one_more, end=END + 6), now_hour=END + 7)
+    assert rec is None and sum(w.end_hour - w.start_hour for w in state.windows) == 12
 
 
 def test_flags_are_cumulative_while_they_stand():
