@@ -358,15 +358,14 @@ class StreamDecision:
                 return self._publish(state, merged, score, sev, "new", vs.video_id, burst_hours, cause)
             if _material(state, merged, sev):
                 return self._publish(state, merged, score, sev, "updated", vs.video_id, burst_hours, cause)
-            grown = replace(state, windows=merged, burst_hours=burst_hours, score=score)
-            if self._episode_over(grown, vs):
-                # its hours still flag in the window, but the episode ended: show its extent once
-                return self._publish(state, merged, score, sev, "updated", vs.video_id, burst_hours, "hourly")
-            return grown, None
+            state = replace(state, windows=merged, burst_hours=burst_hours, score=score)
         if state.active and self._episode_over(state, vs):
-            # the flagged episode ended with growth not yet shown: one record with its full extent
+            # the flagged episode ended with growth not yet shown (its hours may still flag in
+            # the window): one record with its full extent
             return self._publish(state, state.windows, state.score, severity(state.score, th.publish), "updated",
-                                 vs.video_id, burst_hours, "hourly")
+                                 vs.video_id, state.burst_hours, "hourly")
+        if windows:
+            return state, None
         if state.active and self._evidence_gone(state, vs):
             fid = flag_id(vs.video_id, state.windows, salt=f"withdrawn:{state.generation}")
             new = replace(state, flag_id=fid, status="withdrawn", generation=state.generation + 1)

@@ -217,7 +217,7 @@ def _decayed(d: HourDetail, seg: slice) -> bool:
 def _revival(d: HourDetail, seg: slice, length: int) -> bool:
     """A long stretch, two days or more after publication, well above the same hours a day
     earlier: engagement that came back or stopped decaying (DESIGN's decay violation)."""
-    if d.age is None or length < 8 or seg.start < 24 or d.age[seg.start] < REVIVAL_AGE_HOURS:
+    if not _decayed(d, seg) or length < 8 or seg.start < 24:
         return False
     now = d.counts[:, seg].sum()
     before = d.counts[:, seg.start - 24 : seg.stop - 24].sum()
