@@ -204,9 +204,10 @@ def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str)
     )
 
 
-# an ended episode is shown with its extent when its flagged hours grew by half since the
-# last record (a doubling is an update at once, see _material)
-EPISODE_END_GROWTH = 1.5
+# an ended episode is shown with its extent when its flagged hours grew by a quarter since the
+# last record (a doubling is an update at once, see _material), and by at least 3 hours
+EPISODE_END_GROWTH = 1.25
+EPISODE_END_MIN_HOURS = 3  # (a record's +-1 h already shows an hour more on either side)
 RECURRING_DAYS = 3  # short windows at one hour of day on this many days are a schedule
 
 
@@ -407,7 +408,8 @@ class StreamDecision:
     def _episode_over(self, state: VideoDecisionState, vs: VideoScore) -> bool:
         """Unpublished growth, and nothing flagged for ``withdraw_after_hours`` since."""
         hours = sum(w.end_hour - w.start_hour for w in state.windows)
-        if hours < max(state.published_hours + 1, EPISODE_END_GROWTH * state.published_hours) or not state.windows:
+        if hours < max(state.published_hours + EPISODE_END_MIN_HOURS, EPISODE_END_GROWTH * state.published_hours) \
+                or not state.windows:
             return False
         return vs.end_hour - max(w.end_hour for w in state.windows) >= self.thresholds.withdraw_after_hours
 

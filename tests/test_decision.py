@@ -88,7 +88,7 @@ def test_an_ended_episode_whose_hours_still_flag_is_shown_once_with_its_extent()
     """Growth not worth an update while the episode goes on (11 hours on 7) is published once
     the episode is over (no newer flagged hour for withdraw_after_hours), even though its hours
     still flag in the window; then nothing more until it grows by EPISODE_END_GROWTH again."""
-    from stream_detector.decision import EPISODE_END_GROWTH
+    from stream_detector.decision import EPISODE_END_GROWTH, EPISODE_END_MIN_HOURS
 
     d = StreamDecision(TH)
     state, rec = d.decide(None, scored(hours(*((t, 0.95) for t in range(158, 165)))), now_hour=END + 1)
@@ -104,9 +104,26 @@ def test_an_ended_episode_whose_hours_still_flag_is_shown_once_with_its_extent()
     assert rec is None, "shown once"
     one_more = later.copy()
     one_more[148] = 0.95  # an hour more (12 on 11 shown): less than the growth worth a record
-    assert EPISODE_END_GROWTH * 11 > 12
+    assert max(EPISODE_END_GROWTH * 11, 11 + EPISODE_END_MIN_HOURS) > 12
     state, rec = d.decide(state, scored(one_more, end=END + 6), now_hour=END + 7)
     assert rec is None and sum(w.end_hour - w.start_hour for w in state.windows) == 12
+
+
+def test_an_ended_episode_grown_by_an_hour_or_two_is_not_shown_again():
+    """A record's +-1 h already covers an hour more on either side: an ended episode's growth is
+    shown when it adds at least EPISODE_END_MIN_HOURS hours, however large a share of it that is."""
+    from stream_detector.decision import EPISODE_END_GROWTH, EPISODE_END_MIN_HOURS
+
+    d = StreamDecision(TH)
+    first, rec = d.decide(None, scored(hours(*((t, 0.95) for t in range(160, 164)))), now_hour=END + 1)
+    assert rec.status == "new" and first.published_hours == 4
+    two_more = hours(*((t - 6, 0.95) for t in range(158, 164)))  # 6 on 4, and the episode over
+    assert EPISODE_END_GROWTH * 4 <= 6 < 4 + EPISODE_END_MIN_HOURS
+    state, rec = d.decide(first, scored(two_more, end=END + 6), now_hour=END + 7)
+    assert rec is None and sum(w.end_hour - w.start_hour for w in state.windows) == 6
+    three_more = hours(*((t - 6, 0.95) for t in range(157, 164)))
+    state, rec = d.decide(first, scored(three_more, end=END + 6), now_hour=END + 7)
+    assert rec is not None and rec.status == "updated" and sum(w.end_hour - w.start_hour for w in rec.windows) == 7
 
 
 def test_flags_are_cumulative_while_they_stand():
