@@ -272,6 +272,29 @@ async def test_the_redis_store_keeps_what_the_in_memory_one_keeps_and_a_replay_a
     assert sum(t for t, _ in hours["v1"][0].values()) == len(actions_v1)
 
 
+@pytest.mark.asyncio
+async def test_a_videos_account_actions_count_once_each_in_their_hour_whatever_order_they_arrive_in(redis_client):
+    """Who engaged a video, and how many account actions each hour had: an action counts when it is
+    later than the account's latest on the video (a replay, or an earlier action arriving late, adds
+    nothing); a flagged account's actions count as flagged too."""
+    store = AccountStore(redis_client, "ord", Metrics(), ttl_s=3600)
+    h = T0 // 60
+    first = {"a": [act(T0 + m, "v", partition=1) for m in (10, 5, 70, 70, 65, 130)],  # out of order, one twice
+             "b": [act(T0 + 8, "v"), act(T0 + 9, "w")]}
+    await store.apply(first)
+    await store.apply(first)  # a replay
+    await store.mark_flagged("b", True)
+    await store.apply({"b": [act(T0 + 7, "v"), act(T0 + 75, "v")], "a": [act(T0 + 125, "v"), act(T0 + 131, "v")]})
+    hours = (await store.video_hours(["v"]))["v"][0]
+    # a: 10 and 70 (5, the second 70 and 65 arrived after a later one), 130, then 131; b: 8, then 75 flagged
+    assert hours == {h: (2, 0), h + 1: (2, 1), h + 2: (2, 0)}
+    assert (await store.video_hours(["w"]))["w"][0] == {h: (1, 0)}
+    assert sorted(await store.engaged_in("v", h, hours=3)) == ["a", "b"]
+    latest = {u.decode(): int(m) for u, m in await redis_client.zrange(keys.engagers("ord", "v"), 0, -1,
+                                                                        withscores=True)}
+    assert latest == {"a": T0 + 131, "b": T0 + 75}
+
+
 def test_accounts_are_sharded_by_partition_consistently():
     shards = [shard_of(f"user-{k}", 8) for k in range(2000)]
     assert shards == [shard_of(f"user-{k}", 8) for k in range(2000)]
