@@ -295,6 +295,33 @@ async def test_a_videos_account_actions_count_once_each_in_their_hour_whatever_o
     assert latest == {"a": T0 + 131, "b": T0 + 75}
 
 
+@pytest.mark.asyncio
+async def test_overlapping_co_engager_queries_find_what_the_in_memory_store_finds(redis_client):
+    """A judgement claim's queries on one video overlap (its accounts were made due by the same
+    suspicious hours): each finds what the in-memory store finds, a query whose window holds a
+    crowd is left out while its neighbours are answered, on a busy video too."""
+    store = AccountStore(redis_client, "co", Metrics(), ttl_s=3600)
+    memory = InMemoryAccountStore()
+    batch: dict[str, list[Action]] = {}
+    for k in range(700):  # "busy": one engager a minute
+        batch[f"b{k}"] = [act(T0 + k, "busy")]
+    for k in range(200):  # "mixed": a crowd within minutes 300-310, a few before and after
+        batch[f"c{k}"] = [act(T0 + 300 + k % 11, "mixed")]
+    for k, m in enumerate((250, 275, 330, 345, 360, 498, 505)):
+        batch.setdefault(f"s{k}", []).append(act(T0 + m, "mixed"))
+    await store.apply(batch)
+    memory.apply(batch)
+    queries = [("busy", T0 + m) for m in range(100, 700, 50)]  # one range of ~630 engagers: too busy
+    queries += [("mixed", T0 + m) for m in (280, 300, 340, 345, 500)] + [("mixed", T0 + 300), ("none", T0)]
+    got, want = await store.co_engagers(queries), memory.co_engagers(queries)
+    assert got.keys() == want.keys()
+    assert ("mixed", T0 + 300) not in got and ("mixed", T0 + 280) not in got, "in the crowd's window"
+    assert {("mixed", T0 + 340), ("mixed", T0 + 500), ("busy", T0 + 100)} <= got.keys()
+    for q in got:
+        assert sorted(got[q]) == sorted(want[q]), q
+    assert len(got[("busy", T0 + 400)]) == 61
+
+
 def test_accounts_are_sharded_by_partition_consistently():
     shards = [shard_of(f"user-{k}", 8) for k in range(2000)]
     assert shards == [shard_of(f"user-{k}", 8) for k in range(2000)]
