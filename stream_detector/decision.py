@@ -188,12 +188,17 @@ def closed_windows(counts: np.ndarray, end_hours: np.ndarray, now_hour: int, con
     return keep, out, first
 
 
+def _hours(windows: list[FlaggedWindow]) -> int:
+    """The flagged hours of a set of windows (the state's and the records' measure of growth)."""
+    return sum(w.end_hour - w.start_hour for w in windows)
+
+
 def _material(state: VideoDecisionState, windows: list[FlaggedWindow], sev: str) -> bool:
     """Worth telling moderators again: a new pattern named, a flag that became critical from low
     or medium, or a flag that doubled (in windows, or in hours by at least 6). Growth in
     between is kept in the state and shown with the next record, so updates grow
     logarithmically, not hour by hour."""
-    hours = sum(w.end_hour - w.start_hour for w in windows)
+    hours = _hours(windows)
     patterns = {p for w in windows for p in w.patterns}
     was = SEVERITY_ORDER.index(state.published_severity)
     return (
@@ -397,7 +402,7 @@ class StreamDecision:
         fid = flag_id(video_id, windows, salt=salt)
         if fid == state.flag_id:
             return replace(state, windows=windows, burst_hours=burst_hours, score=score), None
-        hours = sum(w.end_hour - w.start_hour for w in windows)
+        hours = _hours(windows)
         new = replace(state, windows=windows, flag_id=fid, status=status, burst_hours=burst_hours,
                       published_hours=hours,
                       published_patterns=tuple(sorted(set(state.published_patterns if state.active else ())
@@ -407,9 +412,8 @@ class StreamDecision:
 
     def _episode_over(self, state: VideoDecisionState, vs: VideoScore) -> bool:
         """Unpublished growth, and nothing flagged for ``withdraw_after_hours`` since."""
-        hours = sum(w.end_hour - w.start_hour for w in state.windows)
-        if hours < max(state.published_hours + EPISODE_END_MIN_HOURS, EPISODE_END_GROWTH * state.published_hours) \
-                or not state.windows:
+        grown_to = max(state.published_hours + EPISODE_END_MIN_HOURS, EPISODE_END_GROWTH * state.published_hours)
+        if not state.windows or _hours(state.windows) < grown_to:
             return False
         return vs.end_hour - max(w.end_hour for w in state.windows) >= self.thresholds.withdraw_after_hours
 

@@ -311,7 +311,7 @@ async def test_overlapping_co_engager_queries_find_what_the_in_memory_store_find
         batch.setdefault(f"s{k}", []).append(act(T0 + m, "mixed"))
     await store.apply(batch)
     memory.apply(batch)
-    queries = [("busy", T0 + m) for m in range(100, 700, 50)]  # one range of ~630 engagers: too busy
+    queries = [("busy", T0 + m) for m in range(100, 700, 50)]  # overlapping windows of 61 engagers each
     queries += [("mixed", T0 + m) for m in (280, 300, 340, 345, 500)] + [("mixed", T0 + 300), ("none", T0)]
     got, want = await store.co_engagers(queries), memory.co_engagers(queries)
     assert got.keys() == want.keys()
